@@ -1,0 +1,98 @@
+//! The `emotune` command line.
+
+use crate::infer::{prediction_json, Predictor};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "emotune", version, about = "Fine-tune, evaluate and serve emotion classifiers")]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Classify texts given as arguments; prints one JSON line per text.
+    Predict(PredictArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A model directory or a Hub id of a text-classification model.
+    #[arg(long, short)]
+    pub model: String,
+    /// Texts to classify.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    let env = env_logger::Env::default().default_filter_or(format!("emotune={level},warn"));
+    let _ = env_logger::Builder::from_env(env).format_timestamp(None).try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Predict(args) => predict(args),
+    }
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    for (i, t) in args.texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            bail!("text {} is empty", i + 1);
+        }
+    }
+    let device = Device::Cpu;
+    let predictor = Predictor::load(&args.model, args.max_length, &device)?;
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let preds = predictor.predict(&texts, args.batch_size)?;
+    let truncated = preds.iter().filter(|p| p.truncated).count();
+    if truncated > 0 {
+        log::warn!(
+            "{truncated} text(s) were longer than {} tokens and were truncated",
+            predictor.encoder.max_length()
+        );
+    }
+    let labels = predictor.labels();
+    for (text, p) in texts.iter().zip(&preds) {
+        println!("{}", serde_json::to_string(&prediction_json(text, p, labels))?);
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! emotune: fine-tune, evaluate and serve transformer encoders (DistilBERT, BERT) that
+//! classify text by emotion, matching Hugging Face Transformers number for number.
+
+pub mod cli;
+pub mod config;
+pub mod fsx;
+pub mod hub;
+pub mod infer;
+pub mod model;
+pub mod optim;
+pub mod tokenize;
+pub mod weights;

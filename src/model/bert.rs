@@ -1,0 +1,137 @@
+//! BERT (`modeling_bert.py`), also covering MiniLM-style checkpoints, with weights named as in
+//! the Hugging Face checkpoint: `bert.embeddings.*`, `bert.encoder.layer.{i}.*`,
+//! `bert.pooler.dense`, `classifier`.
+
+use super::{activate, attention_bias, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
+use crate::config::{Activation, BertConfig};
+use crate::weights::WeightLoader;
+use anyhow::Result;
+use candle_core::Tensor;
+
+pub struct BertLayer {
+    attention: SelfAttention,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    activation: Activation,
+    dropout: f64,
+}
+
+impl BertLayer {
+    fn load(wl: &mut WeightLoader, p: &str, c: &BertConfig, activation: Activation) -> Result<Self> {
+        let d = c.hidden_size;
+        let attention = SelfAttention {
+            q: Linear::load(wl, &format!("{p}.attention.self.query"), d, d)?,
+            k: Linear::load(wl, &format!("{p}.attention.self.key"), d, d)?,
+            v: Linear::load(wl, &format!("{p}.attention.self.value"), d, d)?,
+            out: Linear::load(wl, &format!("{p}.attention.output.dense"), d, d)?,
+            n_heads: c.num_attention_heads,
+            dropout: c.attention_probs_dropout_prob,
+        };
+        Ok(BertLayer {
+            attention,
+            attention_norm: LayerNorm::load(wl, &format!("{p}.attention.output.LayerNorm"), d, c.layer_norm_eps)?,
+            intermediate: Linear::load(wl, &format!("{p}.intermediate.dense"), d, c.intermediate_size)?,
+            output: Linear::load(wl, &format!("{p}.output.dense"), c.intermediate_size, d)?,
+            output_norm: LayerNorm::load(wl, &format!("{p}.output.LayerNorm"), d, c.layer_norm_eps)?,
+            activation,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+        let attn = drop.apply(&self.attention.forward(x, bias, drop)?, self.dropout)?;
+        let attn = self.attention_norm.forward(&(attn + x)?)?;
+        let inter = activate(&self.intermediate.forward(&attn)?, self.activation)?;
+        let out = drop.apply(&self.output.forward(&inter)?, self.dropout)?;
+        self.output_norm.forward(&(out + attn)?)
+    }
+}
+
+/// The encoder with its pooler.
+pub struct BertModel {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    layers: Vec<BertLayer>,
+    pooler: Linear,
+    dropout: f64,
+}
+
+impl BertModel {
+    pub fn load(wl: &mut WeightLoader, c: &BertConfig) -> Result<Self> {
+        let activation = c.activation();
+        let d = c.hidden_size;
+        let p = "bert";
+        let word_embeddings = Embedding::load(wl, &format!("{p}.embeddings.word_embeddings"), c.vocab_size, d)?;
+        let position_embeddings =
+            Embedding::load(wl, &format!("{p}.embeddings.position_embeddings"), c.max_position_embeddings, d)?;
+        let token_type_embeddings =
+            Embedding::load(wl, &format!("{p}.embeddings.token_type_embeddings"), c.type_vocab_size, d)?;
+        let layer_norm = LayerNorm::load(wl, &format!("{p}.embeddings.LayerNorm"), d, c.layer_norm_eps)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(wl, &format!("{p}.encoder.layer.{i}"), c, activation))
+            .collect::<Result<Vec<_>>>()?;
+        // Like Transformers, a checkpoint without a pooler gets a freshly initialised one.
+        let pooler = Linear::load_head(wl, &format!("{p}.pooler.dense"), d, d, c.initializer_range)?;
+        Ok(BertModel {
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            layer_norm,
+            layers,
+            pooler,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    /// `(last_hidden_state [b, s, d], pooler_output [b, d])`.
+    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<(Tensor, Tensor)> {
+        let (_, s) = batch.dims();
+        let device = batch.input_ids.device();
+        let positions = Tensor::arange(0u32, s as u32, device)?;
+        let token_types = match &batch.token_type_ids {
+            Some(t) => t.clone(),
+            None => batch.input_ids.zeros_like()?,
+        };
+        let emb = self
+            .word_embeddings
+            .forward(&batch.input_ids)?
+            .add(&self.token_type_embeddings.forward(&token_types)?)?
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        let mut x = drop.apply(&self.layer_norm.forward(&emb)?, self.dropout)?;
+        let bias = attention_bias(&batch.attention_mask)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &bias, drop)?;
+        }
+        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&first)?.tanh()?;
+        Ok((x, pooled))
+    }
+}
+
+/// `BertForSequenceClassification`: pooler output → dropout → classifier.
+pub struct BertForSequenceClassification {
+    pub bert: BertModel,
+    classifier: Linear,
+    dropout: f64,
+}
+
+impl BertForSequenceClassification {
+    pub fn load(wl: &mut WeightLoader, c: &BertConfig, num_labels: usize) -> Result<Self> {
+        let bert = BertModel::load(wl, c)?;
+        let classifier = Linear::load_head(wl, "classifier", c.hidden_size, num_labels, c.initializer_range)?;
+        Ok(BertForSequenceClassification {
+            bert,
+            classifier,
+            dropout: c.classifier_dropout.unwrap_or(c.hidden_dropout_prob),
+        })
+    }
+
+    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+        let (_, pooled) = self.bert.forward(batch, drop)?;
+        self.classifier.forward(&drop.apply(&pooled, self.dropout)?)
+    }
+}

@@ -1,0 +1,288 @@
+//! The encoders and their sequence-classification heads, plus the layers they share.
+//!
+//! Every operation here is differentiable with candle's autograd: LayerNorm and softmax are
+//! written out from primitive ops (candle-nn's fused versions record no backward op).
+
+pub mod bert;
+pub mod distilbert;
+
+use crate::config::{Activation, ArchConfig, ModelConfig};
+use crate::weights::{Init, ParamStore, WeightLoader};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+use rand::RngCore;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+use std::path::Path;
+
+/// One padded batch of token ids, ready for a forward pass.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[batch, seq]` u32 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` f32, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` u32 segment ids (BERT); zeros when `None`.
+    pub token_type_ids: Option<Tensor>,
+}
+
+impl Batch {
+    /// Builds a batch from rows already padded to one length.
+    pub fn from_rows(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &Device) -> Result<Batch> {
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        let flat_ids: Vec<u32> = ids.iter().flatten().copied().collect();
+        let flat_mask: Vec<f32> = mask.iter().flatten().map(|&m| m as f32).collect();
+        anyhow::ensure!(flat_ids.len() == b * s && flat_mask.len() == b * s, "rows of a batch must share one length");
+        Ok(Batch {
+            input_ids: Tensor::from_vec(flat_ids, (b, s), device)?,
+            attention_mask: Tensor::from_vec(flat_mask, (b, s), device)?,
+            token_type_ids: None,
+        })
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        let d = self.input_ids.dims();
+        (d[0], d[1])
+    }
+}
+
+/// Dropout state: `eval()` turns dropout off; `train(seed)` draws masks from a seeded ChaCha8
+/// stream, so a run is reproducible bit for bit.
+pub struct Dropout {
+    rng: Option<RefCell<ChaCha8Rng>>,
+}
+
+impl Dropout {
+    pub fn eval() -> Dropout {
+        Dropout { rng: None }
+    }
+
+    pub fn train(seed: u64) -> Dropout {
+        Dropout { rng: Some(RefCell::new(ChaCha8Rng::seed_from_u64(seed))) }
+    }
+
+    pub fn is_train(&self) -> bool {
+        self.rng.is_some()
+    }
+
+    /// Inverted dropout as in `torch.nn.Dropout`: zero with probability `p`, scale the rest
+    /// by `1 / (1 - p)`.
+    pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let Some(rng) = &self.rng else { return Ok(x.clone()) };
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        // Keep when a uniform u32 falls below keep * 2^32.
+        let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
+        let n = x.elem_count();
+        let mut rng = rng.borrow_mut();
+        let mask: Vec<f32> = (0..n).map(|_| if rng.next_u32() < threshold { scale } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+
+    /// The position in the random stream (for checkpoints).
+    pub fn state(&self) -> Option<ChaCha8Rng> {
+        self.rng.as_ref().map(|r| r.borrow().clone())
+    }
+
+    pub fn from_state(rng: ChaCha8Rng) -> Dropout {
+        Dropout { rng: Some(RefCell::new(rng)) }
+    }
+}
+
+/// `y = x Wᵀ + b`, with `W` stored `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn load(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        Self::load_init(wl, name, d_in, d_out, Init::Required, Init::Required)
+    }
+
+    /// A task-head layer: `N(0, std)` weight and zero bias when the checkpoint lacks it.
+    pub fn load_head(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize, std: f64) -> Result<Linear> {
+        Self::load_init(wl, name, d_in, d_out, Init::Normal(std), Init::Zeros)
+    }
+
+    fn load_init(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize, wi: Init, bi: Init) -> Result<Linear> {
+        let weight = wl.param(&format!("{name}.weight"), &[d_out, d_in], wi)?;
+        let bias = wl.param(&format!("{name}.bias"), &[d_out], bi)?;
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = *dims.last().expect("non-scalar input");
+        let rows = x.elem_count() / d_in;
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-scalar input") = self.bias.dims()[0];
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm over the last dimension, written with differentiable primitives.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(wl: &mut WeightLoader, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        let weight = wl.param(&format!("{name}.weight"), &[dim], Init::Required)?;
+        let bias = wl.param(&format!("{name}.bias"), &[dim], Init::Required)?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// An embedding table `[num, dim]`.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn load(wl: &mut WeightLoader, name: &str, num: usize, dim: usize) -> Result<Embedding> {
+        Ok(Embedding { weight: wl.param(&format!("{name}.weight"), &[num, dim], Init::Required)? })
+    }
+
+    /// `ids` of any shape → `ids.shape + [dim]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.weight.dims()[1]);
+        Ok(self.weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?)
+    }
+}
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// Softmax over the last dimension (max-shifted; the shift is detached, as it cancels).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Mean cross-entropy of `logits [n, c]` against `labels [n]` (u32), optionally weighted per
+/// class as `torch.nn.CrossEntropyLoss(weight=...)` does (weighted mean).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: Option<&Tensor>) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(logits)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    match class_weights {
+        None => Ok(picked.mean_all()?.neg()?),
+        Some(w) => {
+            let wi = w.index_select(labels, 0)?;
+            Ok((picked.mul(&wi)?.sum_all()? / wi.sum_all()?)?.neg()?)
+        }
+    }
+}
+
+/// The additive attention bias `[batch, 1, 1, seq]`: 0 where attended, the lowest float where
+/// masked (as Transformers' `finfo.min`).
+pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * -(f32::MIN as f64))?;
+    Ok(bias.reshape((b, 1, 1, s))?)
+}
+
+/// Multi-head self-attention with separate q/k/v/output projections (both BERT and DistilBERT).
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub out: Linear,
+    pub n_heads: usize,
+    pub dropout: f64,
+}
+
+impl SelfAttention {
+    /// `x [b, s, d]`, `bias [b, 1, 1, s]` → the projected context `[b, s, d]`.
+    pub fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let h = self.n_heads;
+        let dh = d / h;
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, s, h, dh))?.transpose(1, 2)?.contiguous()?) };
+        let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let probs = drop.apply(&softmax_last_dim(&scores)?, self.dropout)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
+        self.out.forward(&ctx)
+    }
+}
+
+/// A sequence classifier of one of the supported architectures.
+pub enum Classifier {
+    DistilBert(distilbert::DistilBertForSequenceClassification),
+    Bert(bert::BertForSequenceClassification),
+}
+
+impl Classifier {
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+        match self {
+            Classifier::DistilBert(m) => m.forward(batch, drop),
+            Classifier::Bert(m) => m.forward(batch, drop),
+        }
+    }
+}
+
+/// A classifier with its config and the parameters it was built from.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub model: Classifier,
+    pub params: ParamStore,
+}
+
+/// Builds the classifier described by `config` from the safetensors file `weights`.
+/// Base-model checkpoints (no head, or names without the `distilbert.`/`bert.` prefix) load
+/// too; a missing head is initialised `N(0, initializer_range)` from `seed`.
+pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let (model, params) = match &config.arch {
+        ArchConfig::DistilBert(c) => {
+            let mut wl = WeightLoader::open(weights, "distilbert.", seed, device)?;
+            let m = distilbert::DistilBertForSequenceClassification::load(&mut wl, c, config.num_labels())?;
+            (Classifier::DistilBert(m), wl.finish()?)
+        }
+        ArchConfig::Bert(c) => {
+            let mut wl = WeightLoader::open(weights, "bert.", seed, device)?;
+            let m = bert::BertForSequenceClassification::load(&mut wl, c, config.num_labels())?;
+            (Classifier::Bert(m), wl.finish()?)
+        }
+    };
+    Ok(LoadedModel { config, model, params })
+}

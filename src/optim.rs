@@ -1,0 +1,187 @@
+//! AdamW as `torch.optim.AdamW` computes it, and the schedule of Transformers'
+//! `get_linear_schedule_with_warmup`.
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+/// Transformers' Trainer exempts biases and LayerNorm weights from weight decay.
+pub fn decays(name: &str) -> bool {
+    let lname = name.to_ascii_lowercase();
+    !(name.ends_with(".bias") || lname.contains("layernorm") || lname.contains("layer_norm"))
+}
+
+/// Linear warm-up from 0 to the peak rate, then linear decay to 0 at `total_steps`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LinearSchedule {
+    pub peak_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+}
+
+impl LinearSchedule {
+    /// The learning rate of the optimiser step with 0-based index `step`.
+    pub fn lr(&self, step: usize) -> f64 {
+        let factor = if step < self.warmup_steps {
+            step as f64 / self.warmup_steps.max(1) as f64
+        } else {
+            let remaining = self.total_steps.saturating_sub(step) as f64;
+            let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+            (remaining / span).max(0.0)
+        };
+        self.peak_lr * factor
+    }
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    decay: bool,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// AdamW with per-parameter first and second moments, updated in place.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    /// Number of steps taken so far.
+    step: u64,
+}
+
+impl AdamW {
+    /// Every parameter in `params`; weight decay applies where `decays(name)` holds.
+    pub fn new<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>, cfg: AdamWConfig) -> AdamW {
+        let slots = params
+            .map(|(name, var)| Slot {
+                name: name.to_string(),
+                var: var.clone(),
+                decay: decays(name),
+                m: vec![0.0; var.elem_count()],
+                v: vec![0.0; var.elem_count()],
+            })
+            .collect();
+        AdamW { cfg, slots, step: 0 }
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// One update with learning rate `lr`. Every parameter must have a gradient in `grads`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let c = self.cfg;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for slot in &mut self.slots {
+            let grad = grads
+                .get(slot.var.as_tensor())
+                .ok_or_else(|| anyhow!("parameter {} received no gradient", slot.name))?;
+            let wd = if slot.decay { c.weight_decay } else { 0.0 };
+            let op = AdamWUpdate {
+                grad: &grad.to_dtype(DType::F32)?.contiguous()?,
+                m: RefCell::new(&mut slot.m),
+                v: RefCell::new(&mut slot.v),
+                lr,
+                wd,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                step_size: lr / bias1,
+                bias2_sqrt,
+            };
+            slot.var.as_tensor().inplace_op1(&op)?;
+        }
+        Ok(())
+    }
+
+    /// The moments of every parameter, by name (for checkpoints).
+    pub fn moments(&self) -> impl Iterator<Item = (&str, &[f32], &[f32])> {
+        self.slots.iter().map(|s| (s.name.as_str(), s.m.as_slice(), s.v.as_slice()))
+    }
+}
+
+/// The single-tensor AdamW update of `torch.optim.AdamW`, in its order of operations.
+struct AdamWUpdate<'a> {
+    grad: &'a Tensor,
+    m: RefCell<&'a mut Vec<f32>>,
+    v: RefCell<&'a mut Vec<f32>>,
+    lr: f64,
+    wd: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step_size: f64,
+    bias2_sqrt: f64,
+}
+
+impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(param), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("adamw: parameters must be contiguous float32");
+        };
+        let param = &mut param[start..end];
+        let (g_storage, g_layout) = self.grad.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(g)), Some((gs, ge))) = (&*g_storage, g_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("adamw: gradient must be a contiguous float32 cpu tensor");
+        };
+        let g = &g[gs..ge];
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        if g.len() != param.len() || m.len() != param.len() {
+            candle_core::bail!("adamw: gradient has {} elements, parameter {}", g.len(), param.len());
+        }
+        let decay = (1.0 - self.lr * self.wd) as f32;
+        let b2 = self.beta2 as f32;
+        let one_minus_b1 = (1.0 - self.beta1) as f32;
+        let one_minus_b2 = (1.0 - self.beta2) as f32;
+        let step_size = self.step_size as f32;
+        let bias2_sqrt = self.bias2_sqrt as f32;
+        let eps = self.eps as f32;
+        for i in 0..param.len() {
+            let gi = g[i];
+            let p = if self.wd != 0.0 { param[i] * decay } else { param[i] };
+            // exp_avg.lerp_(grad, 1 - beta1)
+            let mi = m[i] + one_minus_b1 * (gi - m[i]);
+            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            let vi = v[i] * b2 + one_minus_b2 * gi * gi;
+            let denom = vi.sqrt() / bias2_sqrt + eps;
+            param[i] = p - step_size * (mi / denom);
+            m[i] = mi;
+            v[i] = vi;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `grads` holds a gradient for every parameter; names the ones that lack one.
+pub fn check_all_have_grads<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>, grads: &GradStore) -> Result<()> {
+    let missing: Vec<&str> = params.filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n).collect();
+    if !missing.is_empty() {
+        bail!("{} parameters received no gradient: {}", missing.len(), missing.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Text → padded token batches with the model's own `tokenizer.json`.
+
+use crate::model::Batch;
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// A tokenizer configured for a model: truncation at its maximum length, padding per batch.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    max_length: usize,
+    pad_id: u32,
+    with_token_types: bool,
+}
+
+/// Token ids of one batch before they become tensors.
+pub struct Encoded {
+    pub ids: Vec<Vec<u32>>,
+    pub mask: Vec<Vec<u32>>,
+    pub type_ids: Vec<Vec<u32>>,
+    /// Which texts were cut at the maximum length.
+    pub truncated: Vec<bool>,
+}
+
+impl TextEncoder {
+    /// Loads `tokenizer.json`; the maximum length is `max_length` when given, else the smaller of
+    /// `tokenizer_config.json`'s `model_max_length` and the model's position-embedding count.
+    pub fn load(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        max_positions: usize,
+        pad_token_id: Option<u32>,
+        with_token_types: bool,
+        max_length: Option<usize>,
+    ) -> Result<TextEncoder> {
+        let mut tokenizer = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tokenizer_json.display()))?;
+        let mut model_max = max_positions;
+        let mut pad_token: Option<String> = None;
+        if let Some(path) = tokenizer_config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let cfg: Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+            if let Some(n) = cfg.get("model_max_length").and_then(Value::as_f64) {
+                if n >= 1.0 && n < 1e9 {
+                    model_max = model_max.min(n as usize);
+                }
+            }
+            pad_token = cfg.get("pad_token").and_then(|v| v.as_str().map(str::to_string));
+        }
+        let max_length = match max_length {
+            Some(n) if n < 2 => anyhow::bail!("--max-length must be at least 2 (got {n})"),
+            Some(n) if n > max_positions => {
+                anyhow::bail!("--max-length {n} exceeds the model's {max_positions} position embeddings")
+            }
+            Some(n) => n,
+            None => model_max,
+        };
+        let pad_id = pad_token_id
+            .or_else(|| pad_token.as_deref().and_then(|t| tokenizer.token_to_id(t)))
+            .or_else(|| tokenizer.token_to_id("[PAD]"))
+            .unwrap_or(0);
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+            .map_err(|e| anyhow!("setting truncation: {e}"))?;
+        tokenizer.with_padding(None);
+        Ok(TextEncoder { tokenizer, max_length, pad_id, with_token_types })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenises `texts` (with special tokens) and pads them to the longest one.
+    pub fn encode(&self, texts: &[&str]) -> Result<Encoded> {
+        let encs = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let longest = encs.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let mut out = Encoded {
+            ids: Vec::with_capacity(encs.len()),
+            mask: Vec::with_capacity(encs.len()),
+            type_ids: Vec::with_capacity(encs.len()),
+            truncated: Vec::with_capacity(encs.len()),
+        };
+        for e in &encs {
+            out.truncated.push(!e.get_overflowing().is_empty());
+            let n = e.get_ids().len();
+            let mut ids = e.get_ids().to_vec();
+            let mut mask = vec![1u32; n];
+            let mut types = e.get_type_ids().to_vec();
+            ids.resize(longest, self.pad_id);
+            mask.resize(longest, 0);
+            types.resize(longest, 0);
+            out.ids.push(ids);
+            out.mask.push(mask);
+            out.type_ids.push(types);
+        }
+        Ok(out)
+    }
+
+    /// Turns encoded rows into a [`Batch`] on `device`.
+    pub fn to_batch(&self, enc: &Encoded, device: &Device) -> Result<Batch> {
+        let mut batch = Batch::from_rows(&enc.ids, &enc.mask, device)?;
+        if self.with_token_types {
+            let (b, s) = batch.dims();
+            let flat: Vec<u32> = enc.type_ids.iter().flatten().copied().collect();
+            batch.token_type_ids = Some(Tensor::from_vec(flat, (b, s), device)?);
+        }
+        Ok(batch)
+    }
+}

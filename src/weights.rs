@@ -1,0 +1,227 @@
+//! Parameters: loading them from a safetensors checkpoint under their Hugging Face names,
+//! creating missing classification heads, and saving them back.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The trainable parameters of a model, in creation order, under their checkpoint names.
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    entries: Vec<(String, Var)>,
+    index: HashMap<String, usize>,
+}
+
+impl ParamStore {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.index.get(name).map(|&i| &self.entries[i].1)
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.entries.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    fn push(&mut self, name: String, var: Var) {
+        self.index.insert(name.clone(), self.entries.len());
+        self.entries.push((name, var));
+    }
+
+    /// Serialises every parameter as float32 safetensors (`format: pt`, as Transformers writes).
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let mut buffers = Vec::with_capacity(self.entries.len());
+        for (name, var) in &self.entries {
+            let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            buffers.push((name.clone(), var.dims().to_vec(), bytes));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
+            .iter()
+            .map(|(n, shape, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?)))
+            .collect::<Result<_>>()?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        Ok(safetensors::tensor::serialize(views, Some(meta))?)
+    }
+
+    /// Writes `model.safetensors`-style output atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::fsx::write_atomic(path, &self.to_safetensors_bytes()?)
+    }
+}
+
+/// How a parameter that the checkpoint lacks is created.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// The parameter must be in the checkpoint.
+    Required,
+    /// Part of a task head: `N(0, std)` when absent (Transformers' `_init_weights` for Linear).
+    Normal(f64),
+    /// Part of a task head: zeros when absent (biases).
+    Zeros,
+}
+
+/// Builds a [`ParamStore`] from a safetensors checkpoint, one named parameter at a time.
+pub struct WeightLoader {
+    file: PathBuf,
+    bytes: Vec<u8>,
+    /// Names in the file with their dtype and shape.
+    available: HashMap<String, (Dtype, Vec<usize>)>,
+    used: BTreeSet<String>,
+    /// The base-model prefix (`distilbert.`, `bert.`): checkpoints of a bare base model store
+    /// names without it.
+    prefix: String,
+    rng: ChaCha8Rng,
+    device: Device,
+    store: ParamStore,
+    created: Vec<String>,
+}
+
+impl WeightLoader {
+    pub fn open(file: &Path, prefix: &str, seed: u64, device: &Device) -> Result<WeightLoader> {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", file.display())
+        })?;
+        let available = st
+            .iter()
+            .map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec())))
+            .collect();
+        Ok(WeightLoader {
+            file: file.to_path_buf(),
+            bytes,
+            available,
+            used: BTreeSet::new(),
+            prefix: prefix.to_string(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            device: device.clone(),
+            store: ParamStore::default(),
+            created: Vec::new(),
+        })
+    }
+
+    /// The name under which `name` is stored in the file, trying the bare base-model form and
+    /// the old `gamma`/`beta` LayerNorm names.
+    fn find(&self, name: &str) -> Option<String> {
+        let mut candidates = vec![name.to_string()];
+        if let Some(bare) = name.strip_prefix(&self.prefix) {
+            candidates.push(bare.to_string());
+        }
+        let legacy: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| {
+                c.strip_suffix("LayerNorm.weight")
+                    .map(|s| format!("{s}LayerNorm.gamma"))
+                    .or_else(|| c.strip_suffix("LayerNorm.bias").map(|s| format!("{s}LayerNorm.beta")))
+            })
+            .collect();
+        candidates.extend(legacy);
+        candidates.into_iter().find(|c| self.available.contains_key(c))
+    }
+
+    /// Loads (or, for head parameters, creates) the parameter `name` of shape `shape`.
+    pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let tensor = match self.find(name) {
+            Some(stored) => {
+                let (dtype, file_shape) = self.available[&stored].clone();
+                if file_shape != shape {
+                    bail!(
+                        "{}: tensor {stored} has shape {file_shape:?}, but the config implies {shape:?}",
+                        self.file.display()
+                    );
+                }
+                self.used.insert(stored.clone());
+                let st = SafeTensors::deserialize(&self.bytes)?;
+                let view = st.tensor(&stored)?;
+                let data = to_f32(view.data(), dtype)
+                    .with_context(|| format!("{}: tensor {stored}", self.file.display()))?;
+                Tensor::from_vec(data, shape, &self.device)?
+            }
+            None => match init {
+                Init::Required => bail!(
+                    "{}: missing tensor {name} (the checkpoint does not match the config's architecture)",
+                    self.file.display()
+                ),
+                Init::Normal(std) => {
+                    self.created.push(name.to_string());
+                    let n: usize = shape.iter().product();
+                    let dist = Normal::new(0.0f32, std as f32).map_err(|e| anyhow!("{e}"))?;
+                    let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng)).collect();
+                    Tensor::from_vec(v, shape, &self.device)?
+                }
+                Init::Zeros => {
+                    self.created.push(name.to_string());
+                    Tensor::zeros(shape, DType::F32, &self.device)?
+                }
+            },
+        };
+        let var = Var::from_tensor(&tensor)?;
+        let t = var.as_tensor().clone();
+        self.store.push(name.to_string(), var);
+        Ok(t)
+    }
+
+    /// Finishes loading: reports what was created and what in the file was not used.
+    pub fn finish(self) -> Result<ParamStore> {
+        if !self.created.is_empty() {
+            log::info!(
+                "{}: newly initialised (not in the checkpoint): {}",
+                self.file.display(),
+                self.created.join(", ")
+            );
+        }
+        let mut unused: Vec<&String> = self.available.keys().filter(|k| !self.used.contains(*k)).collect();
+        unused.sort();
+        for name in unused {
+            if is_pretraining_or_buffer(name) {
+                log::debug!("{}: ignoring {name} (pretraining head or buffer)", self.file.display());
+            } else {
+                log::warn!("{}: unused tensor {name}", self.file.display());
+            }
+        }
+        Ok(self.store)
+    }
+}
+
+fn is_pretraining_or_buffer(name: &str) -> bool {
+    name.starts_with("vocab_projector.")
+        || name.starts_with("vocab_transform.")
+        || name.starts_with("vocab_layer_norm.")
+        || name.starts_with("cls.")
+        || name.ends_with("position_ids")
+}
+
+fn to_f32(data: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => bail!("unsupported dtype {other:?} (expected a floating-point tensor)"),
+    })
+}
