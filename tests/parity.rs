@@ -1,0 +1,139 @@
+//! PyTorch parity: the tiny fixtures' `reference.safetensors` (logits, loss, every gradient,
+//! 3 AdamW steps) and the real all-MiniLM-L6-v2 encoder.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use emotune::config::ModelConfig;
+use emotune::hub::ModelFiles;
+use emotune::infer::text_encoder;
+use emotune::model::{cross_entropy, load_classifier, Batch, Classifier, Dropout, LoadedModel};
+use emotune::optim::{check_all_have_grads, AdamW, AdamWConfig, LinearSchedule};
+
+fn load_fixture(name: &str) -> (LoadedModel, Reference, ModelFiles) {
+    let dir = fixture(name);
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let config = ModelConfig::load(&files.config).unwrap();
+    let model = load_classifier(config, &files.weights, 0, &Device::Cpu).unwrap();
+    let reference = Reference::load(&dir.join("reference.safetensors"));
+    (model, reference, files)
+}
+
+fn reference_batch(r: &Reference, with_types: bool) -> Batch {
+    let ids = r.rows_u32("input_ids");
+    let mask = r.rows_u32("attention_mask");
+    let mut batch = Batch::from_rows(&ids, &mask, &Device::Cpu).unwrap();
+    if with_types {
+        let types = r.rows_u32("token_type_ids");
+        let (b, s) = batch.dims();
+        batch.token_type_ids = Some(Tensor::from_vec(types.concat(), (b, s), &Device::Cpu).unwrap());
+    }
+    batch
+}
+
+fn labels(r: &Reference) -> Tensor {
+    r.get("labels").to_dtype(candle_core::DType::U32).unwrap()
+}
+
+/// Tokenising the reference texts with our encoder gives PyTorch's ids and mask.
+fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
+    let enc = text_encoder(files, &model.config, None).unwrap();
+    let texts = r.texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let e = enc.encode(&refs).unwrap();
+    assert_eq!(e.ids, r.rows_u32("input_ids"), "token ids differ from the reference");
+    assert_eq!(e.mask, r.rows_u32("attention_mask"), "attention mask differs from the reference");
+}
+
+fn check_fixture(name: &str) {
+    let (m, r, files) = load_fixture(name);
+    let with_types = m.config.model_type() == "bert";
+    check_tokens(&m, &files, &r);
+    let batch = reference_batch(&r, with_types);
+    let y = labels(&r);
+    let eval = Dropout::eval();
+
+    // Logits and loss.
+    let logits = m.model.forward(&batch, &eval).unwrap();
+    let loss = cross_entropy(&logits, &y, None).unwrap();
+    let e_logits = max_abs_diff(&logits, r.get("logits"));
+    let e_loss = max_abs_diff(&loss.reshape(1).unwrap(), r.get("loss"));
+    println!("{name}: logits max abs err {e_logits:.3e}, loss err {e_loss:.3e}");
+    assert!(e_logits <= 1e-5, "logits err {e_logits}");
+    assert!(e_loss <= 1e-5, "loss err {e_loss}");
+
+    // Every parameter has a gradient, and it matches.
+    let grads = loss.backward().unwrap();
+    check_all_have_grads(m.params.iter(), &grads).unwrap();
+    let ref_grads: Vec<&String> = r.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert_eq!(ref_grads.len(), m.params.len(), "parameter count differs from PyTorch's");
+    let mut worst = (0f32, String::new());
+    for (pname, var) in m.params.iter() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let rg = r.get(&format!("grad.{pname}"));
+        let err = max_abs_diff(g, rg);
+        let tol = 1e-4 * max_abs(rg) + 1e-8;
+        assert!(err <= tol, "{pname}: gradient err {err:.3e} > tol {tol:.3e}");
+        let rel = err / tol;
+        if rel > worst.0 {
+            worst = (rel, format!("{pname} err {err:.3e} (tol {tol:.3e})"));
+        }
+    }
+    println!("{name}: all {} gradients within tolerance; worst relative to tol: {}", m.params.len(), worst.1);
+
+    // Three AdamW steps on the same batch, lr 1e-3 decaying linearly to 0 over 3 steps.
+    let (m, _, _) = load_fixture(name);
+    let sched = LinearSchedule { peak_lr: 1e-3, warmup_steps: 0, total_steps: 3 };
+    let mut opt = AdamW::new(m.params.iter(), AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    let ref_losses: Vec<f32> = r.get("step_losses").to_vec1().unwrap();
+    let mut max_step_loss_err = 0f32;
+    for (step, ref_loss) in ref_losses.iter().enumerate() {
+        let logits = m.model.forward(&batch, &eval).unwrap();
+        let loss = cross_entropy(&logits, &y, None).unwrap();
+        let l: f32 = loss.to_scalar().unwrap();
+        max_step_loss_err = max_step_loss_err.max((l - ref_loss).abs());
+        let grads = loss.backward().unwrap();
+        opt.step(&grads, sched.lr(step)).unwrap();
+    }
+    assert!(max_step_loss_err <= 1e-5, "step loss err {max_step_loss_err}");
+    let mut max_param_err = 0f32;
+    for (pname, var) in m.params.iter() {
+        let err = max_abs_diff(var.as_tensor(), r.get(&format!("after3.{pname}")));
+        assert!(err <= 1e-5, "{pname}: after 3 steps err {err:.3e}");
+        max_param_err = max_param_err.max(err);
+    }
+    println!("{name}: step losses max err {max_step_loss_err:.3e}; params after 3 AdamW steps max err {max_param_err:.3e}");
+}
+
+#[test]
+fn tiny_distilbert_matches_pytorch() {
+    check_fixture("tiny-distilbert");
+}
+
+#[test]
+fn tiny_bert_matches_pytorch() {
+    check_fixture("tiny-bert");
+}
+
+#[test]
+fn minilm_encoder_matches_pytorch() {
+    use_shared_cache();
+    let files = ModelFiles::resolve("sentence-transformers/all-MiniLM-L6-v2").unwrap();
+    let config = ModelConfig::load(&files.config).unwrap();
+    let m = load_classifier(config, &files.weights, 0, &Device::Cpu).unwrap();
+    let r = Reference::load(&fixture("all-MiniLM-L6-v2.reference.safetensors"));
+    check_tokens(&m, &files, &r);
+    let types = text_encoder(&files, &m.config, None).unwrap();
+    let texts = r.texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    assert_eq!(types.encode(&refs).unwrap().type_ids, r.rows_u32("token_type_ids"));
+    let batch = reference_batch(&r, true);
+    let Classifier::Bert(bert) = &m.model else { panic!("expected a BERT model") };
+    let (hidden, pooled) = bert.bert.forward(&batch, &Dropout::eval()).unwrap();
+    let e_hidden = max_abs_diff(&hidden, r.get("last_hidden_state"));
+    let e_pooled = max_abs_diff(&pooled, r.get("pooler_output"));
+    println!("all-MiniLM-L6-v2: last_hidden_state max abs err {e_hidden:.3e}, pooler_output {e_pooled:.3e}");
+    assert!(e_hidden <= 1e-4, "last_hidden_state err {e_hidden}");
+    assert!(e_pooled <= 1e-4, "pooler_output err {e_pooled}");
+}
