@@ -22,6 +22,30 @@ pub struct Cli {
 pub enum Command {
     /// Classify texts given as arguments; prints one JSON line per text.
     Predict(PredictArgs),
+    /// Time training steps and inference of a randomly initialised model (speed work only).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The model shape (a config.json); weights are random.
+    #[arg(long, default_value = "../shared/fixtures/distilbert-base-uncased.config.json")]
+    pub config: std::path::PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Tokens per row; repeat for several shapes (default: 24, 40, 64, 87).
+    #[arg(long)]
+    pub seq: Vec<usize>,
+    /// Measured steps per shape (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Unmeasured warm-up steps per shape.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// One JSON object per shape instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +94,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Predict(args) => predict(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -95,4 +120,37 @@ fn predict(args: PredictArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&prediction_json(text, p, labels))?);
     }
     Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let seqs = if args.seq.is_empty() { vec![24, 40, 64, 87] } else { args.seq.clone() };
+    if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
+        bail!("--batch, --seq and --steps must be at least 1");
+    }
+    let opts = crate::bench::BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup };
+    if !args.json {
+        println!(
+            "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",
+            "batch", "seq", "step s", "fwd s", "bwd s", "optim s", "eval s", "texts/s", "1-text ms", "peak MB"
+        );
+    }
+    crate::bench::run(&args.config, &opts, &Device::Cpu, |r| {
+        if args.json {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
+        } else {
+            println!(
+                "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>10.1} | {:>8.0}",
+                r.batch,
+                r.seq,
+                r.train_step_s,
+                r.forward_s,
+                r.backward_s,
+                r.optimizer_s,
+                r.eval_forward_s,
+                r.predict_texts_per_s,
+                r.one_text_latency_s * 1e3,
+                r.peak_rss_mb
+            );
+        }
+    })
 }

@@ -1,6 +1,7 @@
 //! emotune: fine-tune, evaluate and serve transformer encoders (DistilBERT, BERT) that
 //! classify text by emotion, matching Hugging Face Transformers number for number.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod fsx;

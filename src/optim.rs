@@ -185,3 +185,33 @@ pub fn check_all_have_grads<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_schedule_matches_transformers() {
+        // get_linear_schedule_with_warmup(num_warmup_steps=2, num_training_steps=10)
+        let s = LinearSchedule { peak_lr: 1.0, warmup_steps: 2, total_steps: 10 };
+        let got: Vec<f64> = (0..11).map(|i| s.lr(i)).collect();
+        let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{got:?}");
+        }
+        let s = LinearSchedule { peak_lr: 2e-5, warmup_steps: 0, total_steps: 500 };
+        assert_eq!(s.lr(0), 2e-5);
+        assert!((s.lr(250) - 1e-5).abs() < 1e-18);
+        assert_eq!(s.lr(500), 0.0);
+    }
+
+    #[test]
+    fn weight_decay_groups() {
+        assert!(decays("distilbert.transformer.layer.0.ffn.lin1.weight"));
+        assert!(decays("distilbert.embeddings.word_embeddings.weight"));
+        assert!(!decays("distilbert.transformer.layer.0.ffn.lin1.bias"));
+        assert!(!decays("distilbert.transformer.layer.0.sa_layer_norm.weight"));
+        assert!(!decays("bert.encoder.layer.0.output.LayerNorm.weight"));
+        assert!(!decays("bert.embeddings.LayerNorm.bias"));
+    }
+}

@@ -75,11 +75,16 @@ pub enum Init {
     Normal(f64),
     /// Part of a task head: zeros when absent (biases).
     Zeros,
+    /// Ones (LayerNorm weights of a randomly initialised model).
+    Ones,
 }
 
 /// Builds a [`ParamStore`] from a safetensors checkpoint, one named parameter at a time.
 pub struct WeightLoader {
-    file: PathBuf,
+    /// The checkpoint, or `None` to initialise every parameter randomly.
+    file: Option<PathBuf>,
+    /// Standard deviation of random initialisation for weights the checkpoint lacks.
+    init_std: f64,
     bytes: Vec<u8>,
     /// Names in the file with their dtype and shape.
     available: HashMap<String, (Dtype, Vec<usize>)>,
@@ -104,7 +109,8 @@ impl WeightLoader {
             .map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec())))
             .collect();
         Ok(WeightLoader {
-            file: file.to_path_buf(),
+            file: Some(file.to_path_buf()),
+            init_std: 0.0,
             bytes,
             available,
             used: BTreeSet::new(),
@@ -114,6 +120,28 @@ impl WeightLoader {
             store: ParamStore::default(),
             created: Vec::new(),
         })
+    }
+
+    /// A loader without a checkpoint: every parameter is initialised as Transformers'
+    /// `_init_weights` does (weights and embeddings `N(0, std)`, biases 0, LayerNorm weights 1).
+    /// For speed work only: such a model has learned nothing.
+    pub fn random(prefix: &str, seed: u64, std: f64, device: &Device) -> WeightLoader {
+        WeightLoader {
+            file: None,
+            init_std: std,
+            bytes: Vec::new(),
+            available: HashMap::new(),
+            used: BTreeSet::new(),
+            prefix: prefix.to_string(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            device: device.clone(),
+            store: ParamStore::default(),
+            created: Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.file.as_ref().map_or_else(|| "random initialisation".to_string(), |f| f.display().to_string())
     }
 
     /// The name under which `name` is stored in the file, trying the bare base-model form and
@@ -137,26 +165,32 @@ impl WeightLoader {
 
     /// Loads (or, for head parameters, creates) the parameter `name` of shape `shape`.
     pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let init = match (&self.file, init) {
+            (None, _) if name.ends_with(".bias") => Init::Zeros,
+            (None, _) if name.to_ascii_lowercase().contains("norm") => Init::Ones,
+            (None, _) => Init::Normal(self.init_std),
+            (Some(_), init) => init,
+        };
         let tensor = match self.find(name) {
             Some(stored) => {
                 let (dtype, file_shape) = self.available[&stored].clone();
                 if file_shape != shape {
                     bail!(
                         "{}: tensor {stored} has shape {file_shape:?}, but the config implies {shape:?}",
-                        self.file.display()
+                        self.describe()
                     );
                 }
                 self.used.insert(stored.clone());
                 let st = SafeTensors::deserialize(&self.bytes)?;
                 let view = st.tensor(&stored)?;
                 let data = to_f32(view.data(), dtype)
-                    .with_context(|| format!("{}: tensor {stored}", self.file.display()))?;
+                    .with_context(|| format!("{}: tensor {stored}", self.describe()))?;
                 Tensor::from_vec(data, shape, &self.device)?
             }
             None => match init {
                 Init::Required => bail!(
                     "{}: missing tensor {name} (the checkpoint does not match the config's architecture)",
-                    self.file.display()
+                    self.describe()
                 ),
                 Init::Normal(std) => {
                     self.created.push(name.to_string());
@@ -169,6 +203,10 @@ impl WeightLoader {
                     self.created.push(name.to_string());
                     Tensor::zeros(shape, DType::F32, &self.device)?
                 }
+                Init::Ones => {
+                    self.created.push(name.to_string());
+                    Tensor::ones(shape, DType::F32, &self.device)?
+                }
             },
         };
         let var = Var::from_tensor(&tensor)?;
@@ -179,10 +217,11 @@ impl WeightLoader {
 
     /// Finishes loading: reports what was created and what in the file was not used.
     pub fn finish(self) -> Result<ParamStore> {
+        let Some(file) = &self.file else { return Ok(self.store) };
+        let file = file.display();
         if !self.created.is_empty() {
             log::info!(
-                "{}: newly initialised (not in the checkpoint): {}",
-                self.file.display(),
+                "{file}: newly initialised (not in the checkpoint): {}",
                 self.created.join(", ")
             );
         }
@@ -190,9 +229,9 @@ impl WeightLoader {
         unused.sort();
         for name in unused {
             if is_pretraining_or_buffer(name) {
-                log::debug!("{}: ignoring {name} (pretraining head or buffer)", self.file.display());
+                log::debug!("{file}: ignoring {name} (pretraining head or buffer)");
             } else {
-                log::warn!("{}: unused tensor {name}", self.file.display());
+                log::warn!("{file}: unused tensor {name}");
             }
         }
         Ok(self.store)

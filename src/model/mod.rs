@@ -272,17 +272,90 @@ pub struct LoadedModel {
 /// Base-model checkpoints (no head, or names without the `distilbert.`/`bert.` prefix) load
 /// too; a missing head is initialised `N(0, initializer_range)` from `seed`.
 pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let prefix = base_prefix(&config);
+    build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?)
+}
+
+/// A classifier of `config`'s shape with every weight drawn at random from `seed`, for speed
+/// work only (it has learned nothing).
+pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let wl = WeightLoader::random(base_prefix(&config), seed, config.initializer_range(), device);
+    build_classifier(config, wl)
+}
+
+fn base_prefix(config: &ModelConfig) -> &'static str {
+    match config.arch {
+        ArchConfig::DistilBert(_) => "distilbert.",
+        ArchConfig::Bert(_) => "bert.",
+    }
+}
+
+fn build_classifier(config: ModelConfig, mut wl: WeightLoader) -> Result<LoadedModel> {
     let (model, params) = match &config.arch {
         ArchConfig::DistilBert(c) => {
-            let mut wl = WeightLoader::open(weights, "distilbert.", seed, device)?;
             let m = distilbert::DistilBertForSequenceClassification::load(&mut wl, c, config.num_labels())?;
             (Classifier::DistilBert(m), wl.finish()?)
         }
         ArchConfig::Bert(c) => {
-            let mut wl = WeightLoader::open(weights, "bert.", seed, device)?;
             let m = bert::BertForSequenceClassification::load(&mut wl, c, config.num_labels())?;
             (Classifier::Bert(m), wl.finish()?)
         }
     };
     Ok(LoadedModel { config, model, params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_is_seeded_inverted_and_off_in_eval() {
+        let x = Tensor::ones((200, 100), DType::F32, &Device::Cpu).unwrap();
+        let a: Vec<f32> = Dropout::train(1).apply(&x, 0.1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = Dropout::train(1).apply(&x, 0.1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let c: Vec<f32> = Dropout::train(2).apply(&x, 0.1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let zeros = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((zeros - 0.1).abs() < 0.01, "dropped fraction {zeros}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        let e: Vec<f32> = Dropout::eval().apply(&x, 0.1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(e.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn layer_norm_and_softmax_are_differentiable() {
+        use candle_core::Var;
+        let x = Var::from_tensor(&Tensor::new(&[[1.0f32, 2.0, 4.0], [0.5, -1.0, 3.0]], &Device::Cpu).unwrap()).unwrap();
+        let ln = LayerNorm {
+            weight: Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap(),
+            bias: Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+            eps: 1e-12,
+        };
+        let y = softmax_last_dim(&ln.forward(x.as_tensor()).unwrap()).unwrap();
+        let loss = y.narrow(1, 0, 1).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let gx = g.get(x.as_tensor()).expect("x must receive a gradient");
+        assert!(max_abs(gx) > 1e-3);
+        // Central differences agree with the analytic gradient.
+        let base: Vec<Vec<f32>> = x.as_tensor().to_vec2().unwrap();
+        let gx: Vec<Vec<f32>> = gx.to_vec2().unwrap();
+        let f = |v: &Vec<Vec<f32>>| -> f32 {
+            let t = Tensor::new(v.clone(), &Device::Cpu).unwrap();
+            softmax_last_dim(&ln.forward(&t).unwrap()).unwrap().narrow(1, 0, 1).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        for i in 0..2 {
+            for j in 0..3 {
+                let (mut p, mut m) = (base.clone(), base.clone());
+                p[i][j] += 1e-2;
+                m[i][j] -= 1e-2;
+                let num = (f(&p) - f(&m)) / 2e-2;
+                assert!((num - gx[i][j]).abs() < 2e-3, "d/dx[{i}][{j}]: numeric {num}, analytic {}", gx[i][j]);
+            }
+        }
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
 }

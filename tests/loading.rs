@@ -1,0 +1,90 @@
+//! Checkpoint variants: bare base models, pretraining heads, legacy names, head initialisation.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use emotune::config::ModelConfig;
+use emotune::model::{load_classifier, LoadedModel};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn original(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn load(name: &str, weights: &Path, seed: u64) -> LoadedModel {
+    let config = ModelConfig::load(&fixture(name).join("config.json")).unwrap();
+    load_classifier(config, weights, seed, &Device::Cpu).unwrap()
+}
+
+fn param(m: &LoadedModel, name: &str) -> Tensor {
+    m.params.get(name).unwrap_or_else(|| panic!("no parameter {name}")).as_tensor().clone()
+}
+
+/// A DistilBERT base-model checkpoint: no prefix, a masked-LM head, no classification head.
+fn bare_distilbert(dir: &Path) -> std::path::PathBuf {
+    let mut out: HashMap<String, Tensor> = original("tiny-distilbert")
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("distilbert.").map(|k| (k.to_string(), v)))
+        .collect();
+    out.insert("vocab_projector.bias".into(), Tensor::zeros(30522, candle_core::DType::F32, &Device::Cpu).unwrap());
+    out.insert("vocab_layer_norm.weight".into(), Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap());
+    let p = dir.join("model.safetensors");
+    candle_core::safetensors::save(&out, &p).unwrap();
+    p
+}
+
+#[test]
+fn bare_base_model_loads_and_gets_a_seeded_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = bare_distilbert(dir.path());
+    let orig = original("tiny-distilbert");
+    let a = load("tiny-distilbert", &weights, 42);
+    // The encoder is the checkpoint's, under the prefixed names.
+    let name = "distilbert.transformer.layer.1.ffn.lin2.weight";
+    assert_eq!(max_abs_diff(&param(&a, name), &orig[name]), 0.0);
+    // The head is new: N(0, 0.02) weights, zero biases, reproducible from the seed.
+    for head in ["pre_classifier", "classifier"] {
+        let w = param(&a, &format!("{head}.weight"));
+        let b = param(&a, &format!("{head}.bias"));
+        assert_eq!(max_abs(&b), 0.0, "{head}.bias should start at zero");
+        let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        assert!((std - 0.02).abs() < 0.004, "{head}.weight std {std}");
+        assert!(mean.abs() < 0.004, "{head}.weight mean {mean}");
+        assert!(max_abs_diff(&w, &orig[&format!("{head}.weight")]) > 0.0);
+    }
+    let b = load("tiny-distilbert", &weights, 42);
+    let c = load("tiny-distilbert", &weights, 7);
+    assert_eq!(max_abs_diff(&param(&a, "classifier.weight"), &param(&b, "classifier.weight")), 0.0);
+    assert!(max_abs_diff(&param(&a, "classifier.weight"), &param(&c, "classifier.weight")) > 0.0);
+}
+
+#[test]
+fn legacy_layernorm_names_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let orig = original("tiny-bert");
+    let renamed: HashMap<String, Tensor> = orig
+        .iter()
+        .map(|(k, v)| (k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"), v.clone()))
+        .collect();
+    let p = dir.path().join("model.safetensors");
+    candle_core::safetensors::save(&renamed, &p).unwrap();
+    let m = load("tiny-bert", &p, 0);
+    let name = "bert.encoder.layer.0.output.LayerNorm.weight";
+    assert_eq!(max_abs_diff(&param(&m, name), &orig[name]), 0.0);
+}
+
+#[test]
+fn missing_encoder_tensor_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = original("tiny-bert");
+    t.remove("bert.encoder.layer.1.attention.self.value.bias");
+    let p = dir.path().join("model.safetensors");
+    candle_core::safetensors::save(&t, &p).unwrap();
+    let config = ModelConfig::load(&fixture("tiny-bert").join("config.json")).unwrap();
+    let err = load_classifier(config, &p, 0, &Device::Cpu).err().expect("loading should fail");
+    assert!(format!("{err:#}").contains("missing tensor bert.encoder.layer.1.attention.self.value.bias"), "{err:#}");
+}
