@@ -4,6 +4,7 @@ use crate::infer::{prediction_json, Predictor};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(name = "emotune", version, about = "Fine-tune, evaluate and serve emotion classifiers")]
@@ -22,8 +23,117 @@ pub struct Cli {
 pub enum Command {
     /// Classify texts given as arguments; prints one JSON line per text.
     Predict(PredictArgs),
+    /// Fine-tune a model on a labelled dataset (defaults: the seed recipe).
+    Train(Box<TrainArgs>),
     /// Time training steps and inference of a randomly initialised model (speed work only).
     Bench(BenchArgs),
+}
+
+/// Where the data comes from (shared by the data-reading commands).
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// A Hub dataset id or a directory with train.*/validation.*/test.* files
+    /// (default: dair-ai/emotion, unless --train is given).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Training file (parquet, csv, tsv, jsonl, or `text;label` lines).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Validation file.
+    #[arg(long)]
+    pub validation: Option<PathBuf>,
+    /// Test file.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Column (or JSON field) holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Column (or JSON field) holding the label (a name or an integer id).
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Label names in id order, comma-separated (default: the dataset's ClassLabel names, else
+    /// the sorted distinct names).
+    #[arg(long, value_delimiter = ',')]
+    pub label_names: Option<Vec<String>>,
+}
+
+impl DataArgs {
+    pub fn spec(&self) -> crate::data::DataSpec {
+        let dataset = match (&self.dataset, &self.train) {
+            (Some(d), _) => Some(d.clone()),
+            (None, None) => Some("dair-ai/emotion".to_string()),
+            (None, Some(_)) => None,
+        };
+        crate::data::DataSpec {
+            dataset,
+            train: self.train.clone(),
+            validation: self.validation.clone(),
+            test: self.test.clone(),
+            text_column: self.text_column.clone(),
+            label_column: self.label_column.clone(),
+            label_names: self.label_names.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The model to fine-tune: a Hub id or a directory.
+    #[arg(long, short, default_value = "distilbert-base-uncased")]
+    pub model: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the fine-tuned model (default: <model>-finetuned-<dataset>).
+    #[arg(long, short)]
+    pub output_dir: Option<PathBuf>,
+    /// Replace a model already in --output-dir.
+    #[arg(long)]
+    pub overwrite_output_dir: bool,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Training batch size.
+    #[arg(long, alias = "train-batch-size", default_value_t = 64)]
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch_size: usize,
+    /// Training epochs.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Linear warm-up steps (overrides --warmup-ratio).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of all steps.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Seeds head initialisation, dropout and shuffling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N validation/test examples.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// After training, classify these texts with the new model (repeatable).
+    #[arg(long = "predict")]
+    pub predict: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +204,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Predict(args) => predict(args),
+        Command::Train(args) => train(*args),
         Command::Bench(args) => bench(args),
     }
 }
@@ -153,4 +264,57 @@ fn bench(args: BenchArgs) -> Result<()> {
             );
         }
     })
+}
+
+fn default_output_dir(model: &str, data: &crate::data::DataSpec) -> PathBuf {
+    let base = |s: &str| s.trim_end_matches('/').rsplit('/').next().unwrap_or(s).to_string();
+    let ds = match (&data.dataset, &data.train) {
+        (Some(d), _) => base(d),
+        (None, Some(t)) => t.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned()),
+        (None, None) => "data".into(),
+    };
+    PathBuf::from(format!("{}-finetuned-{ds}", base(model)))
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let spec = args.data.spec();
+    let output_dir = args.output_dir.clone().unwrap_or_else(|| default_output_dir(&args.model, &spec));
+    let cfg = crate::train::TrainConfig {
+        model: args.model.clone(),
+        output_dir,
+        learning_rate: args.learning_rate,
+        adam_beta1: args.adam_beta1,
+        adam_beta2: args.adam_beta2,
+        adam_epsilon: args.adam_epsilon,
+        weight_decay: args.weight_decay,
+        train_batch_size: args.batch_size,
+        eval_batch_size: args.eval_batch_size,
+        num_train_epochs: args.epochs,
+        max_steps: args.max_steps,
+        warmup_steps: args.warmup_steps,
+        warmup_ratio: args.warmup_ratio,
+        lr_scheduler_type: "linear".into(),
+        seed: args.seed,
+        max_length: args.max_length,
+        train_limit: args.train_limit,
+        eval_limit: args.eval_limit,
+        overwrite_output_dir: args.overwrite_output_dir,
+    };
+    let device = Device::Cpu;
+    let outcome = crate::train::train(&cfg, &spec, &device)?;
+    println!("{}", crate::train::format_table(&outcome.rows).trim_end());
+    println!(
+        "\n{} steps in {:.1} s; model written to {}",
+        outcome.total_steps,
+        outcome.wall_seconds,
+        outcome.output_dir.display()
+    );
+    if !args.predict.is_empty() {
+        let predictor = Predictor::load(outcome.output_dir.to_str().unwrap_or_default(), args.max_length, &device)?;
+        let texts: Vec<&str> = args.predict.iter().map(String::as_str).collect();
+        for (text, p) in texts.iter().zip(predictor.predict(&texts, args.eval_batch_size)?) {
+            println!("{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?);
+        }
+    }
+    Ok(())
 }

@@ -116,6 +116,68 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Every file of the repository or directory, as paths relative to its root, sorted.
+    /// Online, a Hub repository is listed by the Hub API; offline (or when the Hub cannot be
+    /// reached) by its cached snapshot.
+    pub fn list_files(&self) -> Result<Vec<String>> {
+        let mut files = match self {
+            Source::Dir(dir) => walk(dir)?,
+            Source::Hub { id, kind } => {
+                let repo = Repo::with_revision(id.clone(), *kind, "main".to_string());
+                let online = if offline() {
+                    None
+                } else {
+                    let listed = hf_hub::api::sync::ApiBuilder::from_env()
+                        .with_progress(false)
+                        .build()
+                        .map_err(anyhow::Error::new)
+                        .and_then(|api| api.repo(repo.clone()).info().map_err(anyhow::Error::new));
+                    match listed {
+                        Ok(info) => Some(info.siblings.into_iter().map(|s| s.rfilename).collect()),
+                        Err(e) => {
+                            log::warn!("{id}: cannot list the repository on the Hub ({e:#}); using the cache");
+                            None
+                        }
+                    }
+                };
+                match online {
+                    Some(files) => files,
+                    None => {
+                        let root = cache_dir().join(repo.folder_name());
+                        let commit = std::fs::read_to_string(root.join("refs").join("main")).map_err(|_| {
+                            anyhow::anyhow!(
+                                "{id} is not in the Hugging Face cache at {}{}",
+                                cache_dir().display(),
+                                if offline() { " and HF_HUB_OFFLINE is set" } else { "" }
+                            )
+                        })?;
+                        walk(&root.join("snapshots").join(commit.trim()))?
+                    }
+                }
+            }
+        };
+        files.sort();
+        Ok(files)
+    }
+}
+
+fn walk(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The cache directory in use (`$HF_HOME/hub`, or `~/.cache/huggingface/hub`).
 pub fn cache_dir() -> PathBuf {
     Cache::from_env().path().clone()

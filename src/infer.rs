@@ -65,15 +65,15 @@ impl Predictor {
         let mut out = Vec::with_capacity(texts.len());
         let eval = Dropout::eval();
         for chunk in texts.chunks(batch_size) {
-            let enc = self.encoder.encode(chunk)?;
-            let batch = self.encoder.to_batch(&enc, &self.device)?;
+            let rows = self.encoder.tokenize(chunk)?;
+            let batch = self.encoder.batch(&rows.iter().collect::<Vec<_>>(), &self.device)?;
             let logits = self.model.model.forward(&batch, &eval)?;
             let probs = crate::model::softmax_last_dim(&logits)?;
             let logits: Vec<Vec<f32>> = logits.to_vec2()?;
             let probs: Vec<Vec<f32>> = probs.to_vec2()?;
-            for ((l, p), &truncated) in logits.into_iter().zip(probs).zip(&enc.truncated) {
+            for ((l, p), row) in logits.into_iter().zip(probs).zip(&rows) {
                 let id = argmax(&p);
-                out.push(Prediction { label_id: id, score: p[id], probs: p, logits: l, truncated });
+                out.push(Prediction { label_id: id, score: p[id], probs: p, logits: l, truncated: row.truncated });
             }
         }
         Ok(out)
@@ -101,4 +101,48 @@ pub fn prediction_json(text: &str, p: &Prediction, labels: &[String]) -> Value {
     m.insert("score".into(), Value::from(p.score as f64));
     m.insert("scores".into(), Value::Object(scores));
     Value::Object(m)
+}
+
+/// Per-example results of running a model over a labelled split.
+#[derive(Debug, Clone)]
+pub struct EvalOutput {
+    /// Mean cross-entropy over the examples (Trainer's `eval_loss`).
+    pub loss: f64,
+    pub preds: Vec<usize>,
+    /// Cross-entropy of each example.
+    pub losses: Vec<f32>,
+    /// Softmax probabilities of each example.
+    pub probs: Vec<Vec<f32>>,
+}
+
+/// Runs `model` (dropout off) over `rows` in order, in batches of `batch_size`, and scores the
+/// predictions against `gold`. `on_batch` is told how many rows each batch held.
+pub fn evaluate(
+    model: &LoadedModel,
+    encoder: &TextEncoder,
+    rows: &[crate::tokenize::Tokenized],
+    gold: &[usize],
+    batch_size: usize,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<EvalOutput> {
+    if batch_size == 0 {
+        bail!("batch size must be at least 1");
+    }
+    let eval = Dropout::eval();
+    let mut out = EvalOutput { loss: 0.0, preds: Vec::new(), losses: Vec::new(), probs: Vec::new() };
+    for (chunk, labels) in rows.chunks(batch_size).zip(gold.chunks(batch_size)) {
+        let batch = encoder.batch(&chunk.iter().collect::<Vec<_>>(), device)?;
+        let logits = model.model.forward(&batch, &eval)?;
+        let logp: Vec<Vec<f32>> = crate::model::log_softmax_last_dim(&logits)?.to_vec2()?;
+        for (lp, &g) in logp.into_iter().zip(labels) {
+            let probs: Vec<f32> = lp.iter().map(|x| x.exp()).collect();
+            out.preds.push(argmax(&lp));
+            out.losses.push(-lp[g]);
+            out.probs.push(probs);
+        }
+        on_batch(chunk.len());
+    }
+    out.loss = out.losses.iter().map(|&l| l as f64).sum::<f64>() / out.losses.len().max(1) as f64;
+    Ok(out)
 }

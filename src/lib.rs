@@ -2,12 +2,16 @@
 //! classify text by emotion, matching Hugging Face Transformers number for number.
 
 pub mod bench;
+pub mod card;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod fsx;
 pub mod hub;
 pub mod infer;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod tokenize;
+pub mod train;
 pub mod weights;

@@ -15,13 +15,13 @@ pub struct TextEncoder {
     with_token_types: bool,
 }
 
-/// Token ids of one batch before they become tensors.
-pub struct Encoded {
-    pub ids: Vec<Vec<u32>>,
-    pub mask: Vec<Vec<u32>>,
-    pub type_ids: Vec<Vec<u32>>,
-    /// Which texts were cut at the maximum length.
-    pub truncated: Vec<bool>,
+/// One tokenised text (with special tokens, truncated), before padding.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Whether the text was cut at the maximum length.
+    pub truncated: bool,
 }
 
 impl TextEncoder {
@@ -77,42 +77,36 @@ impl TextEncoder {
         &self.tokenizer
     }
 
-    /// Tokenises `texts` (with special tokens) and pads them to the longest one.
-    pub fn encode(&self, texts: &[&str]) -> Result<Encoded> {
+    /// Tokenises `texts` with special tokens, truncating at the maximum length.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         let encs = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let longest = encs.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut out = Encoded {
-            ids: Vec::with_capacity(encs.len()),
-            mask: Vec::with_capacity(encs.len()),
-            type_ids: Vec::with_capacity(encs.len()),
-            truncated: Vec::with_capacity(encs.len()),
-        };
-        for e in &encs {
-            out.truncated.push(!e.get_overflowing().is_empty());
-            let n = e.get_ids().len();
-            let mut ids = e.get_ids().to_vec();
-            let mut mask = vec![1u32; n];
-            let mut types = e.get_type_ids().to_vec();
-            ids.resize(longest, self.pad_id);
-            mask.resize(longest, 0);
-            types.resize(longest, 0);
-            out.ids.push(ids);
-            out.mask.push(mask);
-            out.type_ids.push(types);
-        }
-        Ok(out)
+        Ok(encs
+            .into_iter()
+            .map(|e| Tokenized {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+                truncated: !e.get_overflowing().is_empty(),
+            })
+            .collect())
     }
 
-    /// Turns encoded rows into a [`Batch`] on `device`.
-    pub fn to_batch(&self, enc: &Encoded, device: &Device) -> Result<Batch> {
-        let mut batch = Batch::from_rows(&enc.ids, &enc.mask, device)?;
+    /// Pads `rows` to the longest one and makes a [`Batch`] on `device`.
+    pub fn batch(&self, rows: &[&Tokenized], device: &Device) -> Result<Batch> {
+        let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let pad = |v: &[u32], fill: u32| -> Vec<u32> {
+            let mut out = v.to_vec();
+            out.resize(longest, fill);
+            out
+        };
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| pad(&r.ids, self.pad_id)).collect();
+        let mask: Vec<Vec<u32>> = rows.iter().map(|r| pad(&vec![1; r.ids.len()], 0)).collect();
+        let mut batch = Batch::from_rows(&ids, &mask, device)?;
         if self.with_token_types {
-            let (b, s) = batch.dims();
-            let flat: Vec<u32> = enc.type_ids.iter().flatten().copied().collect();
-            batch.token_type_ids = Some(Tensor::from_vec(flat, (b, s), device)?);
+            let types: Vec<u32> = rows.iter().flat_map(|r| pad(&r.type_ids, 0)).collect();
+            batch.token_type_ids = Some(Tensor::from_vec(types, (rows.len(), longest), device)?);
         }
         Ok(batch)
     }

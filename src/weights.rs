@@ -96,6 +96,8 @@ pub struct WeightLoader {
     device: Device,
     store: ParamStore,
     created: Vec<String>,
+    /// Create the task head (names outside the base model) afresh even if the file has one.
+    fresh_head: bool,
 }
 
 impl WeightLoader {
@@ -119,6 +121,7 @@ impl WeightLoader {
             device: device.clone(),
             store: ParamStore::default(),
             created: Vec::new(),
+            fresh_head: false,
         })
     }
 
@@ -137,7 +140,15 @@ impl WeightLoader {
             device: device.clone(),
             store: ParamStore::default(),
             created: Vec::new(),
+            fresh_head: false,
         }
+    }
+
+    /// Ignores the checkpoint's task head (e.g. when the label set changes): every parameter
+    /// outside the base model is initialised anew.
+    pub fn with_fresh_head(mut self) -> WeightLoader {
+        self.fresh_head = true;
+        self
     }
 
     fn describe(&self) -> String {
@@ -171,7 +182,9 @@ impl WeightLoader {
             (None, _) => Init::Normal(self.init_std),
             (Some(_), init) => init,
         };
-        let tensor = match self.find(name) {
+        let skip = self.fresh_head && !name.starts_with(&self.prefix);
+        let found = if skip { None } else { self.find(name) };
+        let tensor = match found {
             Some(stored) => {
                 let (dtype, file_shape) = self.available[&stored].clone();
                 if file_shape != shape {

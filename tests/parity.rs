@@ -41,9 +41,13 @@ fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
     let enc = text_encoder(files, &model.config, None).unwrap();
     let texts = r.texts();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let e = enc.encode(&refs).unwrap();
-    assert_eq!(e.ids, r.rows_u32("input_ids"), "token ids differ from the reference");
-    assert_eq!(e.mask, r.rows_u32("attention_mask"), "attention mask differs from the reference");
+    let rows = enc.tokenize(&refs).unwrap();
+    let batch = enc.batch(&rows.iter().collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = batch.input_ids.to_vec2().unwrap();
+    let mask: Vec<Vec<f32>> = batch.attention_mask.to_vec2().unwrap();
+    let mask: Vec<Vec<u32>> = mask.into_iter().map(|r| r.into_iter().map(|m| m as u32).collect()).collect();
+    assert_eq!(ids, r.rows_u32("input_ids"), "token ids differ from the reference");
+    assert_eq!(mask, r.rows_u32("attention_mask"), "attention mask differs from the reference");
 }
 
 fn check_fixture(name: &str) {
@@ -127,7 +131,10 @@ fn minilm_encoder_matches_pytorch() {
     let types = text_encoder(&files, &m.config, None).unwrap();
     let texts = r.texts();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    assert_eq!(types.encode(&refs).unwrap().type_ids, r.rows_u32("token_type_ids"));
+    let rows = types.tokenize(&refs).unwrap();
+    let batch = types.batch(&rows.iter().collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let type_ids: Vec<Vec<u32>> = batch.token_type_ids.unwrap().to_vec2().unwrap();
+    assert_eq!(type_ids, r.rows_u32("token_type_ids"));
     let batch = reference_batch(&r, true);
     let Classifier::Bert(bert) = &m.model else { panic!("expected a BERT model") };
     let (hidden, pooled) = bert.bert.forward(&batch, &Dropout::eval()).unwrap();

@@ -276,6 +276,13 @@ pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &
     build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?)
 }
 
+/// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
+/// (for fine-tuning on a different label set).
+pub fn load_classifier_fresh_head(config: ModelConfig, weights: &Path, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let prefix = base_prefix(&config);
+    build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?.with_fresh_head())
+}
+
 /// A classifier of `config`'s shape with every weight drawn at random from `seed`, for speed
 /// work only (it has learned nothing).
 pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Result<LoadedModel> {
