@@ -220,7 +220,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
                     }
                     RawLabel::Name(n) => *index.get(n.as_str()).ok_or_else(|| {
                         anyhow!(
-                            "{}:{}: unknown label {n:?} (known labels: {})",
+                            "{}:{}: label {n:?} is not among the training labels ({})",
                             f.path.display(),
                             row.line,
                             labels.join(", ")

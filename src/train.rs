@@ -102,12 +102,14 @@ pub struct EpochRow {
     pub accuracy: f64,
     pub f1: f64,
     pub f1_macro: f64,
-    pub train_seconds: f64,
 }
 
 /// What a finished run reports.
 pub struct TrainOutcome {
     pub rows: Vec<EpochRow>,
+    /// The trained model as it is in memory (identical to what was saved).
+    pub model: LoadedModel,
+    pub encoder: TextEncoder,
     pub output_dir: PathBuf,
     pub total_steps: usize,
     pub wall_seconds: f64,
@@ -259,6 +261,9 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
             loss_sum += loss_v as f64;
             pb.set_message(format!("loss {loss_v:.4}"));
             pb.inc(1);
+            if pb.is_hidden() {
+                report_plain_progress(pb.position() as usize, steps_this_epoch, epoch_start, loss_v);
+            }
         }
         pb.finish_and_clear();
         let train_seconds = epoch_start.elapsed().as_secs_f64();
@@ -279,7 +284,6 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
             accuracy: rep.accuracy,
             f1: rep.f1_weighted,
             f1_macro: rep.f1_macro,
-            train_seconds,
         };
         eprintln!(
             "epoch {:.2}: step {step}, training loss {:.4}, validation loss {:.4}, accuracy {:.4}, F1 {:.4} ({train_seconds:.0} s)",
@@ -292,10 +296,23 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
     save_model(&model, &files, &encoder, &dataset, cfg, &rows, &cfg.output_dir)?;
     Ok(TrainOutcome {
         rows,
+        model,
+        encoder,
         output_dir: cfg.output_dir.clone(),
         total_steps,
         wall_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Progress for logs (stderr not a terminal): about every tenth of an epoch.
+fn report_plain_progress(done: usize, total: usize, since: Instant, loss: f32) {
+    let every = (total / 10).max(1);
+    if done % every != 0 && done != total {
+        return;
+    }
+    let per_step = since.elapsed().as_secs_f64() / done as f64;
+    let eta = per_step * (total - done) as f64;
+    eprintln!("  step {done}/{total}: loss {loss:.4}, {per_step:.2} s/step, ETA {eta:.0} s");
 }
 
 fn check_output_dir(dir: &Path, overwrite: bool) -> Result<()> {

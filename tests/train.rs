@@ -1,0 +1,294 @@
+//! `emotune train` end to end on the tiny fixtures and slices of the emotion data, and its
+//! errors on bad data.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use emotune::data::DataSpec;
+use emotune::infer::Predictor;
+use emotune::train::{train, TrainConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn emotune(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("HF_HOME", hf_home()).env("HF_HUB_OFFLINE", "1").output().unwrap()
+}
+
+fn data_file(split: &str) -> PathBuf {
+    shared().join("data/emotion").join(format!("{split}.txt"))
+}
+
+/// A short CLI run on a slice of the Hub dataset (parquet through the HF cache).
+fn train_slice(model: &str, out: &Path) -> Output {
+    let fixture_dir = fixture(model);
+    emotune(&[
+        "train",
+        "--model",
+        fixture_dir.to_str().unwrap(),
+        "--dataset",
+        "dair-ai/emotion",
+        "--train-limit",
+        "192",
+        "--eval-limit",
+        "96",
+        "--batch-size",
+        "32",
+        "--eval-batch-size",
+        "48",
+        "--learning-rate",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn check_run(model: &str, expected_arch: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = train_slice(model, &out);
+    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(table.len(), 4, "header, rule and one row per epoch:\n{stdout}");
+    assert!(table[0].contains("Training Loss | Epoch | Step | Validation Loss | Accuracy | F1"));
+    assert!(table[2].contains("| 1.0 ") && table[2].contains("| 6 "), "{}", table[2]);
+    assert!(table[3].contains("| 2.0 ") && table[3].contains("| 12 "), "{}", table[3]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json", "README.md"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], expected_arch);
+    assert_eq!(config["problem_type"], "single_label_classification");
+    let names: Vec<&str> = (0..6).map(|i| config["id2label"][i.to_string()].as_str().unwrap()).collect();
+    assert_eq!(names, ["sadness", "joy", "love", "anger", "fear", "surprise"]);
+    assert_eq!(config["label2id"]["surprise"], 5);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    for needle in [
+        "base_model:",
+        "model-index:",
+        "## Model description",
+        "## Intended uses & limitations",
+        "## Training procedure",
+        "### Training hyperparameters",
+        "### Training results",
+        "### Framework versions",
+        "- learning_rate: 1e-03",
+    ] {
+        assert!(card.contains(needle), "card lacks {needle:?}");
+    }
+    assert!(card.contains(table[3]), "card table should hold the last row");
+    let args: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("training_args.json")).unwrap()).unwrap();
+    assert_eq!(args["train_batch_size"], 32);
+    assert_eq!(args["seed"], 42);
+}
+
+#[test]
+fn trains_tiny_distilbert_through_the_cli() {
+    check_run("tiny-distilbert", "DistilBertForSequenceClassification");
+}
+
+#[test]
+fn trains_tiny_bert_through_the_cli() {
+    check_run("tiny-bert", "BertForSequenceClassification");
+}
+
+#[test]
+fn same_seed_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        let o = train_slice("tiny-bert", d);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for f in ["metrics.jsonl", "model.safetensors"] {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f} differs between two runs with the same seed");
+    }
+    let before = std::fs::read(fixture("tiny-bert").join("model.safetensors")).unwrap();
+    assert!(before != std::fs::read(a.join("model.safetensors")).unwrap(), "training changed nothing");
+}
+
+#[test]
+fn reloaded_model_gives_the_in_memory_logits() {
+    std::env::set_var("HF_HOME", hf_home());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut cfg = TrainConfig::seed_recipe(fixture("tiny-distilbert").to_str().unwrap(), out.clone());
+    cfg.train_limit = Some(128);
+    cfg.eval_limit = Some(64);
+    cfg.train_batch_size = 32;
+    cfg.num_train_epochs = 1;
+    cfg.learning_rate = 1e-3;
+    let spec = DataSpec {
+        train: Some(data_file("train")),
+        validation: Some(data_file("validation")),
+        text_column: "text".into(),
+        label_column: "label".into(),
+        ..Default::default()
+    };
+    let outcome = train(&cfg, &spec, &Device::Cpu).unwrap();
+    // Labels of `text;label` files are sorted names.
+    assert_eq!(outcome.model.config.labels, ["anger", "fear", "joy", "love", "sadness", "surprise"]);
+    let texts = ["i feel wonderful", "this makes me so angry", "i am scared of the dark"];
+    let in_memory = Predictor { model: outcome.model, encoder: outcome.encoder, device: Device::Cpu };
+    let reloaded = Predictor::load(out.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    let a = in_memory.predict(&texts, 8).unwrap();
+    let b = reloaded.predict(&texts, 8).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.logits, y.logits, "reloaded logits differ");
+    }
+    assert_eq!(reloaded.labels(), in_memory.labels());
+}
+
+/// Runs `train` on the given train/validation files and expects a failure mentioning `needle`,
+/// with nothing written.
+fn expect_data_error(train_text: &[u8], valid_text: &[u8], ext: &str, extra: &[&str], needle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let train_p = tmp.path().join(format!("train.{ext}"));
+    let valid_p = tmp.path().join(format!("validation.{ext}"));
+    std::fs::write(&train_p, train_text).unwrap();
+    std::fs::write(&valid_p, valid_text).unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture("tiny-bert");
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train_p.to_str().unwrap(),
+        "--validation",
+        valid_p.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = emotune(&args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure for {needle:?}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    assert!(!out.exists(), "nothing may be written on bad data");
+}
+
+#[test]
+fn malformed_row_names_file_and_line() {
+    expect_data_error(
+        b"i feel good;joy\ni feel bad;sadness\nno separator here\n",
+        b"fine;joy\n",
+        "txt",
+        &[],
+        "train.txt:3: malformed row",
+    );
+}
+
+#[test]
+fn validation_label_missing_from_train() {
+    expect_data_error(
+        b"i feel good;joy\ni feel bad;sadness\n",
+        b"great;joy\nfurious;anger\n",
+        "txt",
+        &[],
+        "validation.txt:2: label \"anger\" is not among the training labels",
+    );
+    // With declared label names, a class that train never shows is still an error.
+    expect_data_error(
+        b"i feel good;joy\ni feel bad;sadness\n",
+        b"great;joy\nfurious;anger\n",
+        "txt",
+        &["--label-names", "sadness,joy,anger"],
+        "validation.txt:2: label \"anger\" occurs in the validation split but never in the training split",
+    );
+}
+
+#[test]
+fn empty_split() {
+    expect_data_error(b"i feel good;joy\n", b"", "txt", &[], "the validation split");
+}
+
+#[test]
+fn missing_column() {
+    expect_data_error(
+        b"text,emotion\ni feel good,joy\n",
+        b"text,emotion\nfine,joy\n",
+        "csv",
+        &[],
+        "no column \"label\" (columns: text, emotion)",
+    );
+}
+
+#[test]
+fn malformed_csv_and_jsonl_rows() {
+    expect_data_error(b"text,label\ngood,joy\n\"bad,joy,extra\n", b"text,label\nfine,joy\n", "csv", &[], "train.csv:3");
+    expect_data_error(
+        b"{\"text\": \"good\", \"label\": \"joy\"}\n{\"text\": \"bad\"\n",
+        b"{\"text\": \"fine\", \"label\": 1}\n",
+        "jsonl",
+        &[],
+        "train.jsonl:2: malformed JSON",
+    );
+}
+
+#[test]
+fn invalid_utf8_names_the_line() {
+    expect_data_error(b"i feel good;joy\ni feel \xff\xfe bad;sadness\n", b"fine;joy\n", "txt", &[], "train.txt:2: invalid UTF-8");
+}
+
+#[test]
+fn csv_and_jsonl_with_custom_columns_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: Vec<(String, String)> = std::fs::read_to_string(data_file("train"))
+        .unwrap()
+        .lines()
+        .take(64)
+        .map(|l| {
+            let (t, y) = l.rsplit_once(';').unwrap();
+            (t.to_string(), y.to_string())
+        })
+        .collect();
+    let mut wtr = csv::Writer::from_path(tmp.path().join("train.csv")).unwrap();
+    wtr.write_record(["sentence", "emotion"]).unwrap();
+    for (t, y) in &rows {
+        wtr.write_record([t, y]).unwrap();
+    }
+    wtr.flush().unwrap();
+    let jsonl: String = rows[..32]
+        .iter()
+        .map(|(t, y)| serde_json::json!({"sentence": t, "emotion": y}).to_string() + "\n")
+        .collect();
+    std::fs::write(tmp.path().join("validation.jsonl"), jsonl).unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture("tiny-distilbert");
+    let o = emotune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        tmp.path().to_str().unwrap(),
+        "--text-column",
+        "sentence",
+        "--label-column",
+        "emotion",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("model.safetensors").is_file());
+    // An existing model is not overwritten without --overwrite-output-dir.
+    let again = emotune(&["train", "--model", model.to_str().unwrap(), "--dataset", tmp.path().to_str().unwrap(),
+        "--text-column", "sentence", "--label-column", "emotion", "--output-dir", out.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already holds a model"));
+}
