@@ -172,6 +172,9 @@ pub struct PredictArgs {
     /// Truncate texts to this many tokens (default: the model's maximum).
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Also print the raw logits (`"logits": [...]`, in label-id order).
+    #[arg(long)]
+    pub logits: bool,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -228,7 +231,11 @@ fn predict(args: PredictArgs) -> Result<()> {
     }
     let labels = predictor.labels();
     for (text, p) in texts.iter().zip(&preds) {
-        println!("{}", serde_json::to_string(&prediction_json(text, p, labels))?);
+        let mut line = prediction_json(text, p, labels);
+        if args.logits {
+            line["logits"] = serde_json::json!(p.logits);
+        }
+        println!("{}", serde_json::to_string(&line)?);
     }
     Ok(())
 }
