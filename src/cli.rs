@@ -25,6 +25,11 @@ pub enum Command {
     Predict(PredictArgs),
     /// Fine-tune a model on a labelled dataset (defaults: the seed recipe).
     Train(Box<TrainArgs>),
+    /// Evaluate a model on a labelled split: scores, per-class report, confusion matrix, worst examples.
+    Eval(EvalArgs),
+    /// Check a dataset's integrity: label counts, unusable rows, conflicting labels, leakage,
+    /// duplicates, control characters, token lengths. Exits 1 when it finds errors.
+    CheckData(CheckDataArgs),
     /// Time training steps and inference of a randomly initialised model (speed work only).
     Bench(BenchArgs),
 }
@@ -137,6 +142,57 @@ pub struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A model directory or a Hub id of a text-classification model.
+    #[arg(long, short)]
+    pub model: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Which split to evaluate (train, validation or test).
+    #[arg(long, default_value = "validation")]
+    pub split: String,
+    /// Evaluate this one file instead of a split of --dataset.
+    #[arg(long, conflicts_with_all = ["dataset", "train", "validation", "test"])]
+    pub file: Option<PathBuf>,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// How many of the highest-loss examples to list.
+    #[arg(long, default_value_t = 10)]
+    pub top_losses: usize,
+    /// Where to save the confusion matrix as a PNG.
+    #[arg(long, default_value = "confusion_matrix.png")]
+    pub plot: PathBuf,
+    /// Write the whole report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckDataArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A model whose tokenizer measures the texts (token-length distribution, rows over its
+    /// maximum length).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Maximum length to check against (default: the model's).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// How many instances of each problem to list.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Write the whole report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The model shape (a config.json); weights are random.
     #[arg(long, default_value = "../shared/fixtures/distilbert-base-uncased.config.json")]
@@ -163,9 +219,23 @@ pub struct PredictArgs {
     /// A model directory or a Hub id of a text-classification model.
     #[arg(long, short)]
     pub model: String,
-    /// Texts to classify.
-    #[arg(required = true)]
+    /// Texts to classify (default: --input, else the lines of standard input).
     pub texts: Vec<String>,
+    /// Read texts from a file: one per line (.txt), JSON lines (.jsonl) or CSV/TSV with a header.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// The JSON field or CSV column holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Output: a table on a terminal, JSON lines otherwise (auto), or either explicitly.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+    pub format: OutputFormat,
+    /// Also give the N most probable labels, ranked.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Give every label, ranked (as --top-k with all labels).
+    #[arg(long)]
+    pub all_scores: bool,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -175,6 +245,13 @@ pub struct PredictArgs {
     /// Also print the raw logits (`"logits": [...]`, in label-id order).
     #[arg(long)]
     pub logits: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Auto,
+    Table,
+    Jsonl,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -208,34 +285,95 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Predict(args) => predict(args),
         Command::Train(args) => train(*args),
+        Command::Eval(args) => eval(args),
+        Command::CheckData(args) => check_data(args),
         Command::Bench(args) => bench(args),
     }
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    for (i, t) in args.texts.iter().enumerate() {
-        if t.trim().is_empty() {
-            bail!("text {} is empty", i + 1);
-        }
+    use std::io::IsTerminal;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
     }
+    let inputs: Vec<crate::data::InputText> = match (&args.input, args.texts.is_empty()) {
+        (Some(_), false) => bail!("give texts as arguments or --input, not both"),
+        (Some(path), true) => crate::data::read_texts(path, &args.text_column)?,
+        (None, false) => args
+            .texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| crate::data::InputText { line: i + 1, text: t.clone() })
+            .collect(),
+        (None, true) => {
+            if std::io::stdin().is_terminal() {
+                bail!("no texts: give them as arguments, with --input FILE, or on standard input");
+            }
+            crate::data::read_stdin_texts()?
+        }
+    };
+    let where_ = |line: usize| match &args.input {
+        Some(p) => format!("{}:{line}", p.display()),
+        None if args.texts.is_empty() => format!("<stdin>:{line}"),
+        None => format!("text {line}"),
+    };
+    let empty: Vec<usize> = inputs.iter().filter(|t| t.text.trim().is_empty()).map(|t| t.line).collect();
     let device = Device::Cpu;
     let predictor = Predictor::load(&args.model, args.max_length, &device)?;
-    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let preds = predictor.predict(&texts, args.batch_size)?;
+    let valid: Vec<&str> =
+        inputs.iter().filter(|t| !t.text.trim().is_empty()).map(|t| t.text.as_str()).collect();
+    let preds = predictor.predict(&valid, args.batch_size)?;
     let truncated = preds.iter().filter(|p| p.truncated).count();
     if truncated > 0 {
         log::warn!(
-            "{truncated} text(s) were longer than {} tokens and were truncated",
+            "{truncated} text(s) were longer than {} tokens and were truncated to it",
             predictor.encoder.max_length()
         );
     }
     let labels = predictor.labels();
-    for (text, p) in texts.iter().zip(&preds) {
-        let mut line = prediction_json(text, p, labels);
-        if args.logits {
-            line["logits"] = serde_json::json!(p.logits);
+    let top_k = if args.all_scores { Some(labels.len()) } else { args.top_k };
+    let table = match args.format {
+        OutputFormat::Table => true,
+        OutputFormat::Jsonl => false,
+        OutputFormat::Auto => std::io::stdout().is_terminal(),
+    };
+    let mut preds = preds.iter();
+    let mut rows = Vec::new();
+    for input in &inputs {
+        if input.text.trim().is_empty() {
+            rows.push((input, None));
+        } else {
+            rows.push((input, preds.next()));
         }
-        println!("{}", serde_json::to_string(&line)?);
+    }
+    if table {
+        print!("{}", crate::infer::format_predictions_table(&rows, labels, top_k));
+    } else {
+        for (input, p) in &rows {
+            let line = match p {
+                Some(p) => {
+                    let mut line = prediction_json(&input.text, p, labels);
+                    if let Some(k) = top_k {
+                        line["top"] = crate::infer::ranked_json(p, labels, k);
+                    }
+                    if args.logits {
+                        line["logits"] = serde_json::json!(p.logits);
+                    }
+                    line
+                }
+                None => serde_json::json!({"text": input.text, "line": input.line, "error": "empty text"}),
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        }
+    }
+    if !empty.is_empty() {
+        let shown: Vec<String> = empty.iter().take(10).map(|&l| where_(l)).collect();
+        bail!(
+            "{} empty text(s) could not be classified: {}{}",
+            empty.len(),
+            shown.join(", "),
+            if empty.len() > 10 { ", ..." } else { "" }
+        );
     }
     Ok(())
 }
@@ -322,6 +460,55 @@ fn train(args: TrainArgs) -> Result<()> {
         for (text, p) in texts.iter().zip(predictor.predict(&texts, args.eval_batch_size)?) {
             println!("{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?);
         }
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let (spec, split) = match &args.file {
+        Some(f) => {
+            let mut d = args.data.clone();
+            d.dataset = None;
+            let mut spec = d.spec();
+            spec.dataset = None;
+            spec.test = Some(f.clone());
+            (spec, "test".to_string())
+        }
+        None => (args.data.spec(), args.split.clone()),
+    };
+    let opts = crate::eval::EvalOptions { split, batch_size: args.batch_size, limit: args.limit, top_losses: args.top_losses };
+    let report = crate::eval::run(&args.model, &spec, &opts, args.max_length, &Device::Cpu)?;
+    print!("{}", crate::eval::format_report(&report));
+    let title = format!("{} · {} ({})", report.split, report.data, report.examples);
+    crate::plot::confusion_matrix_png(&args.plot, &report.labels, &report.metrics.confusion, &title)?;
+    println!("\nconfusion matrix saved to {}", args.plot.display());
+    if let Some(path) = &args.json {
+        crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
+        println!("report saved to {}", path.display());
+    }
+    Ok(())
+}
+
+fn check_data(args: CheckDataArgs) -> Result<()> {
+    let encoder = match &args.model {
+        Some(m) => {
+            let files = crate::hub::ModelFiles::resolve(m)?;
+            let config = crate::config::ModelConfig::load(&files.config)?;
+            Some(crate::infer::text_encoder(&files, &config, args.max_length)?)
+        }
+        None => None,
+    };
+    let report = crate::check::run(&args.data.spec(), encoder.as_ref())?;
+    print!("{}", crate::check::format_report(&report, args.limit));
+    if encoder.is_none() {
+        println!("(pass --model to measure token lengths against a model's maximum length)");
+    }
+    if let Some(path) = &args.json {
+        crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
+        println!("report saved to {}", path.display());
+    }
+    if report.error_count() > 0 {
+        bail!("{} data error(s) found", report.error_count());
     }
     Ok(())
 }

@@ -83,6 +83,39 @@ impl Dataset {
     }
 }
 
+/// A row that could not be used, found while reading leniently (`check-data`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowProblem {
+    pub file: PathBuf,
+    /// 1-based line (text formats) or row (parquet); 0 when it concerns the whole file.
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for RowProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Where row problems go: strict reading stops at the first; lenient reading records them
+/// and skips the row.
+struct Sink {
+    strict: bool,
+    problems: Vec<RowProblem>,
+}
+
+impl Sink {
+    fn row(&mut self, file: &Path, line: usize, message: String) -> Result<()> {
+        let p = RowProblem { file: file.to_path_buf(), line, message };
+        if self.strict {
+            bail!("{p}");
+        }
+        self.problems.push(p);
+        Ok(())
+    }
+}
+
 /// What to read and how.
 #[derive(Debug, Clone, Default)]
 pub struct DataSpec {
@@ -138,9 +171,21 @@ struct RawFile {
     class_names: Option<Vec<String>>,
 }
 
-/// Loads the dataset that `spec` describes: train is required; validation and test are
-/// read when present.
+/// Loads the dataset that `spec` describes: whichever of train, validation and test it has. The first bad row is an error naming its file and line.
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    let mut sink = Sink { strict: true, problems: Vec::new() };
+    load_with(spec, &mut sink)
+}
+
+/// Like [`load`], but bad rows (malformed, invalid UTF-8, empty text or label, unknown label)
+/// are skipped and returned instead of stopping the load.
+pub fn load_lenient(spec: &DataSpec) -> Result<(Dataset, Vec<RowProblem>)> {
+    let mut sink = Sink { strict: false, problems: Vec::new() };
+    let ds = load_with(spec, &mut sink)?;
+    Ok((ds, sink.problems))
+}
+
+fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     let mut files: BTreeMap<&'static str, Vec<PathBuf>> = BTreeMap::new();
     let mut card_names: Option<Vec<String>> = None;
     let mut config_name = None;
@@ -167,8 +212,8 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
             files.insert(split, vec![p.clone()]);
         }
     }
-    if !files.contains_key("train") {
-        bail!("{name}: no training split found (expected a file named train.* or --train FILE)");
+    if files.is_empty() {
+        bail!("{name}: no data files found");
     }
 
     let mut raw: Vec<(&'static str, Vec<RawFile>)> = Vec::new();
@@ -176,7 +221,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
         if let Some(paths) = files.get(split) {
             let read = paths
                 .iter()
-                .map(|p| read_file(p, &spec.text_column, &spec.label_column))
+                .map(|p| read_file(p, &spec.text_column, &spec.label_column, sink))
                 .collect::<Result<Vec<_>>>()?;
             raw.push((split, read));
         }
@@ -186,6 +231,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
     let labels = match (&spec.label_names, metadata_names.or(card_names)) {
         (Some(names), _) => names.clone(),
         (None, Some(names)) => names,
+        // Named from the training split (or the first split read when there is none).
         (None, None) => infer_label_names(&raw[0].1)?,
     };
     if labels.is_empty() {
@@ -206,26 +252,20 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
             s.files.push(f.path.clone());
             for row in f.rows {
                 let id = match &row.label {
+                    RawLabel::Int(i) if *i >= 0 && (*i as usize) < labels.len() => *i as usize,
                     RawLabel::Int(i) => {
-                        if *i < 0 || *i as usize >= labels.len() {
-                            bail!(
-                                "{}:{}: label {i} is out of range (the {} labels are {})",
-                                f.path.display(),
-                                row.line,
-                                labels.len(),
-                                labels.join(", ")
-                            );
-                        }
-                        *i as usize
+                        let msg = format!("label {i} is out of range (the {} labels are {})", labels.len(), labels.join(", "));
+                        sink.row(&f.path, row.line, msg)?;
+                        continue;
                     }
-                    RawLabel::Name(n) => *index.get(n.as_str()).ok_or_else(|| {
-                        anyhow!(
-                            "{}:{}: label {n:?} is not among the training labels ({})",
-                            f.path.display(),
-                            row.line,
-                            labels.join(", ")
-                        )
-                    })?,
+                    RawLabel::Name(n) => match index.get(n.as_str()) {
+                        Some(&id) => id,
+                        None => {
+                            let msg = format!("label {n:?} is not among the training labels ({})", labels.join(", "));
+                            sink.row(&f.path, row.line, msg)?;
+                            continue;
+                        }
+                    },
                 };
                 s.examples.push(Example { text: row.text, label: id, line: row.line });
                 s.file_of.push(fi);
@@ -237,25 +277,22 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
         splits.push(s);
     }
     let ds = Dataset { name, config_name, labels, splits };
-    check_labels_seen_in_train(&ds)?;
+    check_labels_seen_in_train(&ds, sink)?;
     Ok(ds)
 }
 
 use std::collections::HashSet;
 
 /// A label that appears in validation or test but never in train cannot be learned.
-fn check_labels_seen_in_train(ds: &Dataset) -> Result<()> {
-    let train = ds.split("train").expect("train is required");
+fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
+    let Some(train) = ds.split("train") else { return Ok(()) };
     let in_train: HashSet<usize> = train.examples.iter().map(|e| e.label).collect();
     for s in ds.splits.iter().filter(|s| s.name != "train") {
         for (i, e) in s.examples.iter().enumerate() {
             if !in_train.contains(&e.label) {
-                bail!(
-                    "{}: label {:?} occurs in the {} split but never in the training split",
-                    s.location(i),
-                    ds.labels[e.label],
-                    s.name
-                );
+                let msg =
+                    format!("label {:?} occurs in the {} split but never in the training split", ds.labels[e.label], s.name);
+                sink.row(&s.files[s.file_of[i]], e.line, msg)?;
             }
         }
     }
@@ -430,49 +467,59 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     go(pattern.as_bytes(), text.as_bytes())
 }
 
-fn read_file(path: &Path, text_col: &str, label_col: &str) -> Result<RawFile> {
+fn read_file(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -> Result<RawFile> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let (rows, class_names) = match ext.as_str() {
-        "parquet" => read_parquet(path, text_col, label_col)?,
-        "csv" => (read_delimited(path, b',', text_col, label_col)?, None),
-        "tsv" => (read_delimited(path, b'\t', text_col, label_col)?, None),
-        "jsonl" | "json" => (read_jsonl(path, text_col, label_col)?, None),
-        _ => (read_semicolon(path)?, None),
+        "parquet" => read_parquet(path, text_col, label_col, sink)?,
+        "csv" => (read_delimited(path, b',', text_col, label_col, sink)?, None),
+        "tsv" => (read_delimited(path, b'\t', text_col, label_col, sink)?, None),
+        "jsonl" | "json" => (read_jsonl(path, text_col, label_col, sink)?, None),
+        _ => (read_semicolon(path, sink)?, None),
     };
     Ok(RawFile { path: path.to_path_buf(), rows, class_names })
 }
 
-fn check_text(path: &Path, line: usize, text: &str) -> Result<()> {
+/// Builds a row from its text and label, or reports why it cannot be one.
+fn make_row(sink: &mut Sink, path: &Path, line: usize, text: &str, label: Option<RawLabel>) -> Result<Option<RawRow>> {
     if text.trim().is_empty() {
-        bail!("{}:{line}: empty text", path.display());
+        let what = if text.is_empty() { "empty text" } else { "whitespace-only text" };
+        sink.row(path, line, what.to_string())?;
+        return Ok(None);
     }
-    Ok(())
+    let Some(label) = label else {
+        sink.row(path, line, "empty label".to_string())?;
+        return Ok(None);
+    };
+    Ok(Some(RawRow { text: text.to_string(), label, line }))
 }
 
-fn parse_label(path: &Path, line: usize, s: &str) -> Result<RawLabel> {
+/// A label written as text: an integer id or a name; `None` when empty.
+fn parse_label(s: &str) -> Option<RawLabel> {
     let s = s.trim();
     if s.is_empty() {
-        bail!("{}:{line}: empty label", path.display());
+        return None;
     }
-    Ok(match s.parse::<i64>() {
+    Some(match s.parse::<i64>() {
         Ok(i) => RawLabel::Int(i),
         Err(_) => RawLabel::Name(s.to_string()),
     })
 }
 
 /// Lines of a text file, each checked to be UTF-8 (1-based numbers; the line ending removed).
-fn utf8_lines(path: &Path) -> Result<Vec<(usize, String)>> {
+/// Lines that are not UTF-8 go to `sink` and are left out.
+fn utf8_lines(path: &Path, sink: &mut Sink) -> Result<Vec<(usize, String)>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw)
-            .map_err(|e| anyhow!("{}:{}: invalid UTF-8 ({e})", path.display(), i + 1))?;
-        out.push((i + 1, line.to_string()));
+        match std::str::from_utf8(raw) {
+            Ok(line) => out.push((i + 1, line.to_string())),
+            Err(e) => sink.row(path, i + 1, format!("invalid UTF-8 ({e})"))?,
+        }
     }
     if out.last().is_some_and(|(_, l)| l.is_empty()) {
         out.pop();
@@ -481,17 +528,18 @@ fn utf8_lines(path: &Path) -> Result<Vec<(usize, String)>> {
 }
 
 /// `text;label` lines (the label after the last `;`). Blank lines are skipped.
-fn read_semicolon(path: &Path) -> Result<Vec<RawRow>> {
+fn read_semicolon(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
-    for (n, line) in utf8_lines(path)? {
-        if line.trim().is_empty() {
+    for (n, line) in utf8_lines(path, sink)? {
+        if line.is_empty() {
             continue;
         }
-        let (text, label) = line.rsplit_once(';').ok_or_else(|| {
-            anyhow!("{}:{n}: malformed row (expected `text;label`): {:?}", path.display(), truncate_for_message(&line))
-        })?;
-        check_text(path, n, text)?;
-        rows.push(RawRow { text: text.to_string(), label: parse_label(path, n, label)?, line: n });
+        let Some((text, label)) = line.rsplit_once(';') else {
+            let msg = format!("malformed row (expected `text;label`): {:?}", truncate_for_message(&line));
+            sink.row(path, n, msg)?;
+            continue;
+        };
+        rows.extend(make_row(sink, path, n, text, parse_label(label))?);
     }
     Ok(rows)
 }
@@ -504,34 +552,37 @@ fn truncate_for_message(s: &str) -> String {
     }
 }
 
-fn read_jsonl(path: &Path, text_col: &str, label_col: &str) -> Result<Vec<RawRow>> {
+fn read_jsonl(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
-    for (n, line) in utf8_lines(path)? {
+    for (n, line) in utf8_lines(path, sink)? {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| anyhow!("{}:{n}: malformed JSON: {e}", path.display()))?;
-        let obj = v.as_object().ok_or_else(|| anyhow!("{}:{n}: expected a JSON object", path.display()))?;
-        let text = obj
-            .get(text_col)
-            .ok_or_else(|| anyhow!("{}:{n}: missing field {text_col:?}", path.display()))?
-            .as_str()
-            .ok_or_else(|| anyhow!("{}:{n}: field {text_col:?} is not a string", path.display()))?;
-        check_text(path, n, text)?;
-        let label = match obj.get(label_col) {
-            None => bail!("{}:{n}: missing field {label_col:?}", path.display()),
-            Some(Value::Number(x)) => RawLabel::Int(
-                x.as_i64().ok_or_else(|| anyhow!("{}:{n}: label {x} is not an integer", path.display()))?,
-            ),
-            Some(Value::String(s)) => parse_label(path, n, s)?,
-            Some(other) => bail!("{}:{n}: label {other} is neither a string nor an integer", path.display()),
-        };
-        rows.push(RawRow { text: text.to_string(), label, line: n });
+        let parsed = (|| -> std::result::Result<(String, Option<RawLabel>), String> {
+            let v: Value = serde_json::from_str(&line).map_err(|e| format!("malformed JSON: {e}"))?;
+            let obj = v.as_object().ok_or("expected a JSON object")?;
+            let text = obj
+                .get(text_col)
+                .ok_or_else(|| format!("missing field {text_col:?}"))?
+                .as_str()
+                .ok_or_else(|| format!("field {text_col:?} is not a string"))?;
+            let label = match obj.get(label_col) {
+                None => return Err(format!("missing field {label_col:?}")),
+                Some(Value::Number(x)) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
+                Some(Value::String(s)) => parse_label(s),
+                Some(other) => return Err(format!("label {other} is neither a string nor an integer")),
+            };
+            Ok((text.to_string(), label))
+        })();
+        match parsed {
+            Ok((text, label)) => rows.extend(make_row(sink, path, n, &text, label)?),
+            Err(msg) => sink.row(path, n, msg)?,
+        }
     }
     Ok(rows)
 }
 
-fn read_delimited(path: &Path, delim: u8, text_col: &str, label_col: &str) -> Result<Vec<RawRow>> {
+fn read_delimited(path: &Path, delim: u8, text_col: &str, label_col: &str, sink: &mut Sink) -> Result<Vec<RawRow>> {
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delim)
         .has_headers(true)
@@ -550,25 +601,29 @@ fn read_delimited(path: &Path, delim: u8, text_col: &str, label_col: &str) -> Re
     let mut rows = Vec::new();
     let mut rec = csv::ByteRecord::new();
     loop {
-        let more = rdr.read_byte_record(&mut rec).map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            anyhow!("{}:{line}: malformed row: {e}", path.display())
-        })?;
-        if !more {
-            break;
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                sink.row(path, line, format!("malformed row: {e}"))?;
+                // A broken quote or an unequal field count: the reader can go on after it.
+                if matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }) {
+                    continue;
+                }
+                break;
+            }
         }
         let line = rec.position().map_or(0, |p| p.line() as usize);
-        let field = |i: usize| -> Result<&str> {
-            std::str::from_utf8(&rec[i]).map_err(|e| anyhow!("{}:{line}: invalid UTF-8 ({e})", path.display()))
-        };
-        let text = field(ti)?;
-        check_text(path, line, text)?;
-        rows.push(RawRow { text: text.to_string(), label: parse_label(path, line, field(li)?)?, line });
+        match (std::str::from_utf8(&rec[ti]), std::str::from_utf8(&rec[li])) {
+            (Ok(text), Ok(label)) => rows.extend(make_row(sink, path, line, text, parse_label(label))?),
+            (Err(e), _) | (_, Err(e)) => sink.row(path, line, format!("invalid UTF-8 ({e})"))?,
+        }
     }
     Ok(rows)
 }
 
-fn read_parquet(path: &Path, text_col: &str, label_col: &str) -> Result<(Vec<RawRow>, Option<Vec<String>>)> {
+fn read_parquet(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -> Result<(Vec<RawRow>, Option<Vec<String>>)> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -588,18 +643,20 @@ fn read_parquet(path: &Path, text_col: &str, label_col: &str) -> Result<(Vec<Raw
     }
     let reader = builder.build().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut rows = Vec::new();
+    let mut base = 0;
     for batch in reader {
         let batch: RecordBatch = batch.map_err(|e| anyhow!("{}: reading parquet: {e}", path.display()))?;
-        let base = rows.len();
         let texts = string_column(&batch, text_col).with_context(|| format!("{}: column {text_col:?}", path.display()))?;
         let labels = label_column(&batch, label_col).with_context(|| format!("{}: column {label_col:?}", path.display()))?;
+        let n = texts.len();
         for (i, (t, l)) in texts.into_iter().zip(labels).enumerate() {
             let row = base + i + 1;
-            let t = t.ok_or_else(|| anyhow!("{}: row {row}: null text", path.display()))?;
-            check_text(path, row, &t)?;
-            let l = l.ok_or_else(|| anyhow!("{}: row {row}: null label", path.display()))?;
-            rows.push(RawRow { text: t, label: l, line: row });
+            match t {
+                Some(t) => rows.extend(make_row(sink, path, row, &t, l)?),
+                None => sink.row(path, row, "null text".to_string())?,
+            }
         }
+        base += n;
     }
     Ok((rows, class_names))
 }
@@ -668,4 +725,82 @@ mod tests {
         assert_eq!(split_of_name("test.jsonl"), Some("test"));
         assert_eq!(split_of_name("README.md"), None);
     }
+}
+
+/// One text to classify, with the line (or row) it came from.
+#[derive(Debug, Clone)]
+pub struct InputText {
+    pub line: usize,
+    pub text: String,
+}
+
+/// Texts to classify from a file: one per line (`.txt` and other extensions), a field of JSON
+/// lines (`.jsonl`), or a column of a CSV/TSV file with a header. Empty texts are kept (the
+/// caller reports them); malformed rows and invalid UTF-8 are errors naming the line.
+pub fn read_texts(path: &Path, text_col: &str) -> Result<Vec<InputText>> {
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let mut sink = Sink { strict: true, problems: Vec::new() };
+    match ext.as_str() {
+        "jsonl" | "json" => {
+            let mut out = Vec::new();
+            for (n, line) in utf8_lines(path, &mut sink)? {
+                if line.trim().is_empty() {
+                    out.push(InputText { line: n, text: String::new() });
+                    continue;
+                }
+                let v: Value =
+                    serde_json::from_str(&line).map_err(|e| anyhow!("{}:{n}: malformed JSON: {e}", path.display()))?;
+                let text = v
+                    .get(text_col)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("{}:{n}: no string field {text_col:?}", path.display()))?;
+                out.push(InputText { line: n, text: text.to_string() });
+            }
+            Ok(out)
+        }
+        "csv" | "tsv" => {
+            let delim = if ext == "csv" { b',' } else { b'\t' };
+            let mut rdr = csv::ReaderBuilder::new()
+                .delimiter(delim)
+                .from_path(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let headers = rdr.byte_headers().map_err(|e| anyhow!("{}:1: cannot read the header: {e}", path.display()))?;
+            let ti = headers.iter().position(|h| h == text_col.as_bytes()).ok_or_else(|| {
+                let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+                anyhow!("{}: no column {text_col:?} (columns: {})", path.display(), have.join(", "))
+            })?;
+            let mut out = Vec::new();
+            for rec in rdr.byte_records() {
+                let rec = rec.map_err(|e| {
+                    anyhow!("{}:{}: malformed row: {e}", path.display(), e.position().map_or(0, |p| p.line()))
+                })?;
+                let n = rec.position().map_or(0, |p| p.line() as usize);
+                let text = std::str::from_utf8(&rec[ti])
+                    .map_err(|e| anyhow!("{}:{n}: invalid UTF-8 ({e})", path.display()))?;
+                out.push(InputText { line: n, text: text.to_string() });
+            }
+            Ok(out)
+        }
+        _ => Ok(utf8_lines(path, &mut sink)?.into_iter().map(|(line, text)| InputText { line, text }).collect()),
+    }
+}
+
+/// Lines of standard input (invalid UTF-8 is an error naming the line).
+pub fn read_stdin_texts() -> Result<Vec<InputText>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).context("reading standard input")?;
+    let mut out = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = std::str::from_utf8(raw).map_err(|e| anyhow!("<stdin>:{}: invalid UTF-8 ({e})", i + 1))?;
+        out.push(InputText { line: i + 1, text: text.to_string() });
+    }
+    if out.last().is_some_and(|t| t.text.is_empty()) {
+        out.pop();
+    }
+    Ok(out)
 }

@@ -146,3 +146,64 @@ pub fn evaluate(
     out.loss = out.losses.iter().map(|&l| l as f64).sum::<f64>() / out.losses.len().max(1) as f64;
     Ok(out)
 }
+
+/// The `k` most probable labels of `p`, ranked: `[{"label", "score"}, ...]`.
+pub fn ranked_json(p: &Prediction, labels: &[String], k: usize) -> Value {
+    Value::Array(
+        ranked(p, k)
+            .into_iter()
+            .map(|i| serde_json::json!({"label": labels[i], "score": p.probs[i]}))
+            .collect(),
+    )
+}
+
+/// Label ids of the `k` highest probabilities, best first (ties keep id order).
+pub fn ranked(p: &Prediction, k: usize) -> Vec<usize> {
+    let mut ids: Vec<usize> = (0..p.probs.len()).collect();
+    ids.sort_by(|&a, &b| p.probs[b].total_cmp(&p.probs[a]).then(a.cmp(&b)));
+    ids.truncate(k);
+    ids
+}
+
+/// A readable table of predictions (`None`: an empty input line).
+pub fn format_predictions_table(
+    rows: &[(&crate::data::InputText, Option<&Prediction>)],
+    labels: &[String],
+    top_k: Option<usize>,
+) -> String {
+    const WIDTH: usize = 60;
+    let clip = |s: &str| -> String {
+        let one_line = s.replace(['\n', '\r', '\t'], " ");
+        if one_line.chars().count() > WIDTH {
+            format!("{}…", one_line.chars().take(WIDTH - 1).collect::<String>())
+        } else {
+            one_line
+        }
+    };
+    let label_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
+    let mut s = format!("{:<WIDTH$}  {:<label_w$}  {:>6}", "text", "label", "score");
+    if top_k.is_some() {
+        s.push_str("  ranked");
+    }
+    s.push('\n');
+    for (input, p) in rows {
+        match p {
+            Some(p) => {
+                s.push_str(&format!(
+                    "{:<WIDTH$}  {:<label_w$}  {:>6.3}",
+                    clip(&input.text),
+                    labels[p.label_id],
+                    p.score
+                ));
+                if let Some(k) = top_k {
+                    let ranked: Vec<String> =
+                        ranked(p, k).into_iter().map(|i| format!("{} {:.3}", labels[i], p.probs[i])).collect();
+                    s.push_str(&format!("  {}", ranked.join(", ")));
+                }
+            }
+            None => s.push_str(&format!("{:<WIDTH$}  (line {}: empty text, not classified)", "", input.line)),
+        }
+        s.push('\n');
+    }
+    s
+}

@@ -3,15 +3,18 @@
 
 pub mod bench;
 pub mod card;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod fsx;
 pub mod hub;
+pub mod eval;
 pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod tokenize;
 pub mod train;
 pub mod weights;

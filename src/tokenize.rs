@@ -93,6 +93,14 @@ impl TextEncoder {
             .collect())
     }
 
+    /// Token counts (with special tokens) of `texts` before any truncation.
+    pub fn token_lengths(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        let mut untruncated = self.tokenizer.clone();
+        untruncated.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
+        let encs = untruncated.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(encs.iter().map(|e| e.get_ids().len()).collect())
+    }
+
     /// Pads `rows` to the longest one and makes a [`Batch`] on `device`.
     pub fn batch(&self, rows: &[&Tokenized], device: &Device) -> Result<Batch> {
         let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);

@@ -128,7 +128,7 @@ pub fn format_table(rows: &[EpochRow]) -> String {
     s
 }
 
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(&format!(
@@ -152,8 +152,8 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
     check_output_dir(&cfg.output_dir, cfg.overwrite_output_dir)?;
 
     let mut dataset = data::load(spec)?;
-    if let Some(n) = cfg.train_limit {
-        dataset.split_mut("train").expect("train is required").truncate(n);
+    if let (Some(n), Some(train)) = (cfg.train_limit, dataset.split_mut("train")) {
+        train.truncate(n);
     }
     if let Some(n) = cfg.eval_limit {
         for s in ["validation", "test"] {
@@ -162,7 +162,9 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
             }
         }
     }
-    let train_split = dataset.split("train").expect("train is required");
+    let Some(train_split) = dataset.split("train") else {
+        bail!("{}: no training split (name a file train.* or pass --train FILE)", dataset.name)
+    };
     let Some(valid_split) = dataset.split("validation") else {
         bail!("{}: no validation split (name a file validation.* or pass --validation FILE)", dataset.name)
     };

@@ -1,0 +1,308 @@
+//! `emotune check-data`: the integrity of a labelled dataset before training on it.
+//!
+//! Errors (non-zero exit): rows that cannot be used (malformed, invalid UTF-8, empty or
+//! whitespace-only text, unknown label), the same text with different labels, and texts shared
+//! between splits (leakage). Warnings: duplicates within a split, control characters, class
+//! imbalance, texts longer than the model's maximum length.
+
+use crate::data::{self, DataSpec, Dataset, RowProblem};
+use crate::tokenize::TextEncoder;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitCounts {
+    pub split: String,
+    pub rows: usize,
+    /// Rows per label, in label-id order.
+    pub per_label: Vec<usize>,
+    /// Largest label count over the smallest (infinite when a label has no rows).
+    pub imbalance_ratio: f64,
+}
+
+/// One text found at several places.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextGroup {
+    pub text: String,
+    /// `(split, file:line, label)` of every occurrence.
+    pub occurrences: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub location: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LengthStats {
+    pub split: String,
+    pub min: usize,
+    pub mean: f64,
+    pub p50: usize,
+    pub p90: usize,
+    pub p99: usize,
+    pub max: usize,
+    /// Rows with more tokens than the model accepts (they would be truncated).
+    pub over_max: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub data: String,
+    pub labels: Vec<String>,
+    pub counts: Vec<SplitCounts>,
+    pub unusable_rows: Vec<RowProblem>,
+    pub conflicting_labels: Vec<TextGroup>,
+    pub leakage: Vec<TextGroup>,
+    pub duplicates: Vec<TextGroup>,
+    pub control_characters: Vec<Finding>,
+    pub max_length: Option<usize>,
+    pub token_lengths: Vec<LengthStats>,
+}
+
+impl CheckReport {
+    pub fn error_count(&self) -> usize {
+        self.unusable_rows.len() + self.conflicting_labels.len() + self.leakage.len()
+    }
+
+    pub fn warning_count(&self) -> usize {
+        self.duplicates.len()
+            + self.control_characters.len()
+            + self.token_lengths.iter().map(|l| l.over_max).sum::<usize>()
+    }
+}
+
+/// Text identity for duplicate checks: surrounding whitespace ignored.
+fn key(text: &str) -> &str {
+    text.trim()
+}
+
+pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport> {
+    let (ds, unusable_rows) = data::load_lenient(spec)?;
+    let counts = ds
+        .splits
+        .iter()
+        .map(|s| {
+            let per_label = ds.counts(s);
+            let max = per_label.iter().copied().max().unwrap_or(0) as f64;
+            let min = per_label.iter().copied().min().unwrap_or(0) as f64;
+            SplitCounts {
+                split: s.name.clone(),
+                rows: s.len(),
+                imbalance_ratio: if min == 0.0 { f64::INFINITY } else { max / min },
+                per_label,
+            }
+        })
+        .collect();
+
+    // Every occurrence of every text, in split order.
+    let mut by_text: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+    for (si, s) in ds.splits.iter().enumerate() {
+        for (i, e) in s.examples.iter().enumerate() {
+            by_text.entry(key(&e.text)).or_default().push((si, i));
+        }
+    }
+    let group = |ds: &Dataset, text: &str, occ: &[(usize, usize)]| TextGroup {
+        text: text.to_string(),
+        occurrences: occ
+            .iter()
+            .map(|&(si, i)| {
+                let s = &ds.splits[si];
+                (s.name.clone(), s.location(i), ds.labels[s.examples[i].label].clone())
+            })
+            .collect(),
+    };
+    let (mut conflicting_labels, mut leakage, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
+    for (text, occ) in &by_text {
+        if occ.len() < 2 {
+            continue;
+        }
+        let first_label = ds.splits[occ[0].0].examples[occ[0].1].label;
+        let conflicting = occ.iter().any(|&(si, i)| ds.splits[si].examples[i].label != first_label);
+        let cross_split = occ.iter().any(|&(si, _)| si != occ[0].0);
+        if conflicting {
+            conflicting_labels.push(group(&ds, text, occ));
+        }
+        if cross_split {
+            leakage.push(group(&ds, text, occ));
+        }
+        let mut per_split: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        for &o in occ {
+            per_split.entry(o.0).or_default().push(o);
+        }
+        let mut splits: Vec<_> = per_split.into_iter().filter(|(_, v)| v.len() > 1).collect();
+        splits.sort();
+        for (_, v) in splits {
+            duplicates.push(group(&ds, text, &v));
+        }
+    }
+
+    let mut control_characters = Vec::new();
+    for s in &ds.splits {
+        for (i, e) in s.examples.iter().enumerate() {
+            if let Some(c) = e.text.chars().find(|c| c.is_control() && *c != '\t') {
+                control_characters.push(Finding {
+                    location: s.location(i),
+                    message: format!("control character U+{:04X}", c as u32),
+                });
+            }
+        }
+    }
+
+    let mut token_lengths = Vec::new();
+    if let Some(enc) = encoder {
+        for s in &ds.splits {
+            let texts: Vec<&str> = s.examples.iter().map(|e| e.text.as_str()).collect();
+            let mut lens = enc.token_lengths(&texts)?;
+            if lens.is_empty() {
+                continue;
+            }
+            let over_max = lens.iter().filter(|&&l| l > enc.max_length()).count();
+            lens.sort_unstable();
+            let pct = |p: f64| lens[((lens.len() - 1) as f64 * p).round() as usize];
+            token_lengths.push(LengthStats {
+                split: s.name.clone(),
+                min: lens[0],
+                mean: lens.iter().sum::<usize>() as f64 / lens.len() as f64,
+                p50: pct(0.5),
+                p90: pct(0.9),
+                p99: pct(0.99),
+                max: *lens.last().expect("non-empty"),
+                over_max,
+            });
+        }
+    }
+
+    Ok(CheckReport {
+        data: ds.name.clone(),
+        labels: ds.labels.clone(),
+        counts,
+        unusable_rows,
+        conflicting_labels,
+        leakage,
+        duplicates,
+        control_characters,
+        max_length: encoder.map(TextEncoder::max_length),
+        token_lengths,
+    })
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
+    for g in groups.iter().take(limit) {
+        let places: Vec<String> = g.occurrences.iter().map(|(sp, loc, l)| format!("{loc} ({sp}, {l})")).collect();
+        s.push_str(&format!("  {:?}\n      {}\n", clip(&g.text, 90), places.join("\n      ")));
+    }
+    if groups.len() > limit {
+        s.push_str(&format!("  ... and {} more (all in --json)\n", groups.len() - limit));
+    }
+}
+
+/// The report for a person: counts, then each kind of problem with where to find it, then a
+/// summary that says what to do.
+pub fn format_report(r: &CheckReport, limit: usize) -> String {
+    let mut s = format!("Data: {}   labels: {}\n\n", r.data, r.labels.join(", "));
+    let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(8);
+    s.push_str(&format!("{:<12}", "split"));
+    for l in &r.labels {
+        s.push_str(&format!(" {:>w$}", clip(l, w)));
+    }
+    s.push_str(&format!(" {:>8} {:>10}\n", "total", "imbalance"));
+    for c in &r.counts {
+        s.push_str(&format!("{:<12}", c.split));
+        for n in &c.per_label {
+            s.push_str(&format!(" {n:>w$}"));
+        }
+        s.push_str(&format!(" {:>8} {:>10.2}\n", c.rows, c.imbalance_ratio));
+    }
+    s.push_str("(imbalance: rows of the largest label / rows of the smallest)\n");
+
+    if !r.token_lengths.is_empty() {
+        s.push_str(&format!(
+            "\nTokens per text (with special tokens; the model accepts {}):\n",
+            r.max_length.unwrap_or(0)
+        ));
+        s.push_str(&format!("{:<12} {:>5} {:>7} {:>5} {:>5} {:>5} {:>5} {:>9}\n", "split", "min", "mean", "p50", "p90", "p99", "max", "too long"));
+        for l in &r.token_lengths {
+            s.push_str(&format!(
+                "{:<12} {:>5} {:>7.1} {:>5} {:>5} {:>5} {:>5} {:>9}\n",
+                l.split, l.min, l.mean, l.p50, l.p90, l.p99, l.max, l.over_max
+            ));
+        }
+    }
+
+    let mut section = |title: String, body: String| {
+        s.push_str(&format!("\n{title}\n{body}"));
+    };
+    if !r.unusable_rows.is_empty() {
+        let mut b = String::new();
+        for p in r.unusable_rows.iter().take(limit) {
+            b.push_str(&format!("  {p}\n"));
+        }
+        if r.unusable_rows.len() > limit {
+            b.push_str(&format!("  ... and {} more (all in --json)\n", r.unusable_rows.len() - limit));
+        }
+        section(format!("ERROR: {} unusable row(s):", r.unusable_rows.len()), b);
+    }
+    if !r.conflicting_labels.is_empty() {
+        let mut b = String::new();
+        list_groups(&mut b, &r.conflicting_labels, limit);
+        section(format!("ERROR: {} text(s) carry different labels:", r.conflicting_labels.len()), b);
+    }
+    if !r.leakage.is_empty() {
+        let mut b = String::new();
+        list_groups(&mut b, &r.leakage, limit);
+        section(format!("ERROR: {} text(s) appear in more than one split (leakage):", r.leakage.len()), b);
+    }
+    if !r.duplicates.is_empty() {
+        let mut b = String::new();
+        list_groups(&mut b, &r.duplicates, limit);
+        section(format!("warning: {} text(s) are repeated within a split:", r.duplicates.len()), b);
+    }
+    if !r.control_characters.is_empty() {
+        let mut b = String::new();
+        for f in r.control_characters.iter().take(limit) {
+            b.push_str(&format!("  {}: {}\n", f.location, f.message));
+        }
+        section(format!("warning: {} text(s) contain control characters:", r.control_characters.len()), b);
+    }
+
+    s.push_str("\nSummary: ");
+    if r.error_count() == 0 && r.warning_count() == 0 {
+        s.push_str("no problems found.\n");
+        return s;
+    }
+    s.push_str(&format!("{} error(s), {} warning(s).\n", r.error_count(), r.warning_count()));
+    if !r.unusable_rows.is_empty() {
+        s.push_str("- Fix or remove the unusable rows at the lines listed; training stops at the first of them.\n");
+    }
+    if !r.conflicting_labels.is_empty() {
+        s.push_str("- Decide the right label for each text with several labels and keep one row.\n");
+    }
+    if !r.leakage.is_empty() {
+        s.push_str("- Remove texts shared between splits from validation/test, or evaluation overstates accuracy.\n");
+    }
+    if !r.duplicates.is_empty() {
+        s.push_str("- Duplicates within a split weigh those texts more; deduplicate unless intended.\n");
+    }
+    let over: usize = r.token_lengths.iter().map(|l| l.over_max).sum();
+    if over > 0 {
+        s.push_str(&format!("- {over} text(s) exceed the model's maximum length and will be truncated.\n"));
+    }
+    if let Some(c) = r.counts.iter().find(|c| c.imbalance_ratio > 3.0) {
+        s.push_str(&format!(
+            "- The {} split is imbalanced ({:.1}:1); consider class weights and read per-class scores, not just accuracy.\n",
+            c.split, c.imbalance_ratio
+        ));
+    }
+    s
+}

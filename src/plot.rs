@@ -1,0 +1,88 @@
+//! PNG charts with `plotters`: the confusion matrix. Text uses the bundled DejaVu Sans Mono,
+//! so nothing depends on the fonts a machine has.
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+const FAMILY: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+    });
+}
+
+/// Renders through a temporary PNG beside `path`, then renames it into place.
+fn render_atomic(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
+    register_font();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plot.png".into());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+        draw(&root)?;
+        root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| anyhow!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing: {e}")
+}
+
+/// The confusion matrix as a heat map: cells shaded by the row-normalised rate (recall per
+/// gold label), each showing the rate and the count.
+pub fn confusion_matrix_png(path: &Path, labels: &[String], counts: &[Vec<usize>], title: &str) -> Result<()> {
+    let k = labels.len();
+    let cell = 90i32;
+    let left = 130i32;
+    let top = 70i32;
+    let bottom = 90i32;
+    let w = (left + cell * k as i32 + 40) as u32;
+    let h = (top + cell * k as i32 + bottom) as u32;
+    render_atomic(path, (w, h), |root| {
+        let title_style = TextStyle::from((FAMILY, 22).into_font()).color(&BLACK);
+        root.draw(&Text::new(title.to_string(), (left, 20), title_style)).map_err(err)?;
+        let small = TextStyle::from((FAMILY, 14).into_font()).color(&BLACK);
+        for (i, row) in counts.iter().enumerate() {
+            let total: usize = row.iter().sum();
+            for (j, &c) in row.iter().enumerate() {
+                let rate = if total == 0 { 0.0 } else { c as f64 / total as f64 };
+                let shade = |v: u8| (255.0 - rate * (255.0 - v as f64)) as u8;
+                let color = RGBColor(shade(8), shade(81), shade(156));
+                let (x0, y0) = (left + j as i32 * cell, top + i as i32 * cell);
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], color.filled())).map_err(err)?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], BLACK.mix(0.2))).map_err(err)?;
+                let ink = if rate > 0.5 { WHITE } else { BLACK };
+                let big = TextStyle::from((FAMILY, 18).into_font()).color(&ink);
+                let sm = TextStyle::from((FAMILY, 13).into_font()).color(&ink);
+                root.draw(&Text::new(format!("{rate:.2}"), (x0 + 22, y0 + 28), big)).map_err(err)?;
+                root.draw(&Text::new(format!("n={c}"), (x0 + 18, y0 + 54), sm)).map_err(err)?;
+            }
+        }
+        for (i, l) in labels.iter().enumerate() {
+            let y = top + i as i32 * cell + cell / 2 - 8;
+            root.draw(&Text::new(clip(l, 13), (10, y), small.clone())).map_err(err)?;
+            let x = left + i as i32 * cell + 6;
+            root.draw(&Text::new(clip(l, 10), (x, top + k as i32 * cell + 10), small.clone())).map_err(err)?;
+        }
+        let axis = TextStyle::from((FAMILY, 16).into_font()).color(&BLACK);
+        root.draw(&Text::new("predicted label →", (left, top + k as i32 * cell + 45), axis.clone())).map_err(err)?;
+        root.draw(&Text::new("rows: true label", (10, top - 28), axis)).map_err(err)?;
+        Ok(())
+    })
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
