@@ -192,8 +192,10 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     let name = spec
         .dataset
         .clone()
-        .or_else(|| spec.train.as_ref().map(|p| p.display().to_string()))
-        .ok_or_else(|| anyhow!("no data: give --dataset (a Hub id or a directory) or --train FILE"))?;
+        .or_else(|| {
+            [&spec.train, &spec.validation, &spec.test].into_iter().flatten().next().map(|p| p.display().to_string())
+        })
+        .ok_or_else(|| anyhow!("no data: give --dataset (a Hub id or a directory) or data files"))?;
     if let Some(ds) = &spec.dataset {
         let source = if Path::new(ds).is_file() {
             bail!("{ds} is a file: pass it as --train (and --validation/--test) instead of --dataset");

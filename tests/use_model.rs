@@ -1,0 +1,200 @@
+//! `predict`, `eval` and `check-data` through the CLI.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn emotune(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("HF_HOME", hf_home())
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(o.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn model() -> String {
+    fixture("tiny-distilbert").to_str().unwrap().to_string()
+}
+
+#[test]
+fn predict_from_stdin_reports_empty_lines() {
+    let o = emotune(&["predict", "-m", &model()], Some(b"i feel great\n\n   \ni am scared\n"));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 4, "one output line per input line");
+    assert_eq!(lines[1]["error"], "empty text");
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines[2]["line"], 3);
+    assert_eq!(lines[3]["text"], "i am scared");
+    assert!(lines[3]["label"].is_string());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 empty text(s) could not be classified: <stdin>:2, <stdin>:3"), "{err}");
+}
+
+#[test]
+fn predict_from_files_with_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, "{\"sentence\": \"i feel great\"}\n{\"sentence\": \"i am angry\"}\n").unwrap();
+    let o = emotune(&["predict", "-m", &model(), "--input", jsonl.to_str().unwrap(), "--text-column", "sentence", "--top-k", "3"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let top = l["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["label"], l["label"]);
+        let scores: Vec<f64> = top.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {scores:?}");
+    }
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "id,text\n1,i feel great\n2,\"i am, frankly, angry\"\n").unwrap();
+    let o = emotune(&["predict", "-m", &model(), "--input", csv.to_str().unwrap(), "--format", "table", "--all-scores"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.lines().next().unwrap().contains("label"), "{out}");
+    assert!(out.contains("i am, frankly, angry"));
+    assert_eq!(out.lines().count(), 3);
+    // A missing column is an error naming the file.
+    let o = emotune(&["predict", "-m", &model(), "--input", csv.to_str().unwrap(), "--text-column", "body"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no column \"body\""));
+}
+
+#[test]
+fn predict_warns_about_truncated_texts() {
+    let long = "i feel happy ".repeat(100);
+    let o = emotune(&["predict", "-m", &model(), &long, "short one"], None);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 text(s) were longer than 128 tokens"), "{err}");
+    assert_eq!(json_lines(&o).len(), 2);
+}
+
+#[test]
+fn eval_report_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("cm.png");
+    let json = dir.path().join("report.json");
+    let test_file = shared().join("data/emotion/test.txt");
+    let o = emotune(
+        &[
+            "eval", "-m", &model(), "--file", test_file.to_str().unwrap(), "--limit", "120", "--top-losses", "5",
+            "--plot", png.to_str().unwrap(), "--json", json.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for needle in ["accuracy", "F1 weighted", "precision", "confusion matrix", "row-normalised", "5 highest-loss examples"] {
+        assert!(out.contains(needle), "report lacks {needle:?}");
+    }
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["examples"], 120);
+    // Recompute the scores from the confusion matrix, independently of the library.
+    let cm: Vec<Vec<f64>> = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect();
+    let k = cm.len();
+    let n: f64 = cm.iter().flatten().sum();
+    assert_eq!(n, 120.0);
+    let acc = (0..k).map(|i| cm[i][i]).sum::<f64>() / n;
+    assert!((r["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
+    let mut weighted = 0.0;
+    for c in 0..k {
+        let tp = cm[c][c];
+        let support: f64 = cm[c].iter().sum();
+        let predicted: f64 = (0..k).map(|g| cm[g][c]).sum();
+        let f1 = if support + predicted == 0.0 { 0.0 } else { 2.0 * tp / (support + predicted) };
+        assert!((r["per_class"][c]["f1"].as_f64().unwrap() - f1).abs() < 1e-12);
+        weighted += f1 * support / n;
+    }
+    assert!((r["f1_weighted"].as_f64().unwrap() - weighted).abs() < 1e-12);
+    let losses: Vec<f64> = r["highest_loss"].as_array().unwrap().iter().map(|e| e["loss"].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 5);
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]));
+    assert!(r["highest_loss"][0]["location"].as_str().unwrap().contains("test.txt:"));
+}
+
+#[test]
+fn check_data_finds_planted_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.txt");
+    let valid = dir.path().join("validation.txt");
+    let mut t: Vec<u8> = Vec::new();
+    t.extend_from_slice(b"i feel fine;joy\n"); // 1
+    t.extend_from_slice(b";joy\n"); // 2 empty text
+    t.extend_from_slice(b"i feel \xff broken;sadness\n"); // 3 invalid UTF-8
+    t.extend_from_slice(b"no label separator\n"); // 4 malformed
+    t.extend_from_slice(b"i feel \x07 odd;joy\n"); // 5 control character
+    t.extend_from_slice(b"i feel twice;joy\n"); // 6 duplicate
+    t.extend_from_slice(b"i feel twice;joy\n"); // 7 duplicate
+    t.extend_from_slice(b"i feel torn;joy\n"); // 8 conflicting
+    t.extend_from_slice(b"i feel torn;sadness\n"); // 9 conflicting
+    t.extend_from_slice(b"i feel leaked;sadness\n"); // 10 leaks into validation
+    std::fs::write(&train, t).unwrap();
+    std::fs::write(&valid, "i feel leaked;sadness\ni feel calm;serenity\n").unwrap();
+    let json = dir.path().join("check.json");
+    let m = model();
+    let o = emotune(
+        &["check-data", "--dataset", dir.path().to_str().unwrap(), "--model", &m, "--json", json.to_str().unwrap()],
+        None,
+    );
+    assert!(!o.status.success(), "errors must give a non-zero exit");
+    let out = String::from_utf8(o.stdout).unwrap();
+    let t = train.display().to_string();
+    let v = valid.display().to_string();
+    for needle in [
+        format!("{t}:2: empty text"),
+        format!("{t}:3: invalid UTF-8"),
+        format!("{t}:4: malformed row"),
+        format!("{v}:2: label \"serenity\" is not among the training labels"),
+        format!("{t}:5: control character U+0007"),
+        format!("{t}:6"),
+        format!("{t}:7"),
+        format!("{t}:8 (train, joy)"),
+        format!("{t}:9 (train, sadness)"),
+        format!("{v}:1 (validation, sadness)"),
+        "text(s) carry different labels".to_string(),
+        "appear in more than one split (leakage)".to_string(),
+        "repeated within a split".to_string(),
+        "Tokens per text".to_string(),
+        "Summary:".to_string(),
+    ] {
+        assert!(out.contains(&needle), "report lacks {needle:?}:\n{out}");
+    }
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["unusable_rows"].as_array().unwrap().len(), 4);
+    assert_eq!(r["conflicting_labels"].as_array().unwrap().len(), 1);
+    assert_eq!(r["leakage"].as_array().unwrap().len(), 1);
+    assert_eq!(r["duplicates"].as_array().unwrap().len(), 2, "twice (same label) and torn (two labels)");
+    assert_eq!(r["counts"][0]["per_label"], serde_json::json!([5, 2]), "joy (lines 1, 5-8), sadness (9, 10) in train");
+}
+
+#[test]
+fn check_data_passes_clean_data() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.txt"), "i feel fine;joy\ni feel low;sadness\n").unwrap();
+    std::fs::write(dir.path().join("test.txt"), "i feel great;joy\n").unwrap();
+    let o = emotune(&["check-data", "--dataset", dir.path().to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no problems found"));
+}
