@@ -34,6 +34,7 @@ pub fn model_card(
     config: &ModelConfig,
     n_params: usize,
     rows: &[EpochRow],
+    best_row: Option<usize>,
 ) -> String {
     let name = cfg
         .output_dir
@@ -42,7 +43,11 @@ pub fn model_card(
         .unwrap_or_else(|| "model".into());
     let ds = dataset_name(dataset);
     let base_is_hub = !std::path::Path::new(&cfg.model).exists();
-    let last = rows.last();
+    // The reported results: the best epoch's when the saved model is that epoch's, else the last.
+    let last = match best_row {
+        Some(i) => rows.get(i),
+        None => rows.last(),
+    };
     let mut s = String::from("---\nlibrary_name: transformers\nlicense: apache-2.0\n");
     s.push_str(&format!("base_model: {}\n", yaml_str(&cfg.model)));
     s.push_str("tags:\n- generated_from_trainer\n- emotune\n");
@@ -74,6 +79,14 @@ pub fn model_card(
     if let Some(r) = last {
         s.push_str("It achieves the following results on the evaluation set:\n");
         s.push_str(&format!("- Loss: {:.4}\n- Accuracy: {:.4}\n- F1: {:.4}\n", r.validation_loss, r.accuracy, r.f1));
+        if best_row.is_some() {
+            s.push_str(&format!(
+                "\nThese are the results of the best epoch, {:.1} (step {}), by {}; the saved model is that epoch's.\n",
+                r.epoch,
+                r.step,
+                cfg.metric_for_best.name()
+            ));
+        }
     }
     s.push_str("\n## Model description\n\n");
     s.push_str(&format!(
@@ -123,8 +136,17 @@ pub fn model_card(
     if let Some(n) = cfg.max_length {
         s.push_str(&format!("- max_length: {n}\n"));
     }
+    if let Some(p) = cfg.early_stopping_patience {
+        s.push_str(&format!("- early_stopping_patience: {p} ({})\n", cfg.metric_for_best.name()));
+    }
+    if cfg.class_weights == crate::train::ClassWeights::Balanced {
+        s.push_str("- class_weights: balanced\n");
+    }
     s.push_str("\n### Training results\n\n");
     s.push_str(&format_table(rows));
+    if let (Some(i), Some(r)) = (best_row, last) {
+        s.push_str(&format!("\nBest: row {} (epoch {:.1}, step {}).\n", i + 1, r.epoch, r.step));
+    }
     s.push_str("\n\n### Framework versions\n\n");
     s.push_str(&format!("- emotune {}\n", env!("CARGO_PKG_VERSION")));
     s.push_str(&format!("- candle {}\n", env!("EMOTUNE_CANDLE_VERSION")));

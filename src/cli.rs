@@ -139,6 +139,33 @@ pub struct TrainArgs {
     /// After training, classify these texts with the new model (repeatable).
     #[arg(long = "predict")]
     pub predict: Vec<String>,
+    /// Also checkpoint every N steps (checkpoints are always written at each epoch end).
+    #[arg(long)]
+    pub save_steps: Option<usize>,
+    /// Keep at most N checkpoints (the best one is always kept).
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// Continue from a checkpoint: the given one, or the newest in --output-dir.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    pub resume: Option<Option<PathBuf>>,
+    /// Stop when the best metric has not improved for N evaluations.
+    #[arg(long)]
+    pub early_stopping_patience: Option<usize>,
+    /// The metric that picks the best epoch.
+    #[arg(long, value_enum, default_value_t = crate::train::BestMetric::Loss)]
+    pub metric_for_best: crate::train::BestMetric,
+    /// Make the output the best epoch's model (the card and table say which).
+    #[arg(long)]
+    pub load_best_at_end: bool,
+    /// Weigh the loss per class (balanced: inversely to the training counts).
+    #[arg(long, value_enum, default_value_t = crate::train::ClassWeights::None)]
+    pub class_weights: crate::train::ClassWeights,
+    /// Log the mean training loss every N steps (learning curves).
+    #[arg(long, default_value_t = 10)]
+    pub logging_steps: usize,
+    /// Test hook: behave as if interrupted right after this step.
+    #[arg(long, hide = true)]
+    pub stop_after_step: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -444,13 +471,58 @@ fn train(args: TrainArgs) -> Result<()> {
         train_limit: args.train_limit,
         eval_limit: args.eval_limit,
         overwrite_output_dir: args.overwrite_output_dir,
+        save_steps: args.save_steps,
+        save_total_limit: Some(args.save_total_limit),
+        early_stopping_patience: args.early_stopping_patience,
+        metric_for_best: args.metric_for_best,
+        load_best_at_end: args.load_best_at_end,
+        class_weights: args.class_weights,
+        logging_steps: args.logging_steps,
     };
+    let control = crate::train::RunControl {
+        resume: args.resume.as_ref().map(|p| match p {
+            None => crate::train::Resume::Latest,
+            Some(dir) => crate::train::Resume::Dir(dir.clone()),
+        }),
+        stop_after_step: args.stop_after_step,
+    };
+    let _ = ctrlc::set_handler(|| {
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to abort)");
+        if crate::train::stop_already_requested() {
+            std::process::exit(130);
+        }
+        crate::train::request_stop();
+    });
     let device = Device::Cpu;
-    let outcome = crate::train::train(&cfg, &spec, &device)?;
+    let outcome = crate::train::train_with(&cfg, &spec, &device, &control)?;
+    if let Some(ckpt) = &outcome.interrupted_at {
+        println!("{}", crate::train::format_table(&outcome.rows).trim_end());
+        eprintln!(
+            "stopped at step {}/{}; checkpoint {}. Resume with the same arguments plus --resume:\n  emotune {} --resume {}",
+            outcome.steps_done,
+            outcome.total_steps,
+            ckpt.display(),
+            resume_command_line(),
+            ckpt.display()
+        );
+        std::process::exit(130);
+    }
     println!("{}", crate::train::format_table(&outcome.rows).trim_end());
+    if let Some(best) = &outcome.best {
+        let r = &outcome.rows[best.row];
+        println!(
+            "best: epoch {:.1} (step {}) by {} = {:.4}{}{}",
+            r.epoch,
+            r.step,
+            cfg.metric_for_best.name(),
+            best.value,
+            if outcome.loaded_best { "; the saved model is that epoch's" } else { "" },
+            if outcome.stopped_early { "; stopped early" } else { "" }
+        );
+    }
     println!(
         "\n{} steps in {:.1} s; model written to {}",
-        outcome.total_steps,
+        outcome.steps_done,
         outcome.wall_seconds,
         outcome.output_dir.display()
     );
@@ -511,4 +583,23 @@ fn check_data(args: CheckDataArgs) -> Result<()> {
         bail!("{} data error(s) found", report.error_count());
     }
     Ok(())
+}
+
+/// This run's arguments without --resume and the test hook, for the resume hint.
+fn resume_command_line() -> String {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1).peekable();
+    while let Some(a) = args.next() {
+        if a == "--stop-after-step" || a == "--resume" {
+            if args.peek().is_some_and(|n| !n.starts_with("--")) {
+                args.next();
+            }
+            continue;
+        }
+        if a.starts_with("--stop-after-step=") || a.starts_with("--resume=") {
+            continue;
+        }
+        out.push(if a.contains(' ') { format!("{a:?}") } else { a });
+    }
+    out.join(" ")
 }

@@ -113,9 +113,35 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments of every parameter, by name (for checkpoints).
-    pub fn moments(&self) -> impl Iterator<Item = (&str, &[f32], &[f32])> {
-        self.slots.iter().map(|s| (s.name.as_str(), s.m.as_slice(), s.v.as_slice()))
+    /// Writes the moments and the step count (a checkpoint's `optimizer.safetensors`).
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut entries = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            entries.push((format!("exp_avg.{}", s.name), s.var.dims().to_vec(), s.m.clone()));
+            entries.push((format!("exp_avg_sq.{}", s.name), s.var.dims().to_vec(), s.v.clone()));
+        }
+        let meta = std::collections::HashMap::from([("step".to_string(), self.step.to_string())]);
+        crate::fsx::write_atomic(path, &crate::weights::f32_safetensors_bytes(&entries, meta)?)
+    }
+
+    /// Restores what [`AdamW::save`] wrote.
+    pub fn load(&mut self, path: &std::path::Path) -> Result<()> {
+        let (mut tensors, meta) = crate::weights::read_f32_safetensors(path)?;
+        self.step = meta
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("{}: no step count in the metadata", path.display()))?;
+        for s in &mut self.slots {
+            for (prefix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let key = format!("{prefix}.{}", s.name);
+                let (_, data) = tensors.remove(&key).ok_or_else(|| anyhow!("{}: missing {key}", path.display()))?;
+                if data.len() != dst.len() {
+                    bail!("{}: {key} has {} values, expected {}", path.display(), data.len(), dst.len());
+                }
+                *dst = data;
+            }
+        }
+        Ok(())
     }
 }
 

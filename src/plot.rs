@@ -86,3 +86,75 @@ fn clip(s: &str, n: usize) -> String {
         s.to_string()
     }
 }
+
+/// Learning curves: training loss per logging step with validation loss per evaluation (left),
+/// validation accuracy and F1 per evaluation (right).
+pub fn learning_curves_png(path: &Path, log: &[crate::train::LogPoint], rows: &[crate::train::EpochRow]) -> Result<()> {
+    render_atomic(path, (1100, 450), |root| {
+        let (left, right) = root.split_horizontally(560);
+        let max_step = log.iter().map(|p| p.step).chain(rows.iter().map(|r| r.step)).max().unwrap_or(1).max(1) as f64;
+        let losses = log.iter().map(|p| p.loss).chain(rows.iter().map(|r| r.validation_loss));
+        let max_loss = losses.fold(0.0f64, f64::max).max(1e-3) * 1.05;
+        let mut chart = ChartBuilder::on(&left)
+            .caption("loss", (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..max_step, 0f64..max_loss)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("step").label_style((FAMILY, 13)).draw().map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(log.iter().map(|p| (p.step as f64, p.loss)), BLUE.stroke_width(2)))
+            .map_err(err)?
+            .label("training loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+        chart.draw_series(log.iter().map(|p| Circle::new((p.step as f64, p.loss), 2, BLUE.filled()))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(rows.iter().map(|r| (r.step as f64, r.validation_loss)), RED.stroke_width(2)))
+            .map_err(err)?
+            .label("validation loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+        chart
+            .draw_series(rows.iter().map(|r| Circle::new((r.step as f64, r.validation_loss), 4, RED.filled())))
+            .map_err(err)?;
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(err)?;
+
+        let lo = rows.iter().flat_map(|r| [r.accuracy, r.f1]).fold(1.0f64, f64::min).min(0.9);
+        let mut chart = ChartBuilder::on(&right)
+            .caption("validation accuracy / F1", (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..max_step, (lo - 0.02).max(0.0)..1.0f64)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("step").label_style((FAMILY, 13)).draw().map_err(err)?;
+        for (name, color, get) in [
+            ("accuracy", GREEN, (|r: &crate::train::EpochRow| r.accuracy) as fn(&crate::train::EpochRow) -> f64),
+            ("F1 (weighted)", MAGENTA, |r: &crate::train::EpochRow| r.f1),
+        ] {
+            chart
+                .draw_series(LineSeries::new(rows.iter().map(|r| (r.step as f64, get(r))), color.stroke_width(2)))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart
+                .draw_series(rows.iter().map(|r| Circle::new((r.step as f64, get(r)), 4, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}

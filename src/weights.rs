@@ -46,24 +46,62 @@ impl ParamStore {
 
     /// Serialises every parameter as float32 safetensors (`format: pt`, as Transformers writes).
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let mut buffers = Vec::with_capacity(self.entries.len());
+        let mut entries = Vec::with_capacity(self.entries.len());
         for (name, var) in &self.entries {
             let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            buffers.push((name.clone(), var.dims().to_vec(), bytes));
+            entries.push((name.clone(), var.dims().to_vec(), v));
         }
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
-            .iter()
-            .map(|(n, shape, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?)))
-            .collect::<Result<_>>()?;
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        Ok(safetensors::tensor::serialize(views, Some(meta))?)
+        f32_safetensors_bytes(&entries, HashMap::from([("format".to_string(), "pt".to_string())]))
+    }
+
+    /// Replaces every parameter's value with the tensor of the same name in `path` (a file this
+    /// store or a checkpoint wrote); every parameter must be there with its shape.
+    pub fn load_values(&self, path: &Path) -> Result<()> {
+        let (tensors, _) = read_f32_safetensors(path)?;
+        for (name, var) in &self.entries {
+            let (shape, data) = tensors
+                .get(name)
+                .ok_or_else(|| anyhow!("{}: missing tensor {name}", path.display()))?;
+            if shape.as_slice() != var.dims() {
+                bail!("{}: tensor {name} has shape {shape:?}, expected {:?}", path.display(), var.dims());
+            }
+            var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
+        }
+        Ok(())
     }
 
     /// Writes `model.safetensors`-style output atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::fsx::write_atomic(path, &self.to_safetensors_bytes()?)
     }
+}
+
+/// Serialises named float32 tensors `(name, shape, values)` with metadata.
+pub fn f32_safetensors_bytes(entries: &[(String, Vec<usize>, Vec<f32>)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let buffers: Vec<Vec<u8>> =
+        entries.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
+        .iter()
+        .zip(&buffers)
+        .map(|((n, shape, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::tensor::serialize(views, Some(meta))?)
+}
+
+/// Named float32 tensors `name -> (shape, values)` and the metadata of a safetensors file.
+pub type F32Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+pub fn read_f32_safetensors(path: &Path) -> Result<(F32Tensors, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let mut out = HashMap::new();
+    for (name, view) in st.iter() {
+        let data = to_f32(view.data(), view.dtype()).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        out.insert(name.to_string(), (view.shape().to_vec(), data));
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// How a parameter that the checkpoint lacks is created.

@@ -1,0 +1,182 @@
+//! Checkpoints, exact resume, kill -9 safety, early stopping and the best model.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn base_args(out: &Path) -> Vec<String> {
+    [
+        "train", "--model", fixture("tiny-bert").to_str().unwrap(), "--dataset", "dair-ai/emotion",
+        "--train-limit", "256", "--eval-limit", "64", "--batch-size", "32", "--epochs", "2",
+        "--learning-rate", "1e-3", "--output-dir", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(bin()).args(args).env("HF_HOME", hf_home()).env("HF_HUB_OFFLINE", "1").output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for f in ["model.safetensors", "metrics.jsonl"] {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+fn reference_run(dir: &Path) -> PathBuf {
+    let r = dir.join("reference");
+    ok(&run(&base_args(&r)));
+    r
+}
+
+#[test]
+fn stopped_and_resumed_run_is_bitwise_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference_run(tmp.path());
+    // Stop mid-epoch (step 5 of 8), resume from the newest checkpoint.
+    let b = tmp.path().join("b");
+    let o = run(&with(base_args(&b), &["--stop-after-step", "5"]));
+    assert_eq!(o.status.code(), Some(130), "an interrupted run exits 130");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--resume") && err.contains("checkpoint-5"), "says how to resume: {err}");
+    assert!(!b.join("model.safetensors").exists(), "no final model before the run ends");
+    ok(&run(&with(base_args(&b), &["--resume"])));
+    same_files(&reference, &b);
+    // Stop right after an epoch boundary's step, resume from an explicit checkpoint.
+    let c = tmp.path().join("c");
+    let o = run(&with(base_args(&c), &["--stop-after-step", "9", "--save-steps", "3"]));
+    assert_eq!(o.status.code(), Some(130));
+    let ckpt = c.join("checkpoint-9");
+    assert!(ckpt.join("trainer_state.json").is_file());
+    ok(&run(&with(base_args(&c), &["--resume", ckpt.to_str().unwrap()])));
+    same_files(&reference, &c);
+    // Resuming with other hyperparameters is refused.
+    let d = tmp.path().join("d");
+    let _ = run(&with(base_args(&d), &["--stop-after-step", "3"]));
+    let mut changed = with(base_args(&d), &["--resume"]);
+    let lr = changed.iter().position(|a| a == "1e-3").unwrap();
+    changed[lr] = "5e-4".into();
+    let o = run(&changed);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("learning_rate"));
+}
+
+#[test]
+fn kill_9_always_leaves_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference_run(tmp.path());
+    // Checkpoint every step, and kill at several moments.
+    for (i, delay_ms) in [350u64, 700, 1100, 1500, 1900].into_iter().enumerate() {
+        let out = tmp.path().join(format!("k{i}"));
+        let args = with(base_args(&out), &["--save-steps", "1", "--save-total-limit", "2"]);
+        let mut child = Command::new(bin())
+            .args(&args)
+            .env("HF_HOME", hf_home())
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let latest = emotune::train::latest_checkpoint(&out).unwrap();
+        match latest {
+            None => {
+                // Killed before the first checkpoint: resuming says so.
+                let o = run(&with(args.clone(), &["--resume"]));
+                if out.join("model.safetensors").exists() {
+                    continue;
+                }
+                assert!(!o.status.success());
+                assert!(String::from_utf8_lossy(&o.stderr).contains("no complete checkpoint"));
+            }
+            Some(ckpt) => {
+                // Every file of the checkpoint parses.
+                let state: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+                assert!(state["global_step"].as_u64().unwrap() >= 1);
+                for f in ["model.safetensors", "optimizer.safetensors"] {
+                    let bytes = std::fs::read(ckpt.join(f)).unwrap();
+                    safetensors::SafeTensors::deserialize(&bytes).expect("complete safetensors");
+                }
+                if !out.join("model.safetensors").exists() {
+                    ok(&run(&with(args.clone(), &["--resume"])));
+                    same_files(&reference, &out);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("overfit");
+    // 32 training rows, a high learning rate and many epochs: validation loss soon rises.
+    let args: Vec<String> = [
+        "train", "--model", fixture("tiny-distilbert").to_str().unwrap(), "--dataset", "dair-ai/emotion",
+        "--train-limit", "32", "--eval-limit", "64", "--batch-size", "8", "--epochs", "12",
+        "--learning-rate", "5e-3", "--early-stopping-patience", "2", "--metric-for-best", "loss",
+        "--load-best-at-end", "--output-dir", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = run(&args);
+    ok(&o);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let losses: Vec<f64> = rows.iter().map(|r| r["validation_loss"].as_f64().unwrap()).collect();
+    let best = losses.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    // It stops exactly `patience` evaluations after the best one, well before 12 epochs.
+    assert_eq!(rows.len(), best + 3, "validation losses {losses:?}");
+    assert!(rows.len() < 12, "the run should have stopped early: {losses:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("early stopping"), "{stderr}");
+    assert!(stderr.contains("overfitting"), "the overfitting watch should have warned: {stderr}");
+    // The output is the best epoch's model, and the card reports that epoch.
+    let best_step = rows[best]["step"].as_u64().unwrap();
+    let ckpt = out.join(format!("checkpoint-{best_step}"));
+    assert!(ckpt.is_dir(), "the best checkpoint is kept");
+    assert!(std::fs::read(ckpt.join("model.safetensors")).unwrap() == std::fs::read(out.join("model.safetensors")).unwrap());
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let acc = rows[best]["accuracy"].as_f64().unwrap();
+    assert!(card.contains(&format!("value: {acc}")), "card reports the best epoch's accuracy");
+    assert!(card.contains(&format!("the best epoch, {:.1} (step {best_step})", rows[best]["epoch"].as_f64().unwrap())));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("(step {best_step})")) && stdout.contains("the saved model is that epoch's"));
+    assert!(out.join("learning_curves.png").is_file());
+}
+
+#[test]
+fn balanced_class_weights_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("w");
+    ok(&run(&with(base_args(&out), &["--class-weights", "balanced"])));
+    let args: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training_args.json")).unwrap()).unwrap();
+    assert_eq!(args["class_weights"], "balanced");
+    // Different weighting, different model.
+    let plain = tmp.path().join("p");
+    ok(&run(&base_args(&plain)));
+    assert!(std::fs::read(out.join("model.safetensors")).unwrap() != std::fs::read(plain.join("model.safetensors")).unwrap());
+}
