@@ -124,6 +124,10 @@ pub fn model_card(
         cfg.weight_decay
     ));
     s.push_str(&format!("- lr_scheduler_type: {}\n", cfg.lr_scheduler_type));
+    match cfg.max_grad_norm {
+        Some(m) => s.push_str(&format!("- max_grad_norm: {m}\n")),
+        None => s.push_str("- max_grad_norm: none (no clipping)\n"),
+    }
     if cfg.warmup_steps > 0 {
         s.push_str(&format!("- lr_scheduler_warmup_steps: {}\n", cfg.warmup_steps));
     } else if cfg.warmup_ratio > 0.0 {

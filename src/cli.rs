@@ -160,6 +160,9 @@ pub struct TrainArgs {
     /// Weigh the loss per class (balanced: inversely to the training counts).
     #[arg(long, value_enum, default_value_t = crate::train::ClassWeights::None)]
     pub class_weights: crate::train::ClassWeights,
+    /// Clip the global gradient norm to this before each step, as the Trainer does (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
     /// Log the mean training loss every N steps (learning curves).
     #[arg(long, default_value_t = 10)]
     pub logging_steps: usize,
@@ -478,6 +481,7 @@ fn train(args: TrainArgs) -> Result<()> {
         load_best_at_end: args.load_best_at_end,
         class_weights: args.class_weights,
         logging_steps: args.logging_steps,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
     };
     let control = crate::train::RunControl {
         resume: args.resume.as_ref().map(|p| match p {

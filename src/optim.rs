@@ -86,18 +86,51 @@ impl AdamW {
 
     /// One update with learning rate `lr`. Every parameter must have a gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_with_clipping(grads, lr, None).map(|_| ())
+    }
+
+    /// Like [`AdamW::step`], after scaling the gradients so that their global L2 norm is at
+    /// most `max_norm` (`torch.nn.utils.clip_grad_norm_`, which the Trainer applies with 1.0).
+    /// Returns the norm before clipping.
+    pub fn step_with_clipping(&mut self, grads: &GradStore, lr: f64, max_norm: Option<f64>) -> Result<f64> {
+        let mut sq = 0f64;
+        let mut f32_grads = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let grad = grads
+                .get(slot.var.as_tensor())
+                .ok_or_else(|| anyhow!("parameter {} received no gradient", slot.name))?
+                .to_dtype(DType::F32)?
+                .contiguous()?;
+            if max_norm.is_some() {
+                let (s, l) = grad.storage_and_layout();
+                if let (Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) = (&*s, l.contiguous_offsets()) {
+                    sq += g[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+                } else {
+                    sq += grad.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                }
+            }
+            f32_grads.push(grad);
+        }
+        let norm = sq.sqrt();
+        let scale = match max_norm {
+            Some(m) => (m / (norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        self.apply(&f32_grads, lr, scale as f32)?;
+        Ok(norm)
+    }
+
+    fn apply(&mut self, grads: &[Tensor], lr: f64, grad_scale: f32) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        for slot in &mut self.slots {
-            let grad = grads
-                .get(slot.var.as_tensor())
-                .ok_or_else(|| anyhow!("parameter {} received no gradient", slot.name))?;
+        for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let wd = if slot.decay { c.weight_decay } else { 0.0 };
             let op = AdamWUpdate {
-                grad: &grad.to_dtype(DType::F32)?.contiguous()?,
+                grad,
+                grad_scale,
                 m: RefCell::new(&mut slot.m),
                 v: RefCell::new(&mut slot.v),
                 lr,
@@ -148,6 +181,8 @@ impl AdamW {
 /// The single-tensor AdamW update of `torch.optim.AdamW`, in its order of operations.
 struct AdamWUpdate<'a> {
     grad: &'a Tensor,
+    /// Gradient clipping factor (1 when not clipping).
+    grad_scale: f32,
     m: RefCell<&'a mut Vec<f32>>,
     v: RefCell<&'a mut Vec<f32>>,
     lr: f64,
@@ -188,7 +223,7 @@ impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
         let bias2_sqrt = self.bias2_sqrt as f32;
         let eps = self.eps as f32;
         for i in 0..param.len() {
-            let gi = g[i];
+            let gi = if self.grad_scale == 1.0 { g[i] } else { g[i] * self.grad_scale };
             let p = if self.wd != 0.0 { param[i] * decay } else { param[i] };
             // exp_avg.lerp_(grad, 1 - beta1)
             let mi = m[i] + one_minus_b1 * (gi - m[i]);

@@ -97,6 +97,9 @@ pub struct TrainConfig {
     pub class_weights: ClassWeights,
     /// Training loss is logged (for the learning curves) as the mean over this many steps.
     pub logging_steps: usize,
+    /// Clip the global gradient norm to this (the Trainer's `max_grad_norm`, 1.0); `None`: off.
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
 }
 
 impl TrainConfig {
@@ -128,6 +131,7 @@ impl TrainConfig {
             load_best_at_end: false,
             class_weights: ClassWeights::None,
             logging_steps: 10,
+            max_grad_norm: Some(1.0),
         }
     }
 
@@ -140,6 +144,9 @@ impl TrainConfig {
         }
         if self.num_train_epochs == 0 && self.max_steps.is_none() {
             bail!("--epochs must be at least 1");
+        }
+        if self.max_grad_norm.is_some_and(|m| !(m > 0.0)) {
+            bail!("--max-grad-norm must be positive (0 turns clipping off)");
         }
         if self.max_steps == Some(0) || self.save_steps == Some(0) || self.logging_steps == 0 {
             bail!("--max-steps, --save-steps and --logging-steps must be at least 1");
@@ -475,8 +482,11 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
             }
             let grads = loss.backward()?;
             let lr = schedule.lr(state.global_step);
-            opt.step(&grads, lr)?;
+            let grad_norm = opt.step_with_clipping(&grads, lr, cfg.max_grad_norm)?;
             drop(grads);
+            if !grad_norm.is_finite() {
+                bail!("the gradient norm became {grad_norm} at step {}; lower the learning rate", state.global_step);
+            }
             state.global_step += 1;
             state.batches_done += 1;
             state.epoch_loss_sum += loss_v as f64;

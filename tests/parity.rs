@@ -144,3 +144,50 @@ fn minilm_encoder_matches_pytorch() {
     assert!(e_hidden <= 1e-4, "last_hidden_state err {e_hidden}");
     assert!(e_pooled <= 1e-4, "pooler_output err {e_pooled}");
 }
+
+/// The Trainer clips the global gradient norm (`clip_grad_norm_`, max 1.0): the norm is
+/// computed over PyTorch's gradients, and the first AdamW step on the clipped gradients moves
+/// each weight by `lr * g' / (|g'| + eps)`.
+#[test]
+fn gradient_clipping_matches_clip_grad_norm() {
+    let (m, r, _) = load_fixture("tiny-distilbert");
+    let batch = reference_batch(&r, false);
+    let logits = m.model.forward(&batch, &Dropout::eval()).unwrap();
+    let grads = cross_entropy(&logits, &labels(&r), None).unwrap().backward().unwrap();
+    let ref_norm: f64 = r
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("grad."))
+        .map(|(_, t)| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
+        })
+        .sum::<f64>()
+        .sqrt();
+    let name = "classifier.weight";
+    let p0: Vec<f32> = m.params.get(name).unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = r.get(&format!("grad.{name}")).flatten_all().unwrap().to_vec1().unwrap();
+    let mut opt = AdamW::new(m.params.iter(), AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    let max_norm = ref_norm / 4.0;
+    let norm = opt.step_with_clipping(&grads, 1e-3, Some(max_norm)).unwrap();
+    assert!((norm - ref_norm).abs() <= 1e-4 * ref_norm, "norm {norm} vs PyTorch's gradients {ref_norm}");
+    let coef = (max_norm / (ref_norm + 1e-6)) as f32;
+    let p1: Vec<f32> = m.params.get(name).unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    for i in 0..p0.len() {
+        let gc = g[i] * coef;
+        let want = p0[i] - 1e-3 * gc / (gc.abs() + 1e-8);
+        assert!((p1[i] - want).abs() <= 2e-6, "{name}[{i}]: {} vs {want}", p1[i]);
+    }
+    // Below the limit nothing changes: the same as an unclipped step.
+    let (a, _, _) = load_fixture("tiny-distilbert");
+    let (b, _, _) = load_fixture("tiny-distilbert");
+    for (model, clip) in [(&a, Some(1e9)), (&b, None)] {
+        let logits = model.model.forward(&batch, &Dropout::eval()).unwrap();
+        let grads = cross_entropy(&logits, &labels(&r), None).unwrap().backward().unwrap();
+        let mut opt = AdamW::new(model.params.iter(), AdamWConfig::default());
+        opt.step_with_clipping(&grads, 1e-3, clip).unwrap();
+    }
+    for (n, v) in a.params.iter() {
+        assert_eq!(max_abs_diff(v.as_tensor(), b.params.get(n).unwrap().as_tensor()), 0.0, "{n}");
+    }
+}
