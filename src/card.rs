@@ -143,6 +143,9 @@ pub fn model_card(
     if let Some(p) = cfg.early_stopping_patience {
         s.push_str(&format!("- early_stopping_patience: {p} ({})\n", cfg.metric_for_best.name()));
     }
+    if cfg.group_by_length {
+        s.push_str("- group_by_length: True\n");
+    }
     if cfg.class_weights == crate::train::ClassWeights::Balanced {
         s.push_str("- class_weights: balanced\n");
     }

@@ -163,6 +163,9 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this before each step, as the Trainer does (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Batch texts of similar length together (less padding; Transformers' group_by_length).
+    #[arg(long)]
+    pub group_by_length: bool,
     /// Log the mean training loss every N steps (learning curves).
     #[arg(long, default_value_t = 10)]
     pub logging_steps: usize,
@@ -482,6 +485,7 @@ fn train(args: TrainArgs) -> Result<()> {
         class_weights: args.class_weights,
         logging_steps: args.logging_steps,
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        group_by_length: args.group_by_length,
     };
     let control = crate::train::RunControl {
         resume: args.resume.as_ref().map(|p| match p {

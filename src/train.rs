@@ -100,6 +100,9 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this (the Trainer's `max_grad_norm`, 1.0); `None`: off.
     #[serde(default)]
     pub max_grad_norm: Option<f64>,
+    /// Batch texts of similar length together (Transformers' `group_by_length`).
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl TrainConfig {
@@ -132,6 +135,7 @@ impl TrainConfig {
             class_weights: ClassWeights::None,
             logging_steps: 10,
             max_grad_norm: Some(1.0),
+            group_by_length: false,
         }
     }
 
@@ -306,6 +310,33 @@ fn steps_per_epoch(n: usize, batch: usize) -> usize {
     n.div_ceil(batch)
 }
 
+/// Transformers' `LengthGroupedSampler` on an already shuffled order: mega-batches of
+/// `min(n / (4 * batch), 50)` batches, each sorted by decreasing length, with the longest
+/// example moved to the very front (so that running out of memory happens at once).
+pub fn group_by_length(order: Vec<usize>, lengths: &[usize], batch: usize) -> Vec<usize> {
+    let mult = (order.len() / (batch * 4)).clamp(1, 50);
+    let mega = mult * batch;
+    let mut megabatches: Vec<Vec<usize>> = order
+        .chunks(mega)
+        .map(|c| {
+            let mut m = c.to_vec();
+            // Stable, like Python's sorted(): equal lengths keep the shuffled order.
+            m.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+            m
+        })
+        .collect();
+    let max_idx = megabatches
+        .iter()
+        .enumerate()
+        .fold((0, 0), |best, (i, m)| if lengths[m[0]] > best.1 { (i, lengths[m[0]]) } else { best })
+        .0;
+    if max_idx != 0 {
+        let (first, rest) = megabatches.split_at_mut(max_idx);
+        std::mem::swap(&mut first[0][0], &mut rest[0][0]);
+    }
+    megabatches.into_iter().flatten().collect()
+}
+
 /// `n / (k * count_c)` per class (0 for a class without rows).
 fn balanced_weights(gold: &[usize], k: usize) -> Vec<f32> {
     let mut counts = vec![0usize; k];
@@ -462,6 +493,10 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
         let epoch = state.epoch;
         let mut order: Vec<usize> = (0..train_rows.len()).collect();
         order.shuffle(&mut shuffle_rng);
+        if cfg.group_by_length {
+            let lengths: Vec<usize> = train_rows.iter().map(|r| r.ids.len()).collect();
+            order = group_by_length(order, &lengths, cfg.train_batch_size);
+        }
         let steps_this_epoch = per_epoch.min(total_steps - epoch * per_epoch);
         let pb = progress_bar(steps_this_epoch as u64, &format!("epoch {}/{epochs}", epoch + 1));
         pb.set_position(state.batches_done as u64);
@@ -830,4 +865,32 @@ pub fn save_model(
     crate::fsx::write_atomic(&dir.join("README.md"), card.as_bytes())?;
     model.params.save(&weights)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_by_length_is_a_permutation_sorted_within_megabatches() {
+        let n = 1000;
+        let lengths: Vec<usize> = (0..n).map(|i| (i * 7919) % 97 + 3).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(3));
+        let grouped = group_by_length(order.clone(), &lengths, 8);
+        let mut sorted = grouped.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        // mult = min(1000 / 32, 50) = 31 → mega-batches of 248; each non-increasing except the
+        // swapped first element.
+        assert_eq!(lengths[grouped[0]], *lengths.iter().max().unwrap());
+        for m in grouped.chunks(248) {
+            assert!(m[1..].windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
+        }
+        // Batches of similar lengths pad far less than random ones.
+        let pad = |o: &[usize]| -> usize {
+            o.chunks(8).map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum()
+        };
+        assert!(pad(&grouped) * 10 < pad(&order) * 7, "{} vs {}", pad(&grouped), pad(&order));
+    }
 }
