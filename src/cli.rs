@@ -30,6 +30,8 @@ pub enum Command {
     /// Check a dataset's integrity: label counts, unusable rows, conflicting labels, leakage,
     /// duplicates, control characters, token lengths. Exits 1 when it finds errors.
     CheckData(CheckDataArgs),
+    /// Serve a model over HTTP (text-embeddings-inference's /predict API, batching, metrics, a page).
+    Serve(ServeArgs),
     /// Time training steps and inference of a randomly initialised model (speed work only).
     Bench(BenchArgs),
 }
@@ -226,6 +228,33 @@ pub struct CheckDataArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A model directory or a Hub id of a text-classification model.
+    #[arg(long, short)]
+    pub model: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port; the chosen address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Most tokens (rows × longest row) in one forward pass across requests.
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Most inputs in one request (more: 413).
+    #[arg(long, default_value_t = 32)]
+    pub max_client_batch_size: usize,
+    /// Most requests admitted at once (more: 429).
+    #[arg(long, default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+    /// Inference worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Test hook: delay every batch by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub batch_delay_ms: u64,
+}
+
+#[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The model shape (a config.json); weights are random.
     #[arg(long, default_value = "../shared/fixtures/distilbert-base-uncased.config.json")]
@@ -320,6 +349,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(*args),
         Command::Eval(args) => eval(args),
         Command::CheckData(args) => check_data(args),
+        Command::Serve(args) => crate::serve::serve(crate::serve::ServeConfig {
+            model: args.model,
+            host: args.host,
+            port: args.port,
+            max_batch_tokens: args.max_batch_tokens,
+            max_client_batch_size: args.max_client_batch_size,
+            max_concurrent_requests: args.max_concurrent_requests,
+            workers: args.workers,
+            batch_delay: std::time::Duration::from_millis(args.batch_delay_ms),
+        }),
         Command::Bench(args) => bench(args),
     }
 }

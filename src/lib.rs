@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 pub mod weights;
