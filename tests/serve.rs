@@ -1,0 +1,336 @@
+//! `emotune serve` over loopback: endpoints, TEI's error codes, batching, shutdown, the page.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let model = fixture("tiny-distilbert");
+        let mut child = Command::new(bin())
+            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs raw text; returns (status, body).
+    fn post_raw(&self, path: &str, body: &str) -> (u16, String) {
+        match ureq::post(&self.url(path)).set("Content-Type", "application/json").send_string(body) {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
+    fn predict(&self, body: Value) -> (u16, Value) {
+        let (code, text) = self.post_raw("/predict", &body.to_string());
+        (code, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LABELS: [&str; 6] = ["sadness", "joy", "love", "anger", "fear", "surprise"];
+
+fn check_ranked(v: &Value) -> Vec<(String, f64)> {
+    let items: Vec<(String, f64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["label"].as_str().unwrap().to_string(), x["score"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(items.len(), 6);
+    assert!(items.windows(2).all(|w| w[0].1 >= w[1].1), "sorted by score: {items:?}");
+    let mut names: Vec<&str> = items.iter().map(|(l, _)| l.as_str()).collect();
+    names.sort();
+    let mut want = LABELS.to_vec();
+    want.sort();
+    assert_eq!(names, want);
+    items
+}
+
+#[test]
+fn endpoints_answer() {
+    let s = Server::start(&[]);
+    let (code, body) = s.get("/health");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.get("/info");
+    assert_eq!(code, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["max_input_length"], 128);
+    assert_eq!(info["model_type"]["classifier"]["id2label"]["5"], "surprise");
+    assert!(info["version"].is_string() && info["model_id"].as_str().unwrap().contains("tiny-distilbert"));
+    let (code, page) = s.get("/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<textarea") && page.contains("/predict"));
+    let (code, body) = s.get("/nope");
+    assert_eq!(code, 404);
+    assert!(body.contains("\"error\""));
+
+    let (code, one) = s.predict(json!({"inputs": "i feel so happy today"}));
+    assert_eq!(code, 200);
+    let items = check_ranked(&one);
+    let total: f64 = items.iter().map(|(_, p)| p).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+    let (code, many) = s.predict(json!({"inputs": ["i feel so happy today", "i am scared"]}));
+    assert_eq!(code, 200);
+    let many = many.as_array().unwrap();
+    assert_eq!(many.len(), 2);
+    check_ranked(&many[1]);
+    // raw_scores are the logits: the same as `emotune predict --logits`.
+    let (code, raw) = s.predict(json!({"inputs": "i am scared", "raw_scores": true}));
+    assert_eq!(code, 200);
+    let out = Command::new(bin())
+        .args(["predict", "--logits", "-m", fixture("tiny-distilbert").to_str().unwrap(), "i am scared"])
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for item in raw.as_array().unwrap() {
+        let id = LABELS.iter().position(|l| *l == item["label"]).unwrap();
+        let want = line["logits"][id].as_f64().unwrap();
+        assert!((item["score"].as_f64().unwrap() - want).abs() < 1e-5, "{item} vs {want}");
+    }
+    let (_, metrics) = s.get("/metrics");
+    for name in ["emotune_requests_total{endpoint=\"/predict\",status=\"200\"} 3", "emotune_request_duration_seconds_bucket", "emotune_batch_inputs_bucket", "emotune_queue_depth 0"] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+#[test]
+fn tei_error_codes() {
+    let s = Server::start(&["--max-client-batch-size", "4"]);
+    let (code, body) = s.predict(json!({"inputs": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(code, 413);
+    assert_eq!(body["error_type"], "Validation");
+    let long = "i feel happy ".repeat(100);
+    let (code, body) = s.predict(json!({"inputs": long}));
+    assert_eq!(code, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("128 tokens"));
+    let (code, _) = s.predict(json!({"inputs": long, "truncate": true}));
+    assert_eq!(code, 200);
+    let (code, body) = s.post_raw("/predict", "{\"inputs\": ");
+    assert_eq!(code, 400);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (code, body) = s.post_raw("/predict", "{\"inputs\": 42}");
+    assert_eq!(code, 422);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (code, _) = s.predict(json!({"inputs": []}));
+    assert_eq!(code, 400);
+    let (code, _) = s.predict(json!({"inputs": "  "}));
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn too_many_concurrent_requests_get_429() {
+    let s = Server::start(&["--max-concurrent-requests", "2", "--batch-delay-ms", "400"]);
+    let codes: Vec<u16> = std::thread::scope(|sc| {
+        let s = &s;
+        let hs: Vec<_> = (0..8).map(|i| sc.spawn(move || s.predict(json!({"inputs": format!("text {i}")})).0)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = codes.iter().filter(|&&c| c == 200).count();
+    let busy = codes.iter().filter(|&&c| c == 429).count();
+    assert_eq!(ok + busy, 8, "{codes:?}");
+    assert!(ok >= 2 && busy >= 1, "{codes:?}");
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_answered_correctly() {
+    let s = Server::start(&["--batch-delay-ms", "300"]);
+    let texts: Vec<String> = (0..8).map(|i| format!("i feel {} today", ["happy", "sad", "angry", "scared"][i % 4])).collect();
+    // Each text alone first.
+    let alone: Vec<Value> = texts.iter().map(|t| s.predict(json!({"inputs": t})).1).collect();
+    let before = s.metric("emotune_batches_total");
+    let together: Vec<Value> = std::thread::scope(|sc| {
+        let s = &s;
+        let hs: Vec<_> = texts.iter().map(|t| sc.spawn(move || s.predict(json!({"inputs": t})))).collect();
+        hs.into_iter()
+            .map(|h| {
+                let (code, v) = h.join().unwrap();
+                assert_eq!(code, 200);
+                v
+            })
+            .collect()
+    });
+    let batches = s.metric("emotune_batches_total") - before;
+    assert!(batches < 8.0, "8 concurrent requests ran in {batches} batches: not batched");
+    for (a, b) in alone.iter().zip(&together) {
+        let (a, b) = (check_ranked(a), check_ranked(b));
+        for ((la, pa), (lb, pb)) in a.iter().zip(&b) {
+            assert_eq!(la, lb);
+            assert!((pa - pb).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let mut s = Server::start(&["--batch-delay-ms", "800"]);
+    let url = s.url("/predict");
+    let inflight = std::thread::spawn(move || {
+        ureq::post(&url).set("Content-Type", "application/json").send_string("{\"inputs\": \"i feel calm\"}").map(|r| r.status())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let status = s.terminate();
+    assert_eq!(inflight.join().unwrap().unwrap(), 200, "the in-flight request must complete");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A minimal W3C WebDriver client for chromedriver.
+fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
+    let url = format!("{base}{path}");
+    let r = match method {
+        "POST" => ureq::post(&url).send_json(body),
+        "DELETE" => ureq::delete(&url).call(),
+        _ => ureq::get(&url).call(),
+    };
+    match r {
+        Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
+        Err(ureq::Error::Status(c, r)) => panic!("webdriver {method} {path}: {c} {}", r.into_string().unwrap()),
+        Err(e) => panic!("webdriver {method} {path}: {e}"),
+    }
+}
+
+#[test]
+fn page_shows_six_bars_in_headless_chromium() {
+    let (chromium, driver) = ("/usr/bin/chromium", "/usr/bin/chromedriver");
+    assert!(
+        std::path::Path::new(chromium).exists() && std::path::Path::new(driver).exists(),
+        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
+    );
+    let s = Server::start(&[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cd = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&format!("{base}/status")).call().is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+        "binary": chromium,
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 format!("--user-data-dir={}", profile.path().display())]}}}});
+    let session = wd(&base, "POST", "/session", caps);
+    let sid = session["sessionId"].as_str().unwrap().to_string();
+    let result = std::panic::catch_unwind(|| {
+        wd(&base, "POST", &format!("/session/{sid}/url"), json!({"url": s.url("/")}));
+        let find = |css: &str| -> String {
+            let e = wd(&base, "POST", &format!("/session/{sid}/element"), json!({"using": "css selector", "value": css}));
+            e.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string()
+        };
+        let text = find("#text");
+        wd(&base, "POST", &format!("/session/{sid}/element/{text}/value"), json!({"text": "i feel so happy and grateful today"}));
+        let button = find("#go");
+        wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let labels: Vec<String> = loop {
+            let got = wd(&base, "POST", &format!("/session/{sid}/execute/sync"), json!({
+                "script": "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)",
+                "args": []}));
+            let v: Vec<String> = got.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+            if v.len() == 6 || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(labels.len(), 6, "six bars: {labels:?}");
+        for l in &labels {
+            let (name, width) = l.split_once(' ').unwrap();
+            assert!(LABELS.contains(&name), "{l}");
+            assert!(width.ends_with('%'), "{l}");
+        }
+        let png = wd(&base, "GET", &format!("/session/{sid}/screenshot"), json!({}));
+        let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+        std::fs::write(&shot, base64_decode(png.as_str().unwrap())).unwrap();
+    });
+    wd(&base, "DELETE", &format!("/session/{sid}"), json!({}));
+    let _ = cd.kill();
+    let _ = cd.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let table = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => 0,
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= table(c) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
