@@ -7,6 +7,7 @@
 
 use crate::data::{self, DataSpec, Dataset, RowProblem};
 use crate::tokenize::TextEncoder;
+use crate::infer::clip;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -189,13 +190,6 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
     })
 }
 
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() > n {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    } else {
-        s.to_string()
-    }
-}
 
 fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
     for g in groups.iter().take(limit) {

@@ -2,7 +2,7 @@
 //! per-class report, confusion matrix (printed and as a PNG) and the highest-loss examples.
 
 use crate::data::{self, DataSpec, Dataset};
-use crate::infer::{evaluate, Predictor};
+use crate::infer::{clip, evaluate, Predictor};
 use crate::metrics::{self, Report};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -157,12 +157,4 @@ pub fn format_report(r: &EvalReport) -> String {
         }
     }
     s
-}
-
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() > n {
-        format!("{}…", s.chars().take(n.saturating_sub(1)).collect::<String>())
-    } else {
-        s.to_string()
-    }
 }

@@ -159,10 +159,25 @@ pub fn ranked_json(p: &Prediction, labels: &[String], k: usize) -> Value {
 
 /// Label ids of the `k` highest probabilities, best first (ties keep id order).
 pub fn ranked(p: &Prediction, k: usize) -> Vec<usize> {
-    let mut ids: Vec<usize> = (0..p.probs.len()).collect();
-    ids.sort_by(|&a, &b| p.probs[b].total_cmp(&p.probs[a]).then(a.cmp(&b)));
+    let mut ids = rank_descending(&p.probs);
     ids.truncate(k);
     ids
+}
+
+/// Indices of `values` from the largest to the smallest (ties keep index order).
+pub fn rank_descending(values: &[f32]) -> Vec<usize> {
+    let mut ids: Vec<usize> = (0..values.len()).collect();
+    ids.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    ids
+}
+
+/// `s` cut to `n` characters, with an ellipsis when cut.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n.saturating_sub(1)).collect::<String>())
+    } else {
+        s.to_string()
+    }
 }
 
 /// A readable table of predictions (`None`: an empty input line).
@@ -172,14 +187,7 @@ pub fn format_predictions_table(
     top_k: Option<usize>,
 ) -> String {
     const WIDTH: usize = 60;
-    let clip = |s: &str| -> String {
-        let one_line = s.replace(['\n', '\r', '\t'], " ");
-        if one_line.chars().count() > WIDTH {
-            format!("{}…", one_line.chars().take(WIDTH - 1).collect::<String>())
-        } else {
-            one_line
-        }
-    };
+    let clip = |s: &str| clip(&s.replace(['\n', '\r', '\t'], " "), WIDTH);
     let label_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
     let mut s = format!("{:<WIDTH$}  {:<label_w$}  {:>6}", "text", "label", "score");
     if top_k.is_some() {

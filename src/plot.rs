@@ -1,6 +1,7 @@
 //! PNG charts with `plotters`: the confusion matrix. Text uses the bundled DejaVu Sans Mono,
 //! so nothing depends on the fonts a machine has.
 
+use crate::infer::clip;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -79,13 +80,6 @@ pub fn confusion_matrix_png(path: &Path, labels: &[String], counts: &[Vec<usize>
     })
 }
 
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() > n {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    } else {
-        s.to_string()
-    }
-}
 
 /// Learning curves: training loss per logging step with validation loss per evaluation (left),
 /// validation accuracy and F1 per evaluation (right).

@@ -254,8 +254,7 @@ async fn predict_inner(st: &Arc<AppState>, body: Result<Json<PredictRequest>, Js
     let ranked: Vec<Value> = scores
         .iter()
         .map(|row| {
-            let mut ids: Vec<usize> = (0..row.len()).collect();
-            ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let ids = crate::infer::rank_descending(row);
             Value::Array(ids.into_iter().map(|i| json!({"label": labels[i], "score": row[i]})).collect())
         })
         .collect();
