@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::{Array, RecordBatch};
 use hf_hub::RepoType;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One labelled text.
@@ -283,7 +283,6 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     Ok(ds)
 }
 
-use std::collections::HashSet;
 
 /// A label that appears in validation or test but never in train cannot be learned.
 fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
