@@ -148,19 +148,11 @@ impl WeightLoader {
             .iter()
             .map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec())))
             .collect();
-        Ok(WeightLoader {
-            file: Some(file.to_path_buf()),
-            init_std: 0.0,
-            bytes,
-            available,
-            used: BTreeSet::new(),
-            prefix: prefix.to_string(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            device: device.clone(),
-            store: ParamStore::default(),
-            created: Vec::new(),
-            fresh_head: false,
-        })
+        let mut wl = WeightLoader::random(prefix, seed, 0.0, device);
+        wl.file = Some(file.to_path_buf());
+        wl.bytes = bytes;
+        wl.available = available;
+        Ok(wl)
     }
 
     /// A loader without a checkpoint: every parameter is initialised as Transformers'
