@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod kernels;
 
 use crate::config::{Activation, ArchConfig, ModelConfig};
 use crate::weights::{Init, ParamStore, WeightLoader};
@@ -73,6 +74,9 @@ impl Dropout {
         let Some(rng) = &self.rng else { return Ok(x.clone()) };
         if p <= 0.0 {
             return Ok(x.clone());
+        }
+        if kernels::applies(x) {
+            return Ok(kernels::dropout(x, p, &mut rng.borrow_mut())?);
         }
         let keep = 1.0 - p;
         let scale = (1.0 / keep) as f32;
@@ -145,6 +149,9 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::applies(x) {
+            return Ok(kernels::layer_norm(x, &self.weight, &self.bias, self.eps)?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -174,6 +181,7 @@ impl Embedding {
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
+        Activation::Gelu if kernels::applies(x) => kernels::gelu_erf(x)?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
@@ -235,11 +243,17 @@ impl SelfAttention {
         let h = self.n_heads;
         let dh = d / h;
         let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, s, h, dh))?.transpose(1, 2)?.contiguous()?) };
-        let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
+        let scale = 1.0 / (dh as f64).sqrt();
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = drop.apply(&softmax_last_dim(&scores)?, self.dropout)?;
+        let probs = if kernels::applies(x) {
+            let scores = split(self.q.forward(x)?)?.matmul(&k.t()?)?;
+            kernels::masked_softmax(&scores, bias, scale)?
+        } else {
+            let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
+            softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(bias)?)?
+        };
+        let probs = drop.apply(&probs, self.dropout)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
         self.out.forward(&ctx)
     }

@@ -1,0 +1,559 @@
+//! Fused float32 CPU kernels with their backward, as candle custom ops: LayerNorm, erf-GELU,
+//! scaled + masked softmax, and dropout.
+//!
+//! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
+//! zero-fill and an add in candle's backward pass. The composed versions in `model/mod.rs`
+//! stay as the path for other devices and dtypes, and as the reference the tests below check
+//! these kernels against.
+//!
+//! Determinism: work is split into chunks of a fixed number of rows (never by thread count), and
+//! reductions across rows (LayerNorm's weight and bias gradients) sum the chunks' partial sums in
+//! chunk order, so results are bitwise the same on any number of threads.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Rows per parallel work item.
+const ROWS_PER_CHUNK: usize = 16;
+/// Elements per parallel work item for element-wise kernels.
+const ELEMS_PER_CHUNK: usize = 1 << 14;
+
+/// True where the fused kernels apply (they are written for contiguous f32 on the CPU).
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else { bail!("{what}: expected float32 input") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Sum with 16 independent lanes, so the compiler can keep them in one SIMD register.
+#[inline]
+fn lane_sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = chunks.remainder().iter().sum::<f32>();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+#[inline]
+fn lane_dot(xs: &[f32], ys: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut cx = xs.chunks_exact(16);
+    let mut cy = ys.chunks_exact(16);
+    for (a, b) in (&mut cx).zip(&mut cy) {
+        for i in 0..16 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut s: f32 = cx.remainder().iter().zip(cy.remainder()).map(|(a, b)| a * b).sum();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Mean and 1/sqrt(var + eps) of one row (biased variance, as `torch.nn.LayerNorm`).
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = lane_sum(x) / n;
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut var = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
+    for a in acc {
+        var += a;
+    }
+    (mean, 1.0 / (var / n + eps).sqrt())
+}
+
+/// `exp(x)` for f32, written so the compiler vectorises it: 2^k times a degree-6 polynomial on
+/// |r| ≤ ln2/2 (relative error about 2e-7).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + 0.5).floor();
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// `erf(x)` for f32 as a rational function on [-4, 4] (erf is ±1 in f32 beyond), vectorisable.
+#[inline(always)]
+pub fn fast_erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = -2.726_142_3e-10f32;
+    let p = p * x2 + 2.770_681_4e-8;
+    let p = p * x2 + -2.101_024e-6;
+    let p = p * x2 + -5.692_506_4e-5;
+    let p = p * x2 + -7.349_906_3e-4;
+    let p = p * x2 + -2.954_600_1e-3;
+    let p = p * x2 + -1.609_603_3e-2;
+    let q = -1.456_607_2e-5f32;
+    let q = q * x2 + -2.133_740_6e-4;
+    let q = q * x2 + -1.682_827e-3;
+    let q = q * x2 + -7.373_329_2e-3;
+    let q = q * x2 + -1.426_474e-2;
+    (x * p / q).clamp(-1.0, 1.0)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+// ---------------------------------------------------------------- LayerNorm
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// `LayerNorm(x) * weight + bias` over the last dimension.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps: eps as f32 })
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "emotune-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm x")?;
+        let w = f32_slice(s2, l2, "layer_norm weight")?;
+        let b = f32_slice(s3, l3, "layer_norm bias")?;
+        let d = w.len();
+        if b.len() != d || x.len() % d != 0 {
+            bail!("layer_norm: input {:?} does not end in the weight's size {d}", l1.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_CHUNK).zip(x.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for j in 0..d {
+                    yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let (n, d) = (x.elem_count(), w.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, d)?;
+        let db = packed.narrow(0, n + d, d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Returns `[dx (all of x's elements), dweight (d), dbias (d)]` as one flat tensor.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "emotune-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm backward x")?;
+        let w = f32_slice(s2, l2, "layer_norm backward weight")?;
+        let g = f32_slice(s3, l3, "layer_norm backward grad")?;
+        let d = w.len();
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * d];
+        let (dx, _) = out.split_at_mut(n);
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(d * ROWS_PER_CHUNK)
+            .zip(x.par_chunks(d * ROWS_PER_CHUNK))
+            .zip(g.par_chunks(d * ROWS_PER_CHUNK))
+            .map(|((dxc, xc), gc)| {
+                // [dweight | dbias] of this chunk's rows
+                let mut part = vec![0f32; 2 * d];
+                let mut xhat = vec![0f32; d];
+                let mut gw = vec![0f32; d];
+                for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for j in 0..d {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        gw[j] = gr[j] * w[j];
+                    }
+                    let mean_gw = lane_sum(&gw) / d as f32;
+                    let mean_gw_xhat = lane_dot(&gw, &xhat) / d as f32;
+                    for j in 0..d {
+                        dxr[j] = rstd * (gw[j] - mean_gw - xhat[j] * mean_gw_xhat);
+                    }
+                    let (pw, pb) = part.split_at_mut(d);
+                    for j in 0..d {
+                        pw[j] += gr[j] * xhat[j];
+                        pb[j] += gr[j];
+                    }
+                }
+                part
+            })
+            .collect();
+        let tail = &mut out[n..];
+        for part in partials {
+            for (t, p) in tail.iter_mut().zip(&part) {
+                *t += p;
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------- GELU (erf)
+
+struct GeluOp;
+
+/// `x * Φ(x)` with the exact (erf) normal CDF, as `torch.nn.GELU()`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluOp)
+}
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "emotune-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu x")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
+            for (y, &x) in yc.iter_mut().zip(xc) {
+                *y = 0.5 * x * (1.0 + fast_erf(x * FRAC_1_SQRT_2));
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "emotune-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "gelu backward x")?;
+        let g = f32_slice(s2, l2, "gelu backward grad")?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).zip(g.par_chunks(ELEMS_PER_CHUNK)).for_each(
+            |((dc, xc), gc)| {
+                for ((d, &x), &g) in dc.iter_mut().zip(xc).zip(gc) {
+                    let cdf = 0.5 * (1.0 + fast_erf(x * FRAC_1_SQRT_2));
+                    let pdf = FRAC_1_SQRT_2PI * fast_exp(-0.5 * x * x);
+                    *d = g * (cdf + x * pdf);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- masked softmax
+
+struct MaskedSoftmaxOp {
+    scale: f32,
+}
+
+/// `softmax(scores * scale + bias)` over the last dimension, for attention: `scores` is
+/// `[batch, heads, q, k]` and `bias` holds `batch * k` additive key biases (0 or a very negative
+/// number for padding). No gradient flows to `bias`.
+pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    scores.contiguous()?.apply_op2(&bias.contiguous()?, MaskedSoftmaxOp { scale: scale as f32 })
+}
+
+impl CustomOp2 for MaskedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "emotune-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "softmax scores")?;
+        let bias = f32_slice(s2, l2, "softmax bias")?;
+        let dims = l1.dims();
+        let [b, h, q, k] = dims else { bail!("masked_softmax: scores must be [batch, heads, q, k], got {dims:?}") };
+        let (h, q, k) = (*h, *q, *k);
+        if bias.len() != b * k {
+            bail!("masked_softmax: bias has {} values, expected {}", bias.len(), b * k);
+        }
+        let rows_per_batch = h * q;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(k * ROWS_PER_CHUNK).zip(x.par_chunks(k * ROWS_PER_CHUNK)).enumerate().for_each(
+            |(ci, (yc, xc))| {
+                for (ri, (yr, xr)) in yc.chunks_mut(k).zip(xc.chunks(k)).enumerate() {
+                    let row = ci * ROWS_PER_CHUNK + ri;
+                    let br = &bias[(row / rows_per_batch) * k..][..k];
+                    let mut max = f32::NEG_INFINITY;
+                    for j in 0..k {
+                        yr[j] = xr[j] * self.scale + br[j];
+                        max = max.max(yr[j]);
+                    }
+                    for v in yr.iter_mut() {
+                        *v = fast_exp(*v - max);
+                    }
+                    let inv = 1.0 / lane_sum(yr);
+                    for v in yr.iter_mut() {
+                        *v *= inv;
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
+        Ok((Some(dx), None))
+    }
+}
+
+struct SoftmaxBackward {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "emotune-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "softmax backward probs")?;
+        let g = f32_slice(s2, l2, "softmax backward grad")?;
+        let k = *l1.dims().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(k * ROWS_PER_CHUNK)
+            .zip(y.par_chunks(k * ROWS_PER_CHUNK))
+            .zip(g.par_chunks(k * ROWS_PER_CHUNK))
+            .for_each(|((dc, yc), gc)| {
+                for ((dr, yr), gr) in dc.chunks_mut(k).zip(yc.chunks(k)).zip(gc.chunks(k)) {
+                    let dot = lane_dot(yr, gr);
+                    for j in 0..k {
+                        dr[j] = self.scale * yr[j] * (gr[j] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout with a mask drawn from `rng` (one `u32` per element, in order: kept when
+/// below `keep * 2^32`). The mask is kept as bytes for the backward pass.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    let keep = 1.0 - p;
+    let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
+    let mask: Vec<u8> = (0..x.elem_count()).map(|_| u8::from(rng.next_u32() < threshold)).collect();
+    x.contiguous()?.apply_op1(DropoutOp { mask: Arc::new(mask), scale: (1.0 / keep) as f32 })
+}
+
+struct DropoutOp {
+    mask: Arc<Vec<u8>>,
+    scale: f32,
+}
+
+impl DropoutOp {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).zip(self.mask.par_chunks(ELEMS_PER_CHUNK)).for_each(
+            |((yc, xc), mc)| {
+                for ((y, &x), &m) in yc.iter_mut().zip(xc).zip(mc) {
+                    *y = if m != 0 { x * self.scale } else { 0.0 };
+                }
+            },
+        );
+        y
+    }
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "emotune-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "dropout x")?;
+        if x.len() != self.mask.len() {
+            bail!("dropout: mask has {} values, input {}", self.mask.len(), x.len());
+        }
+        Ok((CpuStorage::F32(self.apply(x)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutOp { mask: self.mask.clone(), scale: self.scale })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{softmax_last_dim, LayerNorm};
+    use candle_core::{DType, Device, Var, D};
+    use rand::SeedableRng;
+
+    fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 6.0 - 3.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 4e-4; // [-80, 80] for exp below, [-80, 80]/10 for erf
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((fast_exp(x) as f64 - e) / e).abs());
+            let xe = x / 10.0;
+            worst_erf = worst_erf.max((fast_erf(xe) as f64 - libm::erf(xe as f64)).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_forward_and_backward() {
+        let x = Var::from_tensor(&rand_tensor(&[37, 50], 1)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&[50], 2)).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&[50], 3)).unwrap();
+        let up = rand_tensor(&[37, 50], 4);
+        let composed = LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps: 1e-12 };
+        let y0 = composed.forward(x.as_tensor()).unwrap();
+        let y1 = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
+        assert!(max_diff(&y0, &y1) < 1e-5, "forward differs by {}", max_diff(&y0, &y1));
+        let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (g0.get(v.as_tensor()).unwrap(), g1.get(v.as_tensor()).unwrap());
+            assert!(max_diff(a, c) < 1e-4, "d{name} differs by {}", max_diff(a, c));
+        }
+    }
+
+    #[test]
+    fn gelu_matches_composed_forward_and_backward() {
+        let x = Var::from_tensor(&rand_tensor(&[3, 70001], 5)).unwrap();
+        let up = rand_tensor(&[3, 70001], 6);
+        let y0 = x.as_tensor().gelu_erf().unwrap();
+        let y1 = gelu_erf(x.as_tensor()).unwrap();
+        assert!(max_diff(&y0, &y1) < 1e-6, "forward differs by {}", max_diff(&y0, &y1));
+        let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, c) = (g0.get(x.as_tensor()).unwrap(), g1.get(x.as_tensor()).unwrap());
+        assert!(max_diff(a, c) < 2e-6, "dx differs by {}", max_diff(a, c));
+    }
+
+    #[test]
+    fn masked_softmax_matches_composed_forward_and_backward() {
+        let (b, h, s) = (3, 4, 9);
+        let x = Var::from_tensor(&rand_tensor(&[b, h, s, s], 7)).unwrap();
+        let mut mask = vec![1f32; b * s];
+        mask[s - 2..s].fill(0.0); // padding in the first row
+        mask[2 * s - 5..2 * s].fill(0.0);
+        let mask = Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap();
+        let bias = crate::model::attention_bias(&mask).unwrap();
+        let up = rand_tensor(&[b, h, s, s], 8);
+        let scale = 0.125;
+        let y0 = softmax_last_dim(&(x.as_tensor() * scale).unwrap().broadcast_add(&bias).unwrap()).unwrap();
+        let y1 = masked_softmax(x.as_tensor(), &bias, scale).unwrap();
+        assert!(max_diff(&y0, &y1) < 1e-6, "forward differs by {}", max_diff(&y0, &y1));
+        let sums: Vec<f32> = y1.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+        let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, c) = (g0.get(x.as_tensor()).unwrap(), g1.get(x.as_tensor()).unwrap());
+        assert!(max_diff(a, c) < 1e-6, "dx differs by {}", max_diff(a, c));
+    }
+
+    #[test]
+    fn dropout_backward_uses_the_forward_mask() {
+        let x = Var::from_tensor(&Tensor::ones((100, 300), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let y = dropout(x.as_tensor(), 0.25, &mut rng).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        // With an all-ones input and upstream gradient, dx equals y elementwise.
+        assert_eq!(max_diff(&y, gx), 0.0);
+        let yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let dropped = yv.iter().filter(|&&v| v == 0.0).count() as f64 / yv.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "dropped fraction {dropped}");
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let x = rand_tensor(&[300, 96], 10);
+        let w = rand_tensor(&[96], 11);
+        let g = rand_tensor(&[300, 96], 13);
+        let run = |threads: usize| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                x.apply_op3_no_bwd(&w, &g, &LayerNormBackward { eps: 1e-12 }).unwrap().to_vec1().unwrap()
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
