@@ -1,5 +1,5 @@
-//! Fused float32 CPU kernels with their backward, as candle custom ops: LayerNorm, erf-GELU,
-//! scaled + masked softmax, and dropout.
+//! Fused float32 CPU kernels with their backward, as candle custom ops: Linear (matmul plus
+//! bias), LayerNorm, erf-GELU, scaled + masked softmax, and dropout.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/mod.rs`
@@ -96,7 +96,9 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + 0.5).floor();
+    // round to nearest by the 1.5 * 2^23 trick (vectorises, unlike floor/round calls)
+    const MAGIC: f32 = 12_582_912.0;
+    let k = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
@@ -247,6 +249,172 @@ impl CustomOp3 for LayerNormBackward {
         for part in partials {
             for (t, p) in tail.iter_mut().zip(&part) {
                 *t += p;
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------- Linear
+
+struct LinearOp;
+
+/// `x Wᵀ + b` over the last dimension of `x`, with `W` stored `[out, in]` as in PyTorch. One
+/// autograd node instead of reshape, matmul, transpose and broadcast add.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp)
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit row and column strides (in elements).
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above keep every index gemm touches inside the three slices; dst is
+    // row-major [m, n] and does not alias the inputs (it is a fresh buffer).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "emotune-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear x")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        let b = f32_slice(s3, l3, "linear bias")?;
+        let (n_out, k) = l2.shape().dims2()?;
+        let dims = l1.dims();
+        if dims.last() != Some(&k) || b.len() != n_out {
+            bail!("linear: input {dims:?} against weight [{n_out}, {k}] and bias [{}]", b.len());
+        }
+        let m = x.len() / k;
+        let mut y = Vec::with_capacity(m * n_out);
+        for _ in 0..m {
+            y.extend_from_slice(b);
+        }
+        // y += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
+        matmul_into(&mut y, true, (m, n_out, k), x, (k, 1), w, (1, k));
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = n_out;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearBackward)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        let n_out = w.dims()[0];
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let db = packed.narrow(0, nx + nw, n_out)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Returns `[dx, dW, db]` flattened into one tensor.
+struct LinearBackward;
+
+impl CustomOp3 for LinearBackward {
+    fn name(&self) -> &'static str {
+        "emotune-linear-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear backward x")?;
+        let w = f32_slice(s2, l2, "linear backward weight")?;
+        let g = f32_slice(s3, l3, "linear backward grad")?;
+        let (n_out, k) = l2.shape().dims2()?;
+        let m = x.len() / k;
+        if g.len() != m * n_out {
+            bail!("linear backward: gradient has {} values, expected {}", g.len(), m * n_out);
+        }
+        let (nx, nw) = (x.len(), w.len());
+        let mut out = vec![0f32; nx + nw + n_out];
+        let (dx, rest) = out.split_at_mut(nx);
+        let (dw, db) = rest.split_at_mut(nw);
+        // dx[m, k] = g[m, n] · W[n, k]
+        matmul_into(dx, false, (m, k, n_out), g, (n_out, 1), w, (k, 1));
+        // dW[n, k] = gᵀ[n, m] · x[m, k]
+        matmul_into(dw, false, (n_out, k, m), g, (1, n_out), x, (k, 1));
+        // db[n] = Σ_rows g, by fixed chunks of rows summed in order
+        let partials: Vec<Vec<f32>> = g
+            .par_chunks(n_out * ROWS_PER_CHUNK * 8)
+            .map(|gc| {
+                let mut part = vec![0f32; n_out];
+                for row in gc.chunks(n_out) {
+                    for (p, v) in part.iter_mut().zip(row) {
+                        *p += v;
+                    }
+                }
+                part
+            })
+            .collect();
+        for part in partials {
+            for (d, p) in db.iter_mut().zip(&part) {
+                *d += p;
             }
         }
         let len = out.len();
@@ -491,6 +659,26 @@ mod tests {
         for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
             let (a, c) = (g0.get(v.as_tensor()).unwrap(), g1.get(v.as_tensor()).unwrap());
             assert!(max_diff(a, c) < 1e-4, "d{name} differs by {}", max_diff(a, c));
+        }
+    }
+
+    #[test]
+    fn linear_matches_composed_forward_and_backward() {
+        let x = Var::from_tensor(&rand_tensor(&[3, 37, 20], 14)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&[30, 20], 15)).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&[30], 16)).unwrap();
+        let up = rand_tensor(&[3, 37, 30], 17);
+        let composed = crate::model::Linear { weight: w.as_tensor().clone(), bias: b.as_tensor().clone() };
+        let y0 = composed.forward_composed(x.as_tensor()).unwrap();
+        let y1 = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        assert_eq!(y0.dims(), y1.dims());
+        assert!(max_diff(&y0, &y1) < 1e-4, "forward differs by {}", max_diff(&y0, &y1));
+        let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (g0.get(v.as_tensor()).unwrap(), g1.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), c.dims());
+            assert!(max_diff(a, c) < 1e-3, "d{name} differs by {}", max_diff(a, c));
         }
     }
 

@@ -123,6 +123,14 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::applies(x) {
+            return Ok(kernels::linear(x, &self.weight, &self.bias)?);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from candle's primitive ops (other devices, and the kernels' reference).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().expect("non-scalar input");
         let rows = x.elem_count() / d_in;
