@@ -247,20 +247,22 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `x [b, s, d]`, `bias [b, 1, 1, s]` → the projected context `[b, s, d]`.
     pub fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+        if kernels::applies(x) {
+            let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+            let ctx = match &drop.rng {
+                Some(rng) => kernels::attention(&q, &k, &v, bias, self.n_heads, Some((self.dropout, &mut rng.borrow_mut())))?,
+                None => kernels::attention(&q, &k, &v, bias, self.n_heads, None)?,
+            };
+            return self.out.forward(&ctx);
+        }
         let (b, s, d) = x.dims3()?;
         let h = self.n_heads;
         let dh = d / h;
         let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, s, h, dh))?.transpose(1, 2)?.contiguous()?) };
-        let scale = 1.0 / (dh as f64).sqrt();
+        let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let probs = if kernels::applies(x) {
-            let scores = split(self.q.forward(x)?)?.matmul(&k.t()?)?;
-            kernels::masked_softmax(&scores, bias, scale)?
-        } else {
-            let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
-            softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(bias)?)?
-        };
+        let probs = softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(bias)?)?;
         let probs = drop.apply(&probs, self.dropout)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
         self.out.forward(&ctx)

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""PyTorch baseline for `emotune bench`: the same model shape, batches and measurements.
+
+Builds a randomly initialised DistilBertForSequenceClassification (or BERT) from a config file,
+trains it on synthetic batches of random token ids with AdamW (weight decay 0.01 except biases
+and LayerNorm, lr 2e-5) and prints, per shape, one JSON object with the keys emotune prints:
+the median seconds of a training step split into forward, backward and optimiser, the eval
+forward time, predict throughput, one-text latency and peak resident memory.
+
+    python bench/torch_bench.py --config ../shared/fixtures/distilbert-base-uncased.config.json \
+        --seq 40 [--bf16] [--steps 5 --warmup 2]
+
+`--bf16` runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16), as Transformers'
+Trainer does with `bf16=True`; weights, gradients and optimiser state stay float32.
+Needs torch and transformers (pip install torch transformers).
+"""
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, action="append", help="tokens per row (repeatable); default 24 40 64 87")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true")
+    args = ap.parse_args()
+    seqs = args.seq or [24, 40, 64, 87]
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(args.config, num_labels=6)
+    gen = torch.Generator().manual_seed(0)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+
+    for seq in seqs:
+        reset_peak_rss()
+        model = AutoModelForSequenceClassification.from_config(config)
+        model.train()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=2e-5, betas=(0.9, 0.999), eps=1e-8,
+        )
+        ids = torch.randint(1000, config.vocab_size, (args.batch, seq), generator=gen)
+        mask = torch.ones_like(ids)
+        labels = torch.randint(0, 6, (args.batch,), generator=gen)
+
+        fwd, bwd, optim = [], [], []
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.item()
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t3 = time.perf_counter()
+            if i >= args.warmup:
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+                optim.append(t3 - t2)
+
+        model.eval()
+        eval_t, one_t = [], []
+        one = ids[:1]
+        with torch.inference_mode():
+            for i in range(args.warmup + args.steps):
+                t0 = time.perf_counter()
+                with autocast():
+                    model(input_ids=ids, attention_mask=mask).logits.float().tolist()
+                if i >= args.warmup:
+                    eval_t.append(time.perf_counter() - t0)
+            for i in range(args.warmup + max(args.steps, 5)):
+                t0 = time.perf_counter()
+                with autocast():
+                    model(input_ids=one, attention_mask=mask[:1]).logits.float().tolist()
+                if i >= args.warmup:
+                    one_t.append(time.perf_counter() - t0)
+
+        steps = [a + b + c for a, b, c in zip(fwd, bwd, optim)]
+        eval_s = statistics.median(eval_t)
+        print(json.dumps({
+            "impl": "pytorch-bf16" if args.bf16 else "pytorch",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "batch": args.batch,
+            "seq": seq,
+            "train_step_s": statistics.median(steps),
+            "forward_s": statistics.median(fwd),
+            "backward_s": statistics.median(bwd),
+            "optimizer_s": statistics.median(optim),
+            "eval_forward_s": eval_s,
+            "predict_texts_per_s": args.batch / eval_s,
+            "one_text_latency_s": statistics.median(one_t),
+            "peak_rss_mb": peak_rss_mb(),
+            "steps": args.steps,
+        }), flush=True)
+        del model, opt
+
+
+if __name__ == "__main__":
+    main()
