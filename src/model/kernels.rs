@@ -585,25 +585,20 @@ impl CustomOp2 for SoftmaxBackward {
 
 // ---------------------------------------------------------------- attention
 
-/// Scaled dot-product attention over heads packed in the last dimension, as one autograd node.
+/// Scaled dot-product attention as one autograd node, on the output of one fused q/k/v
+/// projection.
 ///
-/// `q`, `k`, `v` are `[batch, seq, heads * head_dim]` (the projections' outputs, no reshapes);
-/// `key_bias` holds `batch * seq` additive biases (0, or a very negative number for padding);
-/// with `dropout = Some((p, rng))` the attention probabilities are dropped out with one `u32`
-/// drawn per probability in `[batch, heads, q, k]` order. Returns the context
-/// `[batch, seq, heads * head_dim]`. The backward pass recomputes the probabilities instead of
-/// storing them.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_bias: &Tensor,
-    n_heads: usize,
-    dropout: Option<(f64, &mut ChaCha8Rng)>,
-) -> Result<Tensor> {
-    let (b, s, d) = q.dims3()?;
-    if d % n_heads != 0 {
-        bail!("attention: width {d} is not divisible by {n_heads} heads");
+/// `qkv` is `[batch, seq, 3 * width]`: per token the query, key and value vectors side by side,
+/// each with the heads packed in order (no reshapes or transposes). `key_bias` holds
+/// `batch * seq` additive biases (0, or a very negative number for padding). With
+/// `dropout = Some((p, rng))` the attention probabilities are dropped out with one `u32` drawn
+/// per probability in `[batch, heads, q, k]` order. Returns the context `[batch, seq, width]`.
+/// The backward pass recomputes the probabilities instead of storing them.
+pub fn attention(qkv: &Tensor, key_bias: &Tensor, n_heads: usize, dropout: Option<(f64, &mut ChaCha8Rng)>) -> Result<Tensor> {
+    let (b, s, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    if d3 % 3 != 0 || d % n_heads != 0 {
+        bail!("attention: packed width {d3} is not 3 x a multiple of {n_heads} heads");
     }
     let bias: Vec<f32> = key_bias.flatten_all()?.to_vec1()?;
     if bias.len() != b * s {
@@ -618,14 +613,8 @@ pub fn attention(
         }
         _ => (None, 1.0),
     };
-    let op = AttentionOp {
-        bias: Arc::new(bias),
-        mask,
-        keep_scale,
-        n_heads,
-        scale: 1.0 / ((d / n_heads) as f32).sqrt(),
-    };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    let op = AttentionOp { bias: Arc::new(bias), mask, keep_scale, n_heads, scale: 1.0 / ((d / n_heads) as f32).sqrt() };
+    qkv.contiguous()?.apply_op1(op)
 }
 
 #[derive(Clone)]
@@ -638,12 +627,13 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
-    /// Softmax probabilities of head `h` of one batch row: `p[i * s + j]`.
-    fn probs(&self, q: &[f32], k: &[f32], bias: &[f32], h: usize, s: usize, d: usize, p: &mut [f32]) {
+    /// Softmax probabilities `p[i * s + j]` of head `h`, from one batch row's packed `qkv`
+    /// (`s` rows of `3 * d`).
+    fn probs(&self, qkv: &[f32], bias: &[f32], h: usize, s: usize, d: usize, p: &mut [f32]) {
         let dh = d / self.n_heads;
         // scores = Q_h · K_hᵀ
-        let (qh, kh) = (&q[h * dh..], &k[h * dh..]);
-        gemm_strided(p, s, false, (s, s, dh), qh, (d, 1), kh, (1, d), gemm::Parallelism::None);
+        let (qh, kh) = (&qkv[h * dh..], &qkv[d + h * dh..]);
+        gemm_strided(p, s, false, (s, s, dh), qh, (3 * d, 1), kh, (1, 3 * d), gemm::Parallelism::None);
         for row in p.chunks_mut(s) {
             let mut max = f32::NEG_INFINITY;
             for (x, b) in row.iter_mut().zip(bias) {
@@ -660,145 +650,103 @@ impl AttentionOp {
         }
     }
 
-    /// Applies the dropout of head `h` of batch row `bi` to probabilities `p` in place.
+    /// Applies the dropout of head `h` of batch row `bi` to `p` (`s × s`) in place.
     fn drop_probs(&self, bi: usize, h: usize, s: usize, p: &mut [f32]) {
-        if let Some(m) = self.drop_row(bi, h, s) {
+        if let Some(m) = &self.mask {
+            let m = &m[(bi * self.n_heads + h) * s * s..][..s * s];
             for (x, &keep) in p.iter_mut().zip(m) {
                 *x = if keep != 0 { *x * self.keep_scale } else { 0.0 };
             }
         }
     }
 
-    /// The dropout multipliers of head `h` of batch row `bi` (`None` when not dropping out).
-    fn drop_row<'a>(&'a self, bi: usize, h: usize, s: usize) -> Option<&'a [u8]> {
-        self.mask.as_ref().map(|m| &m[(bi * self.n_heads + h) * s * s..][..s * s])
-    }
-
     fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
         let dims = l.dims();
-        let [b, s, d] = dims else { bail!("attention: expected [batch, seq, width], got {dims:?}") };
-        Ok((*b, *s, *d))
+        let [b, s, d3] = dims else { bail!("attention: expected [batch, seq, 3 * width], got {dims:?}") };
+        Ok((*b, *s, *d3 / 3))
     }
 }
 
-impl CustomOp3 for AttentionOp {
+impl CustomOp1 for AttentionOp {
     fn name(&self) -> &'static str {
         "emotune-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, s, d) = self.dims(l1)?;
-        if l2.dims() != l1.dims() || l3.dims() != l1.dims() {
-            bail!("attention: q {:?}, k {:?}, v {:?} differ", l1.dims(), l2.dims(), l3.dims());
-        }
-        let (q, k, v) = (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, s, d) = self.dims(l)?;
+        let qkv = f32_slice(st, l, "attention qkv")?;
         let dh = d / self.n_heads;
         let mut out = vec![0f32; b * s * d];
         out.par_chunks_mut(s * d).enumerate().for_each(|(bi, ob)| {
-            let (qb, kb, vb) = (&q[bi * s * d..][..s * d], &k[bi * s * d..][..s * d], &v[bi * s * d..][..s * d]);
+            let xb = &qkv[bi * s * 3 * d..][..s * 3 * d];
             let bias = &self.bias[bi * s..][..s];
             let mut p = vec![0f32; s * s];
             for h in 0..self.n_heads {
-                self.probs(qb, kb, bias, h, s, d, &mut p);
+                self.probs(xb, bias, h, s, d, &mut p);
                 self.drop_probs(bi, h, s, &mut p);
-                // context_h = P' · V_h, written into head h's columns
-                gemm_strided(&mut ob[h * dh..], d, false, (s, dh, s), &p, (s, 1), &vb[h * dh..], (d, 1), gemm::Parallelism::None);
+                // context_h = P' · V_h, into head h's columns
+                let vh = &xb[2 * d + h * dh..];
+                gemm_strided(&mut ob[h * dh..], d, false, (s, dh, s), &p, (s, 1), vh, (3 * d, 1), gemm::Parallelism::None);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((b, s, d))))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Pack q, k, v and the upstream gradient into one input of the backward op.
-        let packed_in = Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?, grad.flatten_all()?], 0)?;
-        let packed = packed_in.apply_op1_no_bwd(&AttentionBackward { fwd: self.clone(), dims: q.dims3()? })?;
-        let n = q.elem_count();
-        let dq = packed.narrow(0, 0, n)?.reshape(q.shape())?;
-        let dk = packed.narrow(0, n, n)?.reshape(q.shape())?;
-        let dv = packed.narrow(0, 2 * n, n)?.reshape(q.shape())?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward(self.clone()))?))
     }
 }
 
-/// Input `[q | k | v | dout]` flattened; output `[dq | dk | dv]`.
-struct AttentionBackward {
-    fwd: AttentionOp,
-    dims: (usize, usize, usize),
-}
+/// `(qkv, dcontext)` → `dqkv`.
+struct AttentionBackward(AttentionOp);
 
-impl CustomOp1 for AttentionBackward {
+impl CustomOp2 for AttentionBackward {
     fn name(&self) -> &'static str {
         "emotune-attention-backward"
     }
 
-    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let all = f32_slice(st, l, "attention backward")?;
-        let (b, s, d) = self.dims;
-        let n = b * s * d;
-        if all.len() != 4 * n {
-            bail!("attention backward: {} values, expected {}", all.len(), 4 * n);
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let (b, s, d) = op.dims(l1)?;
+        let qkv = f32_slice(s1, l1, "attention backward qkv")?;
+        let dout = f32_slice(s2, l2, "attention backward grad")?;
+        if dout.len() != b * s * d {
+            bail!("attention backward: gradient has {} values, expected {}", dout.len(), b * s * d);
         }
-        let (q, rest) = all.split_at(n);
-        let (k, rest) = rest.split_at(n);
-        let (v, dout) = rest.split_at(n);
-        let op = &self.fwd;
-        let dh = d / op.n_heads;
-        let mut out = vec![0f32; 3 * n];
-        // Per batch row: its slices of dq, dk, dv (disjoint, so the rows run in parallel).
-        let (dq_all, rest) = out.split_at_mut(n);
-        let (dk_all, dv_all) = rest.split_at_mut(n);
-        dq_all
-            .par_chunks_mut(s * d)
-            .zip(dk_all.par_chunks_mut(s * d))
-            .zip(dv_all.par_chunks_mut(s * d))
-            .enumerate()
-            .for_each(|(bi, ((dqb, dkb), dvb))| {
-                let off = bi * s * d;
-                let (qb, kb, vb, gb) = (&q[off..][..s * d], &k[off..][..s * d], &v[off..][..s * d], &dout[off..][..s * d]);
-                let bias = &op.bias[bi * s..][..s];
-                let mut p = vec![0f32; s * s];
-                let mut pd = vec![0f32; s * s];
-                let mut dp = vec![0f32; s * s];
-                let none = gemm::Parallelism::None;
-                for h in 0..op.n_heads {
-                    let c = h * dh;
-                    op.probs(qb, kb, bias, h, s, d, &mut p);
-                    pd.copy_from_slice(&p);
-                    op.drop_probs(bi, h, s, &mut pd);
-                    // dV_h = P'ᵀ · dC_h
-                    gemm_strided(&mut dvb[c..], d, false, (s, dh, s), &pd, (1, s), &gb[c..], (d, 1), none);
-                    // dP' = dC_h · V_hᵀ, then back through the dropout: dP = dP' ⊙ mask
-                    gemm_strided(&mut dp, s, false, (s, s, dh), &gb[c..], (d, 1), &vb[c..], (1, d), none);
-                    op.drop_probs(bi, h, s, &mut dp);
-                    // back through softmax and the score scale: dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale
-                    for (pr, dpr) in p.chunks(s).zip(dp.chunks_mut(s)) {
-                        let dot = lane_dot(pr, dpr);
-                        for (g, &pv) in dpr.iter_mut().zip(pr) {
-                            *g = pv * (*g - dot) * op.scale;
-                        }
+        let (dh, ld) = (d / op.n_heads, 3 * d);
+        let none = gemm::Parallelism::None;
+        let mut dqkv = vec![0f32; qkv.len()];
+        dqkv.par_chunks_mut(s * ld).enumerate().for_each(|(bi, db)| {
+            let xb = &qkv[bi * s * ld..][..s * ld];
+            let gb = &dout[bi * s * d..][..s * d];
+            let bias = &op.bias[bi * s..][..s];
+            let mut p = vec![0f32; s * s];
+            let mut pd = vec![0f32; s * s];
+            let mut dp = vec![0f32; s * s];
+            for h in 0..op.n_heads {
+                let c = h * dh;
+                let (qh, kh, vh) = (&xb[c..], &xb[d + c..], &xb[2 * d + c..]);
+                op.probs(xb, bias, h, s, d, &mut p);
+                pd.copy_from_slice(&p);
+                op.drop_probs(bi, h, s, &mut pd);
+                // dV_h = P'ᵀ · dC_h
+                gemm_strided(&mut db[2 * d + c..], ld, false, (s, dh, s), &pd, (1, s), &gb[c..], (d, 1), none);
+                // dP' = dC_h · V_hᵀ, then back through the dropout
+                gemm_strided(&mut dp, s, false, (s, s, dh), &gb[c..], (d, 1), vh, (1, ld), none);
+                op.drop_probs(bi, h, s, &mut dp);
+                // back through softmax and the score scale: dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale
+                for (pr, dpr) in p.chunks(s).zip(dp.chunks_mut(s)) {
+                    let dot = lane_dot(pr, dpr);
+                    for (g, &pv) in dpr.iter_mut().zip(pr) {
+                        *g = pv * (*g - dot) * op.scale;
                     }
-                    // dQ_h = dS · K_h; dK_h = dSᵀ · Q_h
-                    gemm_strided(&mut dqb[c..], d, false, (s, dh, s), &dp, (s, 1), &kb[c..], (d, 1), none);
-                    gemm_strided(&mut dkb[c..], d, false, (s, dh, s), &dp, (1, s), &qb[c..], (d, 1), none);
                 }
-            });
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+                // dQ_h = dS · K_h; dK_h = dSᵀ · Q_h
+                gemm_strided(&mut db[c..], ld, false, (s, dh, s), &dp, (s, 1), kh, (ld, 1), none);
+                gemm_strided(&mut db[d + c..], ld, false, (s, dh, s), &dp, (1, s), qh, (ld, 1), none);
+            }
+        });
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
 
@@ -972,9 +920,7 @@ mod tests {
     #[test]
     fn attention_matches_composed_forward_and_backward() {
         let (b, s, h, d) = (3, 7, 4, 24);
-        let q = Var::from_tensor(&rand_tensor(&[b, s, d], 20)).unwrap();
-        let k = Var::from_tensor(&rand_tensor(&[b, s, d], 21)).unwrap();
-        let v = Var::from_tensor(&rand_tensor(&[b, s, d], 22)).unwrap();
+        let qkv = Var::from_tensor(&rand_tensor(&[b, s, 3 * d], 20)).unwrap();
         let mut mask = vec![1f32; b * s];
         mask[s - 3..s].fill(0.0);
         mask[3 * s - 1] = 0.0;
@@ -982,7 +928,7 @@ mod tests {
         let up = rand_tensor(&[b, s, d], 23);
         for p in [0.0, 0.3] {
             let mut rng = ChaCha8Rng::seed_from_u64(24);
-            let y1 = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, h, Some((p, &mut rng))).unwrap();
+            let y1 = attention(qkv.as_tensor(), &bias, h, Some((p, &mut rng))).unwrap();
             // the same dropout multipliers, drawn from the same stream in the same order
             let mut rng = ChaCha8Rng::seed_from_u64(24);
             let keep = 1.0 - p;
@@ -990,14 +936,13 @@ mod tests {
             let m: Vec<f32> =
                 (0..b * h * s * s).map(|_| if rng.next_u32() < threshold { (1.0 / keep) as f32 } else { 0.0 }).collect();
             let m = Tensor::from_vec(m, (b, h, s, s), &Device::Cpu).unwrap();
-            let y0 = composed_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, h, (p > 0.0).then_some(&m));
+            let part = |i: usize| qkv.as_tensor().narrow(2, i * d, d).unwrap();
+            let y0 = composed_attention(&part(0), &part(1), &part(2), &bias, h, (p > 0.0).then_some(&m));
             assert!(max_diff(&y0, &y1) < 1e-5, "p={p}: forward differs by {}", max_diff(&y0, &y1));
             let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-                let (a, c) = (g0.get(t.as_tensor()).unwrap(), g1.get(t.as_tensor()).unwrap());
-                assert!(max_diff(a, c) < 1e-5, "p={p}: d{name} differs by {}", max_diff(a, c));
-            }
+            let (a, c) = (g0.get(qkv.as_tensor()).unwrap(), g1.get(qkv.as_tensor()).unwrap());
+            assert!(max_diff(a, c) < 1e-5, "p={p}: dqkv differs by {}", max_diff(a, c));
         }
     }
 

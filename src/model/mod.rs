@@ -248,10 +248,13 @@ impl SelfAttention {
     /// `x [b, s, d]`, `bias [b, 1, 1, s]` → the projected context `[b, s, d]`.
     pub fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
         if kernels::applies(x) {
-            let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+            // One projection for q, k and v: [b, s, 3d].
+            let w = Tensor::cat(&[&self.q.weight, &self.k.weight, &self.v.weight], 0)?;
+            let bqkv = Tensor::cat(&[&self.q.bias, &self.k.bias, &self.v.bias], 0)?;
+            let qkv = kernels::linear(x, &w, &bqkv)?;
             let ctx = match &drop.rng {
-                Some(rng) => kernels::attention(&q, &k, &v, bias, self.n_heads, Some((self.dropout, &mut rng.borrow_mut())))?,
-                None => kernels::attention(&q, &k, &v, bias, self.n_heads, None)?,
+                Some(rng) => kernels::attention(&qkv, bias, self.n_heads, Some((self.dropout, &mut rng.borrow_mut())))?,
+                None => kernels::attention(&qkv, bias, self.n_heads, None)?,
             };
             return self.out.forward(&ctx);
         }
