@@ -86,7 +86,12 @@ fn vocab_size(config: &ModelConfig) -> usize {
     }
 }
 
-pub fn run(config_path: &Path, opts: &BenchOptions, device: &Device, mut report: impl FnMut(&ShapeReport)) -> Result<()> {
+pub fn run(
+    config_path: &Path,
+    opts: &BenchOptions,
+    device: &Device,
+    mut report: impl FnMut(&ShapeReport),
+) -> Result<()> {
     let mut config = ModelConfig::load(config_path)?;
     config.set_labels(["sadness", "joy", "love", "anger", "fear", "surprise"].map(String::from).to_vec());
     let vocab = vocab_size(&config);

@@ -36,11 +36,7 @@ pub fn model_card(
     rows: &[EpochRow],
     best_row: Option<usize>,
 ) -> String {
-    let name = cfg
-        .output_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let ds = dataset_name(dataset);
     let base_is_hub = !std::path::Path::new(&cfg.model).exists();
     // The reported results: the best epoch's when the saved model is that epoch's, else the last.

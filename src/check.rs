@@ -6,8 +6,8 @@
 //! imbalance, texts longer than the model's maximum length.
 
 use crate::data::{self, DataSpec, Dataset, RowProblem};
-use crate::tokenize::TextEncoder;
 use crate::infer::clip;
+use crate::tokenize::TextEncoder;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -190,7 +190,6 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
     })
 }
 
-
 fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
     for g in groups.iter().take(limit) {
         let places: Vec<String> = g.occurrences.iter().map(|(sp, loc, l)| format!("{loc} ({sp}, {l})")).collect();
@@ -225,7 +224,10 @@ pub fn format_report(r: &CheckReport, limit: usize) -> String {
             "\nTokens per text (with special tokens; the model accepts {}):\n",
             r.max_length.unwrap_or(0)
         ));
-        s.push_str(&format!("{:<12} {:>5} {:>7} {:>5} {:>5} {:>5} {:>5} {:>9}\n", "split", "min", "mean", "p50", "p90", "p99", "max", "too long"));
+        s.push_str(&format!(
+            "{:<12} {:>5} {:>7} {:>5} {:>5} {:>5} {:>5} {:>9}\n",
+            "split", "min", "mean", "p50", "p90", "p99", "max", "too long"
+        ));
         for l in &r.token_lengths {
             s.push_str(&format!(
                 "{:<12} {:>5} {:>7.1} {:>5} {:>5} {:>5} {:>5} {:>9}\n",

@@ -392,8 +392,7 @@ fn predict(args: PredictArgs) -> Result<()> {
     let empty: Vec<usize> = inputs.iter().filter(|t| t.text.trim().is_empty()).map(|t| t.line).collect();
     let device = Device::Cpu;
     let predictor = Predictor::load(&args.model, args.max_length, &device)?;
-    let valid: Vec<&str> =
-        inputs.iter().filter(|t| !t.text.trim().is_empty()).map(|t| t.text.as_str()).collect();
+    let valid: Vec<&str> = inputs.iter().filter(|t| !t.text.trim().is_empty()).map(|t| t.text.as_str()).collect();
     let preds = predictor.predict(&valid, args.batch_size)?;
     let truncated = preds.iter().filter(|p| p.truncated).count();
     if truncated > 0 {
@@ -595,7 +594,8 @@ fn eval(args: EvalArgs) -> Result<()> {
         }
         None => (args.data.spec(), args.split.clone()),
     };
-    let opts = crate::eval::EvalOptions { split, batch_size: args.batch_size, limit: args.limit, top_losses: args.top_losses };
+    let opts =
+        crate::eval::EvalOptions { split, batch_size: args.batch_size, limit: args.limit, top_losses: args.top_losses };
     let report = crate::eval::run(&args.model, &spec, &opts, args.max_length, &Device::Cpu)?;
     print!("{}", crate::eval::format_report(&report));
     let title = format!("{} · {} ({})", report.split, report.data, report.examples);

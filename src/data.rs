@@ -256,7 +256,11 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
                 let id = match &row.label {
                     RawLabel::Int(i) if *i >= 0 && (*i as usize) < labels.len() => *i as usize,
                     RawLabel::Int(i) => {
-                        let msg = format!("label {i} is out of range (the {} labels are {})", labels.len(), labels.join(", "));
+                        let msg = format!(
+                            "label {i} is out of range (the {} labels are {})",
+                            labels.len(),
+                            labels.join(", ")
+                        );
                         sink.row(&f.path, row.line, msg)?;
                         continue;
                     }
@@ -274,7 +278,10 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
             }
         }
         if s.is_empty() {
-            bail!("the {split} split ({}) has no rows", s.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+            bail!(
+                "the {split} split ({}) has no rows",
+                s.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
         }
         splits.push(s);
     }
@@ -283,7 +290,6 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     Ok(ds)
 }
 
-
 /// A label that appears in validation or test but never in train cannot be learned.
 fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
     let Some(train) = ds.split("train") else { return Ok(()) };
@@ -291,8 +297,10 @@ fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
     for s in ds.splits.iter().filter(|s| s.name != "train") {
         for (i, e) in s.examples.iter().enumerate() {
             if !in_train.contains(&e.label) {
-                let msg =
-                    format!("label {:?} occurs in the {} split but never in the training split", ds.labels[e.label], s.name);
+                let msg = format!(
+                    "label {:?} occurs in the {} split but never in the training split",
+                    ds.labels[e.label], s.name
+                );
                 sink.row(&s.files[s.file_of[i]], e.line, msg)?;
             }
         }
@@ -387,8 +395,8 @@ fn read_card(path: &Path) -> Result<Option<serde_yaml::Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let Some(rest) = text.strip_prefix("---") else { return Ok(None) };
     let Some(end) = rest.find("\n---") else { return Ok(None) };
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&rest[..end])
-        .with_context(|| format!("{}: invalid YAML front matter", path.display()))?;
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&rest[..end]).with_context(|| format!("{}: invalid YAML front matter", path.display()))?;
     Ok(Some(yaml))
 }
 
@@ -569,7 +577,9 @@ fn read_jsonl(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -> 
                 .ok_or_else(|| format!("field {text_col:?} is not a string"))?;
             let label = match obj.get(label_col) {
                 None => return Err(format!("missing field {label_col:?}")),
-                Some(Value::Number(x)) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
+                Some(Value::Number(x)) => {
+                    Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?))
+                }
                 Some(Value::String(s)) => parse_label(s),
                 Some(other) => return Err(format!("label {other} is neither a string nor an integer")),
             };
@@ -624,7 +634,12 @@ fn read_delimited(path: &Path, delim: u8, text_col: &str, label_col: &str, sink:
     Ok(rows)
 }
 
-fn read_parquet(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -> Result<(Vec<RawRow>, Option<Vec<String>>)> {
+fn read_parquet(
+    path: &Path,
+    text_col: &str,
+    label_col: &str,
+    sink: &mut Sink,
+) -> Result<(Vec<RawRow>, Option<Vec<String>>)> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -647,8 +662,10 @@ fn read_parquet(path: &Path, text_col: &str, label_col: &str, sink: &mut Sink) -
     let mut base = 0;
     for batch in reader {
         let batch: RecordBatch = batch.map_err(|e| anyhow!("{}: reading parquet: {e}", path.display()))?;
-        let texts = string_column(&batch, text_col).with_context(|| format!("{}: column {text_col:?}", path.display()))?;
-        let labels = label_column(&batch, label_col).with_context(|| format!("{}: column {label_col:?}", path.display()))?;
+        let texts =
+            string_column(&batch, text_col).with_context(|| format!("{}: column {text_col:?}", path.display()))?;
+        let labels =
+            label_column(&batch, label_col).with_context(|| format!("{}: column {label_col:?}", path.display()))?;
         let n = texts.len();
         for (i, (t, l)) in texts.into_iter().zip(labels).enumerate() {
             let row = base + i + 1;
@@ -768,7 +785,8 @@ pub fn read_texts(path: &Path, text_col: &str) -> Result<Vec<InputText>> {
                 .delimiter(delim)
                 .from_path(path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            let headers = rdr.byte_headers().map_err(|e| anyhow!("{}:1: cannot read the header: {e}", path.display()))?;
+            let headers =
+                rdr.byte_headers().map_err(|e| anyhow!("{}:1: cannot read the header: {e}", path.display()))?;
             let ti = headers.iter().position(|h| h == text_col.as_bytes()).ok_or_else(|| {
                 let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
                 anyhow!("{}: no column {text_col:?} (columns: {})", path.display(), have.join(", "))

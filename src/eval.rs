@@ -58,7 +58,13 @@ fn label_map(ds: &Dataset, model_labels: &[String]) -> Result<Vec<usize>> {
         .collect()
 }
 
-pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, max_length: Option<usize>, device: &Device) -> Result<EvalReport> {
+pub fn run(
+    model: &str,
+    spec: &DataSpec,
+    opts: &EvalOptions,
+    max_length: Option<usize>,
+    device: &Device,
+) -> Result<EvalReport> {
     let predictor = Predictor::load(model, max_length, device)?;
     let mut ds = data::load(spec)?;
     let Some(split) = ds.split_mut(&opts.split) else {
@@ -79,7 +85,8 @@ pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, max_length: Option<
         log::warn!("{cut} text(s) were longer than {} tokens and were truncated", predictor.encoder.max_length());
     }
     let pb = crate::train::progress_bar(rows.len() as u64, "evaluating");
-    let out = evaluate(&predictor.model, &predictor.encoder, &rows, &gold, opts.batch_size, device, |n| pb.inc(n as u64))?;
+    let out =
+        evaluate(&predictor.model, &predictor.encoder, &rows, &gold, opts.batch_size, device, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
     let report = metrics::report(&gold, &out.preds, &labels);
     let confusion_normalized = report
@@ -127,7 +134,10 @@ pub fn format_report(r: &EvalReport) -> String {
     let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(9);
     s.push_str(&format!("{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}\n", "", "precision", "recall", "f1-score", "support"));
     for c in &r.metrics.per_class {
-        s.push_str(&format!("{:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}\n", c.label, c.precision, c.recall, c.f1, c.support));
+        s.push_str(&format!(
+            "{:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}\n",
+            c.label, c.precision, c.recall, c.f1, c.support
+        ));
     }
     s.push_str("\nconfusion matrix (rows: true label, columns: predicted)\n");
     let cw = w.max(8);

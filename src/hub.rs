@@ -41,10 +41,8 @@ impl Source {
             }
             bail!("{spec}: no such directory");
         }
-        let valid = !spec.is_empty()
-            && spec
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        let valid =
+            !spec.is_empty() && spec.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
         if !valid {
             bail!("{spec:?} is neither a directory nor a valid Hub repository id");
         }
@@ -81,9 +79,7 @@ impl Source {
                     .context("creating the Hugging Face Hub client")?;
                 match api.repo(repo).get(file) {
                     Ok(p) => Ok(Some(p)),
-                    Err(hf_hub::api::sync::ApiError::RequestError(e))
-                        if matches!(*e, ureq::Error::Status(404, _)) =>
-                    {
+                    Err(hf_hub::api::sync::ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(404, _)) => {
                         Ok(None)
                     }
                     Err(e) => Err(anyhow::Error::new(e).context(format!(

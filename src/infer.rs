@@ -150,10 +150,7 @@ pub fn evaluate(
 /// The `k` most probable labels of `p`, ranked: `[{"label", "score"}, ...]`.
 pub fn ranked_json(p: &Prediction, labels: &[String], k: usize) -> Value {
     Value::Array(
-        ranked(p, k)
-            .into_iter()
-            .map(|i| serde_json::json!({"label": labels[i], "score": p.probs[i]}))
-            .collect(),
+        ranked(p, k).into_iter().map(|i| serde_json::json!({"label": labels[i], "score": p.probs[i]})).collect(),
     )
 }
 

@@ -59,11 +59,8 @@ pub fn report(gold: &[usize], pred: &[usize], labels: &[String]) -> Report {
         });
     }
     let total = gold.len();
-    let f1_weighted = if total == 0 {
-        0.0
-    } else {
-        per_class.iter().map(|c| c.f1 * c.support as f64).sum::<f64>() / total as f64
-    };
+    let f1_weighted =
+        if total == 0 { 0.0 } else { per_class.iter().map(|c| c.f1 * c.support as f64).sum::<f64>() / total as f64 };
     let present: Vec<&ClassScores> = per_class
         .iter()
         .enumerate()

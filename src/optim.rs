@@ -1,10 +1,10 @@
 //! AdamW as `torch.optim.AdamW` computes it, and the schedule of Transformers'
 //! `get_linear_schedule_with_warmup`.
 
-use rayon::prelude::*;
 use anyhow::{anyhow, bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
@@ -206,8 +206,7 @@ impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
         };
         let param = &mut param[start..end];
         let (g_storage, g_layout) = self.grad.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(g)), Some((gs, ge))) = (&*g_storage, g_layout.contiguous_offsets())
-        else {
+        let (Storage::Cpu(CpuStorage::F32(g)), Some((gs, ge))) = (&*g_storage, g_layout.contiguous_offsets()) else {
             candle_core::bail!("adamw: gradient must be a contiguous float32 cpu tensor");
         };
         let g = &g[gs..ge];

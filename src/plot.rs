@@ -19,7 +19,11 @@ fn register_font() {
 }
 
 /// Renders through a temporary PNG beside `path`, then renames it into place.
-fn render_atomic(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
+fn render_atomic(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
     register_font();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plot.png".into());
     let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
@@ -79,7 +83,6 @@ pub fn confusion_matrix_png(path: &Path, labels: &[String], counts: &[Vec<usize>
         Ok(())
     })
 }
-
 
 /// Learning curves: training loss per logging step with validation loss per evaluation (left),
 /// validation accuracy and F1 per evaluation (right).

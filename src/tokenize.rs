@@ -79,10 +79,7 @@ impl TextEncoder {
 
     /// Tokenises `texts` with special tokens, truncating at the maximum length.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
-        let encs = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(encs
             .into_iter()
             .map(|e| Tokenized {

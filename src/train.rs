@@ -296,11 +296,9 @@ pub fn format_table(rows: &[EpochRow]) -> String {
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{msg}} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template(&format!("{what} {{msg}} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"))
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     pb
 }
@@ -355,16 +353,17 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
 pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {
     cfg.validate()?;
     let started = Instant::now();
-    let resume_dir = match &control.resume {
-        None => {
-            check_output_dir(&cfg.output_dir, cfg.overwrite_output_dir)?;
-            None
-        }
-        Some(Resume::Dir(d)) => Some(d.clone()),
-        Some(Resume::Latest) => Some(latest_checkpoint(&cfg.output_dir)?.ok_or_else(|| {
-            anyhow::anyhow!("--resume: {} holds no complete checkpoint", cfg.output_dir.display())
-        })?),
-    };
+    let resume_dir =
+        match &control.resume {
+            None => {
+                check_output_dir(&cfg.output_dir, cfg.overwrite_output_dir)?;
+                None
+            }
+            Some(Resume::Dir(d)) => Some(d.clone()),
+            Some(Resume::Latest) => Some(latest_checkpoint(&cfg.output_dir)?.ok_or_else(|| {
+                anyhow::anyhow!("--resume: {} holds no complete checkpoint", cfg.output_dir.display())
+            })?),
+        };
 
     let mut dataset = data::load(spec)?;
     if let (Some(n), Some(train)) = (cfg.train_limit, dataset.split_mut("train")) {
@@ -431,11 +430,8 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
     let per_epoch = steps_per_epoch(train_rows.len(), cfg.train_batch_size);
     let total_steps = cfg.max_steps.unwrap_or(per_epoch * cfg.num_train_epochs);
     let epochs = total_steps.div_ceil(per_epoch);
-    let warmup = if cfg.warmup_steps > 0 {
-        cfg.warmup_steps
-    } else {
-        (cfg.warmup_ratio * total_steps as f64).ceil() as usize
-    };
+    let warmup =
+        if cfg.warmup_steps > 0 { cfg.warmup_steps } else { (cfg.warmup_ratio * total_steps as f64).ceil() as usize };
     let schedule = LinearSchedule { peak_lr: cfg.learning_rate, warmup_steps: warmup, total_steps };
     let mut opt = AdamW::new(
         model.params.iter(),
@@ -447,8 +443,7 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
         },
     );
 
-    std::fs::create_dir_all(&cfg.output_dir)
-        .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     remove_stale_temporaries(&cfg.output_dir);
     let mut state = match &resume_dir {
         Some(dir) => {
@@ -539,7 +534,14 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
             pb.set_message(format!("loss {loss_v:.4}"));
             pb.inc(1);
             if pb.is_hidden() {
-                report_plain_progress(state.batches_done - first, steps_this_epoch - first, state.batches_done, steps_this_epoch, epoch_start, loss_v);
+                report_plain_progress(
+                    state.batches_done - first,
+                    steps_this_epoch - first,
+                    state.batches_done,
+                    steps_this_epoch,
+                    epoch_start,
+                    loss_v,
+                );
             }
             let epoch_end = state.batches_done == steps_this_epoch;
             let stop = stop_requested() || control.stop_after_step == Some(state.global_step);
@@ -562,9 +564,8 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
         let epoch_seconds = epoch_start.elapsed().as_secs_f64();
 
         let epb = progress_bar(valid_rows.len() as u64, "evaluating");
-        let out = evaluate(&model, &encoder, &valid_rows, &valid_gold, cfg.eval_batch_size, device, |n| {
-            epb.inc(n as u64)
-        })?;
+        let out =
+            evaluate(&model, &encoder, &valid_rows, &valid_gold, cfg.eval_batch_size, device, |n| epb.inc(n as u64))?;
         epb.finish_and_clear();
         let rep = metrics::report(&valid_gold, &out.preds, &dataset.labels);
         let epoch_value = epoch as f64 + steps_this_epoch as f64 / per_epoch as f64;
@@ -723,7 +724,13 @@ fn remove_stale_temporaries(dir: &Path) {
 /// Writes `checkpoint-<step>`: weights, config, optimiser moments, trainer state and
 /// arguments. It is assembled in a temporary directory and renamed into place, so a
 /// checkpoint directory is always complete; the previous ones stay untouched.
-fn save_checkpoint(out: &Path, cfg: &TrainConfig, model: &LoadedModel, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+fn save_checkpoint(
+    out: &Path,
+    cfg: &TrainConfig,
+    model: &LoadedModel,
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = out.join(&name);
     let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));

@@ -59,9 +59,8 @@ impl ParamStore {
     pub fn load_values(&self, path: &Path) -> Result<()> {
         let (tensors, _) = read_f32_safetensors(path)?;
         for (name, var) in &self.entries {
-            let (shape, data) = tensors
-                .get(name)
-                .ok_or_else(|| anyhow!("{}: missing tensor {name}", path.display()))?;
+            let (shape, data) =
+                tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", path.display()))?;
             if shape.as_slice() != var.dims() {
                 bail!("{}: tensor {name} has shape {shape:?}, expected {:?}", path.display(), var.dims());
             }
@@ -77,7 +76,10 @@ impl ParamStore {
 }
 
 /// Serialises named float32 tensors `(name, shape, values)` with metadata.
-pub fn f32_safetensors_bytes(entries: &[(String, Vec<usize>, Vec<f32>)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn f32_safetensors_bytes(
+    entries: &[(String, Vec<usize>, Vec<f32>)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let buffers: Vec<Vec<u8>> =
         entries.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
@@ -141,13 +143,9 @@ pub struct WeightLoader {
 impl WeightLoader {
     pub fn open(file: &Path, prefix: &str, seed: u64, device: &Device) -> Result<WeightLoader> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", file.display())
-        })?;
-        let available = st
-            .iter()
-            .map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec())))
-            .collect();
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", file.display()))?;
+        let available = st.iter().map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec()))).collect();
         let mut wl = WeightLoader::random(prefix, seed, 0.0, device);
         wl.file = Some(file.to_path_buf());
         wl.bytes = bytes;
@@ -226,8 +224,8 @@ impl WeightLoader {
                 self.used.insert(stored.clone());
                 let st = SafeTensors::deserialize(&self.bytes)?;
                 let view = st.tensor(&stored)?;
-                let data = to_f32(view.data(), dtype)
-                    .with_context(|| format!("{}: tensor {stored}", self.describe()))?;
+                let data =
+                    to_f32(view.data(), dtype).with_context(|| format!("{}: tensor {stored}", self.describe()))?;
                 Tensor::from_vec(data, shape, &self.device)?
             }
             None => match init {
@@ -263,10 +261,7 @@ impl WeightLoader {
         let Some(file) = &self.file else { return Ok(self.store) };
         let file = file.display();
         if !self.created.is_empty() {
-            log::info!(
-                "{file}: newly initialised (not in the checkpoint): {}",
-                self.created.join(", ")
-            );
+            log::info!("{file}: newly initialised (not in the checkpoint): {}", self.created.join(", "));
         }
         let mut unused: Vec<&String> = self.available.keys().filter(|k| !self.used.contains(*k)).collect();
         unused.sort();
@@ -292,18 +287,9 @@ fn is_pretraining_or_buffer(name: &str) -> bool {
 fn to_f32(data: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
         other => bail!("unsupported dtype {other:?} (expected a floating-point tensor)"),
     })
 }

@@ -97,7 +97,10 @@ fn tensor_of_wrong_shape() {
         c.insert("hidden_dim".into(), 48.into());
     });
     let out = predict(dir.path(), &["i feel fine"]);
-    assert_fails_with(&out, "tensor distilbert.transformer.layer.0.ffn.lin1.weight has shape [64, 32], but the config implies [48, 32]");
+    assert_fails_with(
+        &out,
+        "tensor distilbert.transformer.layer.0.ffn.lin1.weight has shape [64, 32], but the config implies [48, 32]",
+    );
 }
 
 #[test]
@@ -121,10 +124,8 @@ fn predict_prints_one_json_line_per_text_with_id2label() {
         assert_eq!(keys, expected);
         let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-5, "probabilities sum to {sum}");
-        let (best, best_score) = scores
-            .iter()
-            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
-            .unwrap();
+        let (best, best_score) =
+            scores.iter().max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap())).unwrap();
         assert_eq!(line["label"], best.as_str());
         assert_eq!(line["score"].as_f64().unwrap(), best_score.as_f64().unwrap());
     }

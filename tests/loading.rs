@@ -68,7 +68,9 @@ fn legacy_layernorm_names_load() {
     let orig = original("tiny-bert");
     let renamed: HashMap<String, Tensor> = orig
         .iter()
-        .map(|(k, v)| (k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"), v.clone()))
+        .map(|(k, v)| {
+            (k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"), v.clone())
+        })
         .collect();
     let p = dir.path().join("model.safetensors");
     candle_core::safetensors::save(&renamed, &p).unwrap();

@@ -9,9 +9,23 @@ use std::time::Duration;
 
 fn base_args(out: &Path) -> Vec<String> {
     [
-        "train", "--model", fixture("tiny-bert").to_str().unwrap(), "--dataset", "dair-ai/emotion",
-        "--train-limit", "256", "--eval-limit", "64", "--batch-size", "32", "--epochs", "2",
-        "--learning-rate", "1e-3", "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--dataset",
+        "dair-ai/emotion",
+        "--train-limit",
+        "256",
+        "--eval-limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -130,10 +144,28 @@ fn early_stopping_keeps_the_best_epoch() {
     let out = tmp.path().join("overfit");
     // 32 training rows, a high learning rate and many epochs: validation loss soon rises.
     let args: Vec<String> = [
-        "train", "--model", fixture("tiny-distilbert").to_str().unwrap(), "--dataset", "dair-ai/emotion",
-        "--train-limit", "32", "--eval-limit", "64", "--batch-size", "8", "--epochs", "12",
-        "--learning-rate", "5e-3", "--early-stopping-patience", "2", "--metric-for-best", "loss",
-        "--load-best-at-end", "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        fixture("tiny-distilbert").to_str().unwrap(),
+        "--dataset",
+        "dair-ai/emotion",
+        "--train-limit",
+        "32",
+        "--eval-limit",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "12",
+        "--learning-rate",
+        "5e-3",
+        "--early-stopping-patience",
+        "2",
+        "--metric-for-best",
+        "loss",
+        "--load-best-at-end",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -157,7 +189,9 @@ fn early_stopping_keeps_the_best_epoch() {
     let best_step = rows[best]["step"].as_u64().unwrap();
     let ckpt = out.join(format!("checkpoint-{best_step}"));
     assert!(ckpt.is_dir(), "the best checkpoint is kept");
-    assert!(std::fs::read(ckpt.join("model.safetensors")).unwrap() == std::fs::read(out.join("model.safetensors")).unwrap());
+    assert!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap() == std::fs::read(out.join("model.safetensors")).unwrap()
+    );
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     let acc = rows[best]["accuracy"].as_f64().unwrap();
     assert!(card.contains(&format!("value: {acc}")), "card reports the best epoch's accuracy");
@@ -178,5 +212,8 @@ fn balanced_class_weights_train() {
     // Different weighting, different model.
     let plain = tmp.path().join("p");
     ok(&run(&base_args(&plain)));
-    assert!(std::fs::read(out.join("model.safetensors")).unwrap() != std::fs::read(plain.join("model.safetensors")).unwrap());
+    assert!(
+        std::fs::read(out.join("model.safetensors")).unwrap()
+            != std::fs::read(plain.join("model.safetensors")).unwrap()
+    );
 }

@@ -107,7 +107,9 @@ fn check_fixture(name: &str) {
         assert!(err <= 1e-5, "{pname}: after 3 steps err {err:.3e}");
         max_param_err = max_param_err.max(err);
     }
-    println!("{name}: step losses max err {max_step_loss_err:.3e}; params after 3 AdamW steps max err {max_param_err:.3e}");
+    println!(
+        "{name}: step losses max err {max_step_loss_err:.3e}; params after 3 AdamW steps max err {max_param_err:.3e}"
+    );
 }
 
 #[test]

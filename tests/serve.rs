@@ -25,7 +25,8 @@ impl Server {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+        let base =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
         Server { child, base }
     }
 
@@ -143,7 +144,12 @@ fn endpoints_answer() {
         assert!((item["score"].as_f64().unwrap() - want).abs() < 1e-5, "{item} vs {want}");
     }
     let (_, metrics) = s.get("/metrics");
-    for name in ["emotune_requests_total{endpoint=\"/predict\",status=\"200\"} 3", "emotune_request_duration_seconds_bucket", "emotune_batch_inputs_bucket", "emotune_queue_depth 0"] {
+    for name in [
+        "emotune_requests_total{endpoint=\"/predict\",status=\"200\"} 3",
+        "emotune_request_duration_seconds_bucket",
+        "emotune_batch_inputs_bucket",
+        "emotune_queue_depth 0",
+    ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
 }
@@ -177,7 +183,8 @@ fn too_many_concurrent_requests_get_429() {
     let s = Server::start(&["--max-concurrent-requests", "2", "--batch-delay-ms", "400"]);
     let codes: Vec<u16> = std::thread::scope(|sc| {
         let s = &s;
-        let hs: Vec<_> = (0..8).map(|i| sc.spawn(move || s.predict(json!({"inputs": format!("text {i}")})).0)).collect();
+        let hs: Vec<_> =
+            (0..8).map(|i| sc.spawn(move || s.predict(json!({"inputs": format!("text {i}")})).0)).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let ok = codes.iter().filter(|&&c| c == 200).count();
@@ -189,7 +196,8 @@ fn too_many_concurrent_requests_get_429() {
 #[test]
 fn concurrent_requests_are_batched_and_answered_correctly() {
     let s = Server::start(&["--batch-delay-ms", "300"]);
-    let texts: Vec<String> = (0..8).map(|i| format!("i feel {} today", ["happy", "sad", "angry", "scared"][i % 4])).collect();
+    let texts: Vec<String> =
+        (0..8).map(|i| format!("i feel {} today", ["happy", "sad", "angry", "scared"][i % 4])).collect();
     // Each text alone first.
     let alone: Vec<Value> = texts.iter().map(|t| s.predict(json!({"inputs": t})).1).collect();
     let before = s.metric("emotune_batches_total");
@@ -220,7 +228,10 @@ fn sigterm_lets_in_flight_requests_finish() {
     let mut s = Server::start(&["--batch-delay-ms", "800"]);
     let url = s.url("/predict");
     let inflight = std::thread::spawn(move || {
-        ureq::post(&url).set("Content-Type", "application/json").send_string("{\"inputs\": \"i feel calm\"}").map(|r| r.status())
+        ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string("{\"inputs\": \"i feel calm\"}")
+            .map(|r| r.status())
     });
     std::thread::sleep(Duration::from_millis(200));
     let status = s.terminate();
@@ -252,7 +263,8 @@ fn page_shows_six_bars_in_headless_chromium() {
     );
     let s = Server::start(&[]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cd = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut cd =
+        Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while ureq::get(&format!("{base}/status")).call().is_err() {
@@ -270,18 +282,29 @@ fn page_shows_six_bars_in_headless_chromium() {
     let result = std::panic::catch_unwind(|| {
         wd(&base, "POST", &format!("/session/{sid}/url"), json!({"url": s.url("/")}));
         let find = |css: &str| -> String {
-            let e = wd(&base, "POST", &format!("/session/{sid}/element"), json!({"using": "css selector", "value": css}));
+            let e =
+                wd(&base, "POST", &format!("/session/{sid}/element"), json!({"using": "css selector", "value": css}));
             e.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string()
         };
         let text = find("#text");
-        wd(&base, "POST", &format!("/session/{sid}/element/{text}/value"), json!({"text": "i feel so happy and grateful today"}));
+        wd(
+            &base,
+            "POST",
+            &format!("/session/{sid}/element/{text}/value"),
+            json!({"text": "i feel so happy and grateful today"}),
+        );
         let button = find("#go");
         wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
         let deadline = Instant::now() + Duration::from_secs(15);
         let labels: Vec<String> = loop {
-            let got = wd(&base, "POST", &format!("/session/{sid}/execute/sync"), json!({
+            let got = wd(
+                &base,
+                "POST",
+                &format!("/session/{sid}/execute/sync"),
+                json!({
                 "script": "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)",
-                "args": []}));
+                "args": []}),
+            );
             let v: Vec<String> = got.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
             if v.len() == 6 || Instant::now() > deadline {
                 break v;

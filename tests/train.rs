@@ -62,10 +62,18 @@ fn check_run(model: &str, expected_arch: &str) {
     assert!(table[3].contains("| 2.0 ") && table[3].contains("| 12 "), "{}", table[3]);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json", "README.md"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_args.json",
+        "README.md",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], expected_arch);
     assert_eq!(config["problem_type"], "single_label_classification");
     let names: Vec<&str> = (0..6).map(|i| config["id2label"][i.to_string()].as_str().unwrap()).collect();
@@ -86,7 +94,8 @@ fn check_run(model: &str, expected_arch: &str) {
         assert!(card.contains(needle), "card lacks {needle:?}");
     }
     assert!(card.contains(table[3]), "card table should hold the last row");
-    let args: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("training_args.json")).unwrap()).unwrap();
+    let args: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training_args.json")).unwrap()).unwrap();
     assert_eq!(args["train_batch_size"], 32);
     assert_eq!(args["seed"], 42);
 }
@@ -239,7 +248,13 @@ fn malformed_csv_and_jsonl_rows() {
 
 #[test]
 fn invalid_utf8_names_the_line() {
-    expect_data_error(b"i feel good;joy\ni feel \xff\xfe bad;sadness\n", b"fine;joy\n", "txt", &[], "train.txt:2: invalid UTF-8");
+    expect_data_error(
+        b"i feel good;joy\ni feel \xff\xfe bad;sadness\n",
+        b"fine;joy\n",
+        "txt",
+        &[],
+        "train.txt:2: invalid UTF-8",
+    );
 }
 
 #[test]
@@ -260,10 +275,8 @@ fn csv_and_jsonl_with_custom_columns_train() {
         wtr.write_record([t, y]).unwrap();
     }
     wtr.flush().unwrap();
-    let jsonl: String = rows[..32]
-        .iter()
-        .map(|(t, y)| serde_json::json!({"sentence": t, "emotion": y}).to_string() + "\n")
-        .collect();
+    let jsonl: String =
+        rows[..32].iter().map(|(t, y)| serde_json::json!({"sentence": t, "emotion": y}).to_string() + "\n").collect();
     std::fs::write(tmp.path().join("validation.jsonl"), jsonl).unwrap();
     let out = tmp.path().join("out");
     let model = fixture("tiny-distilbert");
@@ -287,8 +300,19 @@ fn csv_and_jsonl_with_custom_columns_train() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("model.safetensors").is_file());
     // An existing model is not overwritten without --overwrite-output-dir.
-    let again = emotune(&["train", "--model", model.to_str().unwrap(), "--dataset", tmp.path().to_str().unwrap(),
-        "--text-column", "sentence", "--label-column", "emotion", "--output-dir", out.to_str().unwrap()]);
+    let again = emotune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        tmp.path().to_str().unwrap(),
+        "--text-column",
+        "sentence",
+        "--label-column",
+        "emotion",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("already holds a model"));
 }

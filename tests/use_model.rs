@@ -50,7 +50,10 @@ fn predict_from_files_with_top_k() {
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("in.jsonl");
     std::fs::write(&jsonl, "{\"sentence\": \"i feel great\"}\n{\"sentence\": \"i am angry\"}\n").unwrap();
-    let o = emotune(&["predict", "-m", &model(), "--input", jsonl.to_str().unwrap(), "--text-column", "sentence", "--top-k", "3"], None);
+    let o = emotune(
+        &["predict", "-m", &model(), "--input", jsonl.to_str().unwrap(), "--text-column", "sentence", "--top-k", "3"],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&o);
     assert_eq!(lines.len(), 2);
@@ -63,7 +66,10 @@ fn predict_from_files_with_top_k() {
     }
     let csv = dir.path().join("in.csv");
     std::fs::write(&csv, "id,text\n1,i feel great\n2,\"i am, frankly, angry\"\n").unwrap();
-    let o = emotune(&["predict", "-m", &model(), "--input", csv.to_str().unwrap(), "--format", "table", "--all-scores"], None);
+    let o = emotune(
+        &["predict", "-m", &model(), "--input", csv.to_str().unwrap(), "--format", "table", "--all-scores"],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.lines().next().unwrap().contains("label"), "{out}");
@@ -93,14 +99,27 @@ fn eval_report_is_consistent() {
     let test_file = shared().join("data/emotion/test.txt");
     let o = emotune(
         &[
-            "eval", "-m", &model(), "--file", test_file.to_str().unwrap(), "--limit", "120", "--top-losses", "5",
-            "--plot", png.to_str().unwrap(), "--json", json.to_str().unwrap(),
+            "eval",
+            "-m",
+            &model(),
+            "--file",
+            test_file.to_str().unwrap(),
+            "--limit",
+            "120",
+            "--top-losses",
+            "5",
+            "--plot",
+            png.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
         ],
         None,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
-    for needle in ["accuracy", "F1 weighted", "precision", "confusion matrix", "row-normalised", "5 highest-loss examples"] {
+    for needle in
+        ["accuracy", "F1 weighted", "precision", "confusion matrix", "row-normalised", "5 highest-loss examples"]
+    {
         assert!(out.contains(needle), "report lacks {needle:?}");
     }
     assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");

@@ -41,11 +41,10 @@ impl BertLayer {
     }
 
     fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
-        let attn = drop.apply(&self.attention.forward(x, bias, drop)?, self.dropout)?;
-        let attn = self.attention_norm.forward(&(attn + x)?)?;
+        let attn = self.attention.forward(x, bias, drop)?;
+        let attn = self.attention_norm.forward_residual(&attn, x, drop, self.dropout)?;
         let inter = activate(&self.intermediate.forward(&attn)?, self.activation)?;
-        let out = drop.apply(&self.output.forward(&inter)?, self.dropout)?;
-        self.output_norm.forward(&(out + attn)?)
+        self.output_norm.forward_residual(&self.output.forward(&inter)?, &attn, drop, self.dropout)
     }
 }
 

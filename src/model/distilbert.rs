@@ -43,11 +43,11 @@ impl TransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+        // DistilBERT drops out attention probabilities but not the attention output.
         let sa = self.attention.forward(x, bias, drop)?;
-        let sa = self.sa_layer_norm.forward(&(sa + x)?)?;
+        let sa = self.sa_layer_norm.forward_residual(&sa, x, drop, 0.0)?;
         let ffn = activate(&self.lin1.forward(&sa)?, self.activation)?;
-        let ffn = drop.apply(&self.lin2.forward(&ffn)?, self.dropout)?;
-        self.output_layer_norm.forward(&(ffn + sa)?)
+        self.output_layer_norm.forward_residual(&self.lin2.forward(&ffn)?, &sa, drop, self.dropout)
     }
 }
 

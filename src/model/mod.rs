@@ -71,7 +71,9 @@ impl Dropout {
     /// Inverted dropout as in `torch.nn.Dropout`: zero with probability `p`, scale the rest
     /// by `1 / (1 - p)`.
     pub fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        let Some(rng) = &self.rng else { return Ok(x.clone()) };
+        let Some(rng) = &self.rng else {
+            return Ok(x.clone());
+        };
         if p <= 0.0 {
             return Ok(x.clone());
         }
@@ -154,6 +156,18 @@ impl LayerNorm {
         let weight = wl.param(&format!("{name}.weight"), &[dim], Init::Required)?;
         let bias = wl.param(&format!("{name}.bias"), &[dim], Init::Required)?;
         Ok(LayerNorm { weight, bias, eps })
+    }
+
+    /// `LayerNorm(dropout(h) + residual)`, the end of every residual block.
+    pub fn forward_residual(&self, h: &Tensor, residual: &Tensor, drop: &Dropout, p: f64) -> Result<Tensor> {
+        if kernels::applies(h) {
+            let dropout = match &drop.rng {
+                Some(rng) if p > 0.0 => Some((p, &mut *rng.borrow_mut())),
+                _ => None,
+            };
+            return Ok(kernels::add_layer_norm(h, residual, &self.weight, &self.bias, self.eps, dropout)?);
+        }
+        self.forward(&(drop.apply(h, p)? + residual)?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -305,7 +319,12 @@ pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &
 
 /// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
 /// (for fine-tuning on a different label set).
-pub fn load_classifier_fresh_head(config: ModelConfig, weights: &Path, seed: u64, device: &Device) -> Result<LoadedModel> {
+pub fn load_classifier_fresh_head(
+    config: ModelConfig,
+    weights: &Path,
+    seed: u64,
+    device: &Device,
+) -> Result<LoadedModel> {
     let prefix = base_prefix(&config);
     build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?.with_fresh_head())
 }
@@ -376,7 +395,14 @@ mod tests {
         let gx: Vec<Vec<f32>> = gx.to_vec2().unwrap();
         let f = |v: &Vec<Vec<f32>>| -> f32 {
             let t = Tensor::new(v.clone(), &Device::Cpu).unwrap();
-            softmax_last_dim(&ln.forward(&t).unwrap()).unwrap().narrow(1, 0, 1).unwrap().sum_all().unwrap().to_scalar().unwrap()
+            softmax_last_dim(&ln.forward(&t).unwrap())
+                .unwrap()
+                .narrow(1, 0, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
         };
         for i in 0..2 {
             for j in 0..3 {

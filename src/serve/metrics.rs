@@ -78,13 +78,25 @@ impl Metrics {
             let _ = writeln!(s, "emotune_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {n}");
         }
         s.push_str("# HELP emotune_request_duration_seconds Time from request to response.\n# TYPE emotune_request_duration_seconds histogram\n");
-        self.latency.lock().expect("metrics lock").render(&mut s, "emotune_request_duration_seconds", "", LATENCY_BUCKETS);
+        self.latency.lock().expect("metrics lock").render(
+            &mut s,
+            "emotune_request_duration_seconds",
+            "",
+            LATENCY_BUCKETS,
+        );
         s.push_str("# HELP emotune_batch_inputs Inputs per forward batch.\n# TYPE emotune_batch_inputs histogram\n");
         self.batch_inputs.lock().expect("metrics lock").render(&mut s, "emotune_batch_inputs", "", BATCH_BUCKETS);
-        s.push_str("# HELP emotune_batch_requests Requests merged into one batch.\n# TYPE emotune_batch_requests histogram\n");
+        s.push_str(
+            "# HELP emotune_batch_requests Requests merged into one batch.\n# TYPE emotune_batch_requests histogram\n",
+        );
         self.batch_requests.lock().expect("metrics lock").render(&mut s, "emotune_batch_requests", "", BATCH_BUCKETS);
         s.push_str("# HELP emotune_inference_duration_seconds Forward time per batch.\n# TYPE emotune_inference_duration_seconds histogram\n");
-        self.inference.lock().expect("metrics lock").render(&mut s, "emotune_inference_duration_seconds", "", LATENCY_BUCKETS);
+        self.inference.lock().expect("metrics lock").render(
+            &mut s,
+            "emotune_inference_duration_seconds",
+            "",
+            LATENCY_BUCKETS,
+        );
         let _ = writeln!(s, "# HELP emotune_batches_total Forward batches run.\n# TYPE emotune_batches_total counter\nemotune_batches_total {}", self.batches.load(Ordering::SeqCst));
         let _ = writeln!(s, "# HELP emotune_queue_depth Requests waiting for a worker.\n# TYPE emotune_queue_depth gauge\nemotune_queue_depth {}", self.queue_depth.load(Ordering::SeqCst));
         s

@@ -81,7 +81,8 @@ impl Queue {
             guard = self.ready.wait(guard).expect("queue lock");
         }
         let mut batch = vec![guard.0.pop_front().expect("non-empty")];
-        let (mut rows, mut longest) = (batch[0].rows.len(), batch[0].rows.iter().map(|r| r.ids.len()).max().unwrap_or(0));
+        let (mut rows, mut longest) =
+            (batch[0].rows.len(), batch[0].rows.iter().map(|r| r.ids.len()).max().unwrap_or(0));
         while let Some(next) = guard.0.front() {
             let n_rows = rows + next.rows.len();
             let n_long = longest.max(next.rows.iter().map(|r| r.ids.len()).max().unwrap_or(0));
@@ -197,7 +198,10 @@ async fn predict(State(st): State<Arc<AppState>>, body: Result<Json<PredictReque
     resp
 }
 
-async fn predict_inner(st: &Arc<AppState>, body: Result<Json<PredictRequest>, JsonRejection>) -> Result<Value, ApiError> {
+async fn predict_inner(
+    st: &Arc<AppState>,
+    body: Result<Json<PredictRequest>, JsonRejection>,
+) -> Result<Value, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "Validation", e.body_text()))?;
     let (texts, single) = match req.inputs {
         Inputs::One(t) => (vec![t], true),
@@ -265,7 +269,8 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
     let labels = st.predictor.labels();
     let id2label: serde_json::Map<String, Value> =
         labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
-    let label2id: serde_json::Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+    let label2id: serde_json::Map<String, Value> =
+        labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
     Json(json!({
         "model_id": st.cfg.model,
         "model_dtype": "float32",
