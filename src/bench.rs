@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::model::{cross_entropy, random_classifier, Batch, Dropout, LoadedModel};
 use crate::optim::{AdamW, AdamWConfig};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -156,4 +156,30 @@ pub fn run(
         });
     }
     Ok(())
+}
+
+/// Writes a model directory of `config_path`'s shape with random weights (seed 42) and the
+/// tokenizer files of `tokenizer` (a directory or Hub id), for timing whole training runs.
+/// The README it writes says that the weights are random.
+pub fn write_random_model(config_path: &Path, tokenizer: &str, dir: &Path) -> Result<()> {
+    let config = ModelConfig::load(config_path)?;
+    let model = random_classifier(config, 42, &Device::Cpu)?;
+    let source = crate::hub::ModelFiles::resolve(tokenizer)?.source;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let raw = std::fs::read(config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    crate::fsx::write_atomic(&dir.join("config.json"), &raw)?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+        if let Some(src) = source.get_optional(name)? {
+            let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            crate::fsx::write_atomic(&dir.join(name), &bytes)?;
+        }
+    }
+    let readme = format!(
+        "# Random weights (speed work only)\n\nWritten by `emotune bench --write-model`: the shape of `{}`, every \
+         weight drawn at random (seed 42), tokenizer from `{tokenizer}`. It has learned nothing; use it to time \
+         training, never as a pretrained model.\n",
+        config_path.display()
+    );
+    crate::fsx::write_atomic(&dir.join("README.md"), readme.as_bytes())?;
+    model.params.save(&dir.join("model.safetensors"))
 }

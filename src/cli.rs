@@ -274,6 +274,14 @@ pub struct BenchArgs {
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of measuring, write a randomly initialised model of --config's shape to this
+    /// directory (with --tokenizer's tokenizer files), to time whole training runs with
+    /// `emotune train --model DIR`. Its weights have learned nothing.
+    #[arg(long, value_name = "DIR")]
+    pub write_model: Option<PathBuf>,
+    /// Where --write-model takes the tokenizer from (a model directory or Hub id).
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2", requires = "write_model")]
+    pub tokenizer: String,
 }
 
 #[derive(Args, Debug)]
@@ -450,6 +458,11 @@ fn predict(args: PredictArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(dir) = &args.write_model {
+        crate::bench::write_random_model(&args.config, &args.tokenizer, dir)?;
+        println!("wrote a randomly initialised model (speed work only) to {}", dir.display());
+        return Ok(());
+    }
     let seqs = if args.seq.is_empty() { vec![24, 40, 64, 87] } else { args.seq.clone() };
     if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
         bail!("--batch, --seq and --steps must be at least 1");

@@ -217,3 +217,29 @@ fn check_data_passes_clean_data() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no problems found"));
 }
+
+#[test]
+fn bench_writes_a_random_model_that_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("random-tiny");
+    let tiny = common::fixture("tiny-distilbert");
+    let o = emotune(
+        &[
+            "bench",
+            "--config",
+            tiny.join("config.json").to_str().unwrap(),
+            "--write-model",
+            out.to_str().unwrap(),
+            "--tokenizer",
+            tiny.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("random"), "{readme}");
+    // The directory is a usable model: it classifies text.
+    let o = emotune(&["predict", "-m", out.to_str().unwrap(), "i feel fine"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_lines(&o).len(), 1);
+}
