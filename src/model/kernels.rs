@@ -1,15 +1,16 @@
-//! Fused float32 CPU kernels with their backward, as candle custom ops: Linear (matmul plus
-//! bias), LayerNorm, erf-GELU, multi-head attention (scores, masked softmax, dropout and the
-//! weighted sum in one node), and dropout.
+//! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
+//! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
+//! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/mod.rs`
 //! stay as the path for other devices and dtypes, and as the reference the tests below check
 //! these kernels against.
 //!
-//! Determinism: work is split into chunks of a fixed number of rows (never by thread count), and
-//! reductions across rows (LayerNorm's weight and bias gradients) sum the chunks' partial sums in
-//! chunk order, so results are bitwise the same on any number of threads.
+//! Determinism: work is split into chunks of a fixed number of rows (never by thread count);
+//! reductions across rows (the weight and bias gradients of LayerNorm and linear) sum the
+//! chunks' partial sums in chunk order; gemm splits its output, never the summed dimension. So
+//! results are bitwise the same on any number of threads.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::RngCore;
@@ -108,8 +109,13 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var / n + eps).sqrt())
 }
 
+/// Below this, [`fast_exp`] returns exactly 0 (e^-80 ≈ 1.8e-35). Tiny results must not become
+/// subnormal floats: a softmax row of masked keys full of them made every later matmul take the
+/// CPU's slow subnormal path (a 50x slower training step on padded batches).
+const EXP_FLUSH_BELOW: f32 = -80.0;
+
 /// `exp(x)` for f32, written so the compiler vectorises it: 2^k times a degree-6 polynomial on
-/// |r| ≤ ln2/2 (relative error about 2e-7).
+/// |r| ≤ ln2/2 (relative error about 2e-7); 0 below [`EXP_FLUSH_BELOW`].
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -121,7 +127,12 @@ pub fn fast_exp(x: f32) -> f32 {
     let k = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    let e = p * f32::from_bits(((k as i32 + 127) as u32) << 23);
+    if x < EXP_FLUSH_BELOW {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// `erf(x)` for f32 as a rational function on [-4, 4] (erf is ±1 in f32 beyond), vectorisable.
@@ -910,13 +921,18 @@ mod tests {
         let mut worst_exp = 0f64;
         let mut worst_erf = 0f64;
         for i in -200_000..=200_000 {
-            let x = i as f32 * 4e-4; // [-80, 80] for exp below, [-80, 80]/10 for erf
+            let x = i as f32 * 3.99e-4; // within ±79.8 for exp, ±7.98 for erf
             let e = (x as f64).exp();
             worst_exp = worst_exp.max(((fast_exp(x) as f64 - e) / e).abs());
             let xe = x / 10.0;
             worst_erf = worst_erf.max((fast_erf(xe) as f64 - libm::erf(xe as f64)).abs());
         }
         assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        // never subnormal: masked attention scores (about -3.4e38) and far tails give exact zeros
+        for x in [-3.4e38f32, -1e6, -87.5, -80.5] {
+            assert_eq!(fast_exp(x), 0.0, "exp({x})");
+        }
+        assert!(fast_exp(-79.9).is_normal());
         assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
     }
 
