@@ -1082,9 +1082,23 @@ mod tests {
         let x = rand_tensor(&[300, 96], 10);
         let w = rand_tensor(&[96], 11);
         let g = rand_tensor(&[300, 96], 13);
-        let run = |threads: usize| -> Vec<f32> {
+        let lw = rand_tensor(&[200, 96], 14);
+        let lg = rand_tensor(&[300, 200], 15);
+        let qkv = rand_tensor(&[10, 30, 3 * 96], 16);
+        let mask = Tensor::ones((10, 30), DType::F32, &Device::Cpu).unwrap();
+        let bias = crate::model::attention_bias(&mask).unwrap();
+        let run = |threads: usize| -> Vec<Vec<f32>> {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| x.apply_op3_no_bwd(&w, &g, &LayerNormBackward { eps: 1e-12 }).unwrap().to_vec1().unwrap())
+            pool.install(|| {
+                let ln = x.apply_op3_no_bwd(&w, &g, &LayerNormBackward { eps: 1e-12 }).unwrap();
+                let lin = x.apply_op3_no_bwd(&lw, &lg, &LinearBackward).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(17);
+                let qkv_var = Var::from_tensor(&qkv).unwrap();
+                let ctx = attention(qkv_var.as_tensor(), &bias, 4, Some((0.1, &mut rng))).unwrap();
+                let grads = ctx.sum_all().unwrap().backward().unwrap();
+                let dqkv = grads.get(qkv_var.as_tensor()).unwrap().flatten_all().unwrap();
+                [ln, lin, ctx.flatten_all().unwrap(), dqkv].iter().map(|t| t.to_vec1().unwrap()).collect()
+            })
         };
         assert_eq!(run(1), run(3));
     }
