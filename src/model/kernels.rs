@@ -302,15 +302,7 @@ pub fn add_layer_norm(
     eps: f64,
     dropout: Option<(f64, &mut ChaCha8Rng)>,
 ) -> Result<Tensor> {
-    let (mask, keep_scale) = match dropout {
-        Some((p, rng)) if p > 0.0 => {
-            let keep = 1.0 - p;
-            let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
-            let mask: Vec<u8> = (0..h.elem_count()).map(|_| u8::from(rng.next_u32() < threshold)).collect();
-            (Some(Arc::new(mask)), (1.0 / keep) as f32)
-        }
-        _ => (None, 1.0),
-    };
+    let (mask, keep_scale) = optional_keep_mask(h.elem_count(), dropout);
     let wb = Tensor::cat(&[weight, bias], 0)?;
     let op = AddLayerNormOp { eps: eps as f32, mask, keep_scale, sum: std::sync::Mutex::new(None) };
     h.contiguous()?.apply_op3(&residual.contiguous()?, &wb, op)
@@ -690,15 +682,7 @@ pub fn attention(
     if bias.len() != b * s {
         bail!("attention: {} key biases for a [{b}, {s}] batch", bias.len());
     }
-    let (mask, keep_scale) = match dropout {
-        Some((p, rng)) if p > 0.0 => {
-            let keep = 1.0 - p;
-            let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
-            let mask: Vec<u8> = (0..b * n_heads * s * s).map(|_| u8::from(rng.next_u32() < threshold)).collect();
-            (Some(Arc::new(mask)), (1.0 / keep) as f32)
-        }
-        _ => (None, 1.0),
-    };
+    let (mask, keep_scale) = optional_keep_mask(b * n_heads * s * s, dropout);
     let op =
         AttentionOp { bias: Arc::new(bias), mask, keep_scale, n_heads, scale: 1.0 / ((d / n_heads) as f32).sqrt() };
     qkv.contiguous()?.apply_op1(op)
@@ -851,13 +835,32 @@ impl CustomOp2 for AttentionBackward {
 
 // ---------------------------------------------------------------- dropout
 
-/// Inverted dropout with a mask drawn from `rng` (one `u32` per element, in order: kept when
-/// below `keep * 2^32`). The mask is kept as bytes for the backward pass.
-pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+/// The keep/drop decisions of `n` elements for dropout probability `p`: one `u32` drawn per
+/// element, in order, kept when below `(1 - p) * 2^32`; and the scale `1 / (1 - p)` of kept
+/// values. The composed path in `model::Dropout` draws the same stream.
+pub fn keep_mask(n: usize, p: f64, rng: &mut ChaCha8Rng) -> (Vec<bool>, f32) {
     let keep = 1.0 - p;
     let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
-    let mask: Vec<u8> = (0..x.elem_count()).map(|_| u8::from(rng.next_u32() < threshold)).collect();
-    x.contiguous()?.apply_op1(DropoutOp { mask: Arc::new(mask), scale: (1.0 / keep) as f32 })
+    ((0..n).map(|_| rng.next_u32() < threshold).collect(), (1.0 / keep) as f32)
+}
+
+/// [`keep_mask`] as shared bytes, or no mask (scale 1) when not dropping out.
+fn optional_keep_mask(n: usize, dropout: Option<(f64, &mut ChaCha8Rng)>) -> (Option<Arc<Vec<u8>>>, f32) {
+    match dropout {
+        Some((p, rng)) if p > 0.0 => {
+            let (mask, scale) = keep_mask(n, p, rng);
+            (Some(Arc::new(mask.into_iter().map(u8::from).collect())), scale)
+        }
+        _ => (None, 1.0),
+    }
+}
+
+/// Inverted dropout with the mask of [`keep_mask`], kept as bytes for the backward pass.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    match optional_keep_mask(x.elem_count(), Some((p, rng))) {
+        (Some(mask), scale) => x.contiguous()?.apply_op1(DropoutOp { mask, scale }),
+        (None, _) => Ok(x.clone()),
+    }
 }
 
 struct DropoutOp {

@@ -11,7 +11,6 @@ use crate::config::{Activation, ArchConfig, ModelConfig};
 use crate::weights::{Init, ParamStore, WeightLoader};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use rand::RngCore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -80,13 +79,8 @@ impl Dropout {
         if kernels::applies(x) {
             return Ok(kernels::dropout(x, p, &mut rng.borrow_mut())?);
         }
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        // Keep when a uniform u32 falls below keep * 2^32.
-        let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
-        let n = x.elem_count();
-        let mut rng = rng.borrow_mut();
-        let mask: Vec<f32> = (0..n).map(|_| if rng.next_u32() < threshold { scale } else { 0.0 }).collect();
+        let (keep, scale) = kernels::keep_mask(x.elem_count(), p, &mut rng.borrow_mut());
+        let mask: Vec<f32> = keep.into_iter().map(|k| if k { scale } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
