@@ -158,9 +158,9 @@ pub fn run(
     Ok(())
 }
 
-/// Writes a model directory of `config_path`'s shape with random weights (seed 42) and the
-/// tokenizer files of `tokenizer` (a directory or Hub id), for timing whole training runs.
-/// The README it writes says that the weights are random.
+/// Writes a base-model directory (encoder, no task head) of `config_path`'s shape with random
+/// weights (seed 42) and the tokenizer files of `tokenizer` (a directory or Hub id), for timing
+/// whole training runs. The README it writes says that the weights are random.
 pub fn write_random_model(config_path: &Path, tokenizer: &str, dir: &Path) -> Result<()> {
     let config = ModelConfig::load(config_path)?;
     let model = random_classifier(config, 42, &Device::Cpu)?;
@@ -181,5 +181,7 @@ pub fn write_random_model(config_path: &Path, tokenizer: &str, dir: &Path) -> Re
         config_path.display()
     );
     crate::fsx::write_atomic(&dir.join("README.md"), readme.as_bytes())?;
-    model.params.save(&dir.join("model.safetensors"))
+    // The encoder only, as a pretrained base checkpoint ships: `train` adds a head for its labels.
+    let prefix = crate::model::base_prefix(&model.config);
+    model.params.save_where(&dir.join("model.safetensors"), |name| name.starts_with(prefix))
 }

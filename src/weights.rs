@@ -46,8 +46,12 @@ impl ParamStore {
 
     /// Serialises every parameter as float32 safetensors (`format: pt`, as Transformers writes).
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        self.safetensors_bytes_where(|_| true)
+    }
+
+    fn safetensors_bytes_where(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<u8>> {
         let mut entries = Vec::with_capacity(self.entries.len());
-        for (name, var) in &self.entries {
+        for (name, var) in self.entries.iter().filter(|(name, _)| keep(name)) {
             let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             entries.push((name.clone(), var.dims().to_vec(), v));
         }
@@ -72,6 +76,11 @@ impl ParamStore {
     /// Writes `model.safetensors`-style output atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::fsx::write_atomic(path, &self.to_safetensors_bytes()?)
+    }
+
+    /// Like [`ParamStore::save`], with only the parameters whose names `keep` accepts.
+    pub fn save_where(&self, path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+        crate::fsx::write_atomic(path, &self.safetensors_bytes_where(keep)?)
     }
 }
 

@@ -219,7 +219,7 @@ fn check_data_passes_clean_data() {
 }
 
 #[test]
-fn bench_writes_a_random_model_that_predicts() {
+fn bench_writes_a_random_base_model_that_trains() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("random-tiny");
     let tiny = common::fixture("tiny-distilbert");
@@ -238,8 +238,33 @@ fn bench_writes_a_random_model_that_predicts() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(readme.contains("random"), "{readme}");
-    // The directory is a usable model: it classifies text.
-    let o = emotune(&["predict", "-m", out.to_str().unwrap(), "i feel fine"], None);
+    // A base checkpoint: encoder weights only, no task head.
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let names: Vec<String> =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+    assert!(names.iter().all(|n| n.starts_with("distilbert.")), "{names:?}");
+    // `train` adds a head for the dataset's six labels and fine-tunes it.
+    let trained = dir.path().join("trained");
+    let o = emotune(
+        &[
+            "train",
+            "--model",
+            out.to_str().unwrap(),
+            "--dataset",
+            "dair-ai/emotion",
+            "--train-limit",
+            "64",
+            "--eval-limit",
+            "32",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--output-dir",
+            trained.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(json_lines(&o).len(), 1);
+    assert!(trained.join("model.safetensors").exists());
 }

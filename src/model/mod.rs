@@ -330,7 +330,8 @@ pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Res
     build_classifier(config, wl)
 }
 
-fn base_prefix(config: &ModelConfig) -> &'static str {
+/// The name prefix of the encoder's parameters (`distilbert.` or `bert.`).
+pub fn base_prefix(config: &ModelConfig) -> &'static str {
     match config.arch {
         ArchConfig::DistilBert(_) => "distilbert.",
         ArchConfig::Bert(_) => "bert.",
