@@ -30,6 +30,16 @@ pub struct ShapeReport {
     /// Peak resident memory of the process while measuring this shape.
     pub peak_rss_mb: f64,
     pub steps: usize,
+    /// With `--profile`: mean seconds per training step spent in each fused kernel.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelTime>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub seconds_per_step: f64,
+    pub calls_per_step: f64,
 }
 
 pub struct BenchOptions {
@@ -37,6 +47,8 @@ pub struct BenchOptions {
     pub seqs: Vec<usize>,
     pub steps: usize,
     pub warmup: usize,
+    /// Account the time of each fused kernel during the measured training steps.
+    pub profile: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,7 +117,12 @@ pub fn run(
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
         let dropout = Dropout::train(42);
         let (mut fwd, mut bwd, mut optim) = (Vec::new(), Vec::new(), Vec::new());
+        let mut kernels = Vec::new();
         for i in 0..opts.warmup + opts.steps {
+            if i == opts.warmup {
+                crate::model::kernels::profile::enable(opts.profile);
+                crate::model::kernels::profile::take();
+            }
             let t0 = Instant::now();
             let loss = cross_entropy(&m.model.forward(&batch, &dropout)?, &labels, None)?;
             let _: f32 = loss.to_scalar()?;
@@ -120,6 +137,18 @@ pub fn run(
                 bwd.push((t2 - t1).as_secs_f64());
                 optim.push((t3 - t2).as_secs_f64());
             }
+        }
+        if opts.profile {
+            crate::model::kernels::profile::enable(false);
+            let n = opts.steps.max(1) as f64;
+            kernels = crate::model::kernels::profile::take()
+                .into_iter()
+                .map(|(name, s, calls)| KernelTime {
+                    kernel: name.to_string(),
+                    seconds_per_step: s / n,
+                    calls_per_step: calls as f64 / n,
+                })
+                .collect();
         }
         let eval = Dropout::eval();
         let mut eval_t = Vec::new();
@@ -153,6 +182,7 @@ pub fn run(
             one_text_latency_s: median(one_t),
             peak_rss_mb: peak_rss_mb(),
             steps: opts.steps,
+            kernels,
         });
     }
     Ok(())

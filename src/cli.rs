@@ -274,6 +274,10 @@ pub struct BenchArgs {
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also report the time per training step spent in each fused kernel, and what the forward
+    /// and backward spend outside them (autograd bookkeeping, candle's own ops).
+    #[arg(long)]
+    pub profile: bool,
     /// Instead of measuring, write a randomly initialised model of --config's shape to this
     /// directory (with --tokenizer's tokenizer files), to time whole training runs with
     /// `emotune train --model DIR`. Its weights have learned nothing.
@@ -467,7 +471,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
         bail!("--batch, --seq and --steps must be at least 1");
     }
-    let opts = crate::bench::BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup };
+    let opts = crate::bench::BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup, profile: args.profile };
     if !args.json {
         println!(
             "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",
@@ -491,8 +495,22 @@ fn bench(args: BenchArgs) -> Result<()> {
                 r.one_text_latency_s * 1e3,
                 r.peak_rss_mb
             );
+            if !r.kernels.is_empty() {
+                print_kernel_profile(r);
+            }
         }
     })
+}
+
+fn print_kernel_profile(r: &crate::bench::ShapeReport) {
+    let in_backward = |k: &crate::bench::KernelTime| k.kernel.ends_with("-backward");
+    let sum = |bwd: bool| r.kernels.iter().filter(|k| in_backward(k) == bwd).map(|k| k.seconds_per_step).sum::<f64>();
+    println!("      {:<32} {:>9} {:>7}", "kernel (per training step)", "s", "calls");
+    for k in &r.kernels {
+        println!("      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step);
+    }
+    println!("      {:<32} {:>9.3}", "forward outside kernels", r.forward_s - sum(false));
+    println!("      {:<32} {:>9.3}", "backward outside kernels", r.backward_s - sum(true));
 }
 
 fn default_output_dir(model: &str, data: &crate::data::DataSpec) -> PathBuf {

@@ -24,6 +24,51 @@ const ROWS_PER_CHUNK: usize = 16;
 /// Elements per parallel work item for element-wise kernels.
 const ELEMS_PER_CHUNK: usize = 1 << 14;
 
+/// Opt-in time accounting per kernel (`emotune bench --profile`): off by default, when it costs
+/// one relaxed atomic load per kernel call.
+pub mod profile {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static TOTALS: Mutex<Vec<(&'static str, f64, u64)>> = Mutex::new(Vec::new());
+
+    pub fn enable(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// Seconds and calls per kernel name since the last `take`, in first-seen order; resets.
+    pub fn take() -> Vec<(&'static str, f64, u64)> {
+        std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Adds the time from its creation to its drop to `name`'s total, when profiling is on.
+    pub struct Span(Option<(&'static str, Instant)>);
+
+    impl Span {
+        pub fn new(name: &'static str) -> Span {
+            Span(ON.load(Ordering::Relaxed).then(|| (name, Instant::now())))
+        }
+    }
+
+    impl Drop for Span {
+        fn drop(&mut self) {
+            if let Some((name, t0)) = self.0 {
+                let dt = t0.elapsed().as_secs_f64();
+                let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+                match totals.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => {
+                        entry.1 += dt;
+                        entry.2 += 1;
+                    }
+                    None => totals.push((name, dt, 1)),
+                }
+            }
+        }
+    }
+}
+
 /// True where the fused kernels apply (they are written for contiguous f32 on the CPU).
 pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
@@ -184,6 +229,7 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "layer_norm x")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let b = f32_slice(s3, l3, "layer_norm bias")?;
@@ -240,6 +286,7 @@ impl CustomOp3 for LayerNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "layer_norm backward x")?;
         let w = f32_slice(s2, l2, "layer_norm backward weight")?;
         let g = f32_slice(s3, l3, "layer_norm backward grad")?;
@@ -330,6 +377,7 @@ impl CustomOp3 for AddLayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let h = f32_slice(s1, l1, "add_layer_norm h")?;
         let r = f32_slice(s2, l2, "add_layer_norm residual")?;
         let wb = f32_slice(s3, l3, "add_layer_norm weight+bias")?;
@@ -500,6 +548,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "linear x")?;
         let w = f32_slice(s2, l2, "linear weight")?;
         let b = f32_slice(s3, l3, "linear bias")?;
@@ -555,6 +604,7 @@ impl CustomOp3 for LinearBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "linear backward x")?;
         let w = f32_slice(s2, l2, "linear backward weight")?;
         let g = f32_slice(s3, l3, "linear backward grad")?;
@@ -614,6 +664,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s, l, "gelu x")?;
         let y = filled(x.len(), |y| {
             y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
@@ -638,6 +689,7 @@ impl CustomOp2 for GeluBackward {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "gelu backward x")?;
         let g = f32_slice(s2, l2, "gelu backward grad")?;
         let dx = filled(x.len(), |dx| {
@@ -744,6 +796,7 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let (b, s, d) = self.dims(l)?;
         let qkv = f32_slice(st, l, "attention qkv")?;
         let dh = d / self.n_heads;
@@ -788,6 +841,7 @@ impl CustomOp2 for AttentionBackward {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let op = &self.0;
         let (b, s, d) = op.dims(l1)?;
         let qkv = f32_slice(s1, l1, "attention backward qkv")?;
@@ -889,6 +943,7 @@ impl CustomOp1 for DropoutOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
         let x = f32_slice(s, l, "dropout x")?;
         if x.len() != self.mask.len() {
             bail!("dropout: mask has {} values, input {}", self.mask.len(), x.len());
