@@ -127,7 +127,7 @@ pub fn run(
             let loss = cross_entropy(&m.model.forward(&batch, &dropout)?, &labels, None)?;
             let _: f32 = loss.to_scalar()?;
             let t1 = Instant::now();
-            let grads = loss.backward()?;
+            let grads = crate::model::backward(&loss)?;
             let t2 = Instant::now();
             opt.step(&grads, 2e-5)?;
             drop(grads);

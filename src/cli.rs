@@ -471,7 +471,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
         bail!("--batch, --seq and --steps must be at least 1");
     }
-    let opts = crate::bench::BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup, profile: args.profile };
+    let opts = crate::bench::BenchOptions {
+        batch: args.batch,
+        seqs,
+        steps: args.steps,
+        warmup: args.warmup,
+        profile: args.profile,
+    };
     if !args.json {
         println!(
             "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",

@@ -510,7 +510,7 @@ pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: 
             if !loss_v.is_finite() {
                 bail!("the training loss became {loss_v} at step {}; lower the learning rate", state.global_step + 1);
             }
-            let grads = loss.backward()?;
+            let grads = crate::model::backward(&loss)?;
             let lr = schedule.lr(state.global_step);
             let grad_norm = opt.step_with_clipping(&grads, lr, cfg.max_grad_norm)?;
             drop(grads);

@@ -2,7 +2,7 @@
 //! the Hugging Face checkpoint: `bert.embeddings.*`, `bert.encoder.layer.{i}.*`,
 //! `bert.pooler.dense`, `classifier`.
 
-use super::{activate, attention_bias, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
+use super::{activate, attention_bias, layer, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
 use crate::config::{Activation, BertConfig};
 use crate::weights::WeightLoader;
 use anyhow::Result;
@@ -41,6 +41,21 @@ impl BertLayer {
     }
 
     fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+        if layer::applies(x, self.activation) {
+            let parts = layer::LayerParts {
+                attention: &self.attention,
+                norm1: &self.attention_norm,
+                ff1: &self.intermediate,
+                ff2: &self.output,
+                norm2: &self.output_norm,
+            };
+            let p = layer::LayerDropout {
+                attention: self.attention.dropout,
+                attention_output: self.dropout,
+                output: self.dropout,
+            };
+            return layer::encoder_layer(x, bias, &parts, p, drop);
+        }
         let attn = self.attention.forward(x, bias, drop)?;
         let attn = self.attention_norm.forward_residual(&attn, x, drop, self.dropout)?;
         let inter = activate(&self.intermediate.forward(&attn)?, self.activation)?;

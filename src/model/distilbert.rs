@@ -1,7 +1,7 @@
 //! DistilBERT (`modeling_distilbert.py`), with weights named as in the Hugging Face checkpoint:
 //! `distilbert.embeddings.*`, `distilbert.transformer.layer.{i}.*`, `pre_classifier`, `classifier`.
 
-use super::{activate, attention_bias, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
+use super::{activate, attention_bias, layer, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
 use crate::config::{Activation, DistilBertConfig};
 use crate::weights::WeightLoader;
 use anyhow::Result;
@@ -44,6 +44,18 @@ impl TransformerBlock {
 
     fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
         // DistilBERT drops out attention probabilities but not the attention output.
+        if layer::applies(x, self.activation) {
+            let parts = layer::LayerParts {
+                attention: &self.attention,
+                norm1: &self.sa_layer_norm,
+                ff1: &self.lin1,
+                ff2: &self.lin2,
+                norm2: &self.output_layer_norm,
+            };
+            let p =
+                layer::LayerDropout { attention: self.attention.dropout, attention_output: 0.0, output: self.dropout };
+            return layer::encoder_layer(x, bias, &parts, p, drop);
+        }
         let sa = self.attention.forward(x, bias, drop)?;
         let sa = self.sa_layer_norm.forward_residual(&sa, x, drop, 0.0)?;
         let ffn = activate(&self.lin1.forward(&sa)?, self.activation)?;

@@ -74,7 +74,7 @@ pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else { bail!("{what}: expected float32 input") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -83,7 +83,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 }
 
 /// Allocates `n` floats without zeroing them and lets `fill` write every one.
-fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(super) fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut v: Vec<f32> = Vec::with_capacity(n);
     fill(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: every caller's `fill` writes all `n` elements: a full element-wise map over its
@@ -94,7 +94,7 @@ fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
 
 /// An initialised slice seen as possibly-uninitialised (same layout), for writers that accept
 /// both.
-fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+pub(super) fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the writers only store
     // initialised values through it.
     unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
@@ -206,6 +206,97 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 // ---------------------------------------------------------------- LayerNorm
 
+/// The backward of `y = LayerNorm(z) * w + b` over rows of `w.len()`: writes `dz` for the
+/// output gradient `g` and returns the column sums `[dweight | dbias]` (chunk partial sums
+/// added in chunk order).
+pub(super) fn layer_norm_backward_into(
+    z: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dz: &mut [MaybeUninit<f32>],
+) -> Vec<f32> {
+    let d = w.len();
+    let partials: Vec<Vec<f32>> = dz
+        .par_chunks_mut(d * ROWS_PER_CHUNK)
+        .zip(z.par_chunks(d * ROWS_PER_CHUNK))
+        .zip(g.par_chunks(d * ROWS_PER_CHUNK))
+        .map(|((dzc, zc), gc)| {
+            // [dweight | dbias] of this chunk's rows
+            let mut part = vec![0f32; 2 * d];
+            let mut xhat = vec![0f32; d];
+            let mut gw = vec![0f32; d];
+            for ((dzr, zr), gr) in dzc.chunks_mut(d).zip(zc.chunks(d)).zip(gc.chunks(d)) {
+                let (mean, rstd) = row_stats(zr, eps);
+                for j in 0..d {
+                    xhat[j] = (zr[j] - mean) * rstd;
+                    gw[j] = gr[j] * w[j];
+                }
+                let mean_gw = lane_sum(&gw) / d as f32;
+                let mean_gw_xhat = lane_dot(&gw, &xhat) / d as f32;
+                for j in 0..d {
+                    dzr[j].write(rstd * (gw[j] - mean_gw - xhat[j] * mean_gw_xhat));
+                }
+                let (pw, pb) = part.split_at_mut(d);
+                for j in 0..d {
+                    pw[j] += gr[j] * xhat[j];
+                    pb[j] += gr[j];
+                }
+            }
+            part
+        })
+        .collect();
+    let mut sums = vec![0f32; 2 * d];
+    for part in &partials {
+        for (t, p) in sums.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    sums
+}
+
+/// `z = dropout(h) + r` and `y = LayerNorm(z) * w + b`, row by row (`w.len()` wide).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_layer_norm_into(
+    h: &[f32],
+    r: &[f32],
+    mask: Option<&[u8]>,
+    keep_scale: f32,
+    (w, b): (&[f32], &[f32]),
+    eps: f32,
+    y: &mut [MaybeUninit<f32>],
+    z: &mut [MaybeUninit<f32>],
+) {
+    let d = w.len();
+    let rows = d * ROWS_PER_CHUNK;
+    y.par_chunks_mut(rows).zip(z.par_chunks_mut(rows)).enumerate().for_each(|(ci, (yc, zc))| {
+        let off = ci * rows;
+        let mut zrow = vec![0f32; d];
+        for (ri, (yr, zr)) in yc.chunks_mut(d).zip(zc.chunks_mut(d)).enumerate() {
+            let o = off + ri * d;
+            let (hr, rr) = (&h[o..o + d], &r[o..o + d]);
+            match mask {
+                Some(m) => {
+                    let mr = &m[o..o + d];
+                    for j in 0..d {
+                        zrow[j] = if mr[j] != 0 { hr[j] * keep_scale } else { 0.0 } + rr[j];
+                    }
+                }
+                None => {
+                    for j in 0..d {
+                        zrow[j] = hr[j] + rr[j];
+                    }
+                }
+            }
+            let (mean, rstd) = row_stats(&zrow, eps);
+            for j in 0..d {
+                yr[j].write((zrow[j] - mean) * rstd * w[j] + b[j]);
+                zr[j].write(zrow[j]);
+            }
+        }
+    })
+}
+
 struct LayerNormOp {
     eps: f32,
 }
@@ -290,46 +381,10 @@ impl CustomOp3 for LayerNormBackward {
         let x = f32_slice(s1, l1, "layer_norm backward x")?;
         let w = f32_slice(s2, l2, "layer_norm backward weight")?;
         let g = f32_slice(s3, l3, "layer_norm backward grad")?;
-        let d = w.len();
-        let n = x.len();
-        let mut partials: Vec<Vec<f32>> = Vec::new();
+        let (n, d) = (x.len(), w.len());
         let out = filled(n + 2 * d, |out| {
             let (dx, tail) = out.split_at_mut(n);
-            partials = dx
-                .par_chunks_mut(d * ROWS_PER_CHUNK)
-                .zip(x.par_chunks(d * ROWS_PER_CHUNK))
-                .zip(g.par_chunks(d * ROWS_PER_CHUNK))
-                .map(|((dxc, xc), gc)| {
-                    // [dweight | dbias] of this chunk's rows
-                    let mut part = vec![0f32; 2 * d];
-                    let mut xhat = vec![0f32; d];
-                    let mut gw = vec![0f32; d];
-                    for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                        let (mean, rstd) = row_stats(xr, self.eps);
-                        for j in 0..d {
-                            xhat[j] = (xr[j] - mean) * rstd;
-                            gw[j] = gr[j] * w[j];
-                        }
-                        let mean_gw = lane_sum(&gw) / d as f32;
-                        let mean_gw_xhat = lane_dot(&gw, &xhat) / d as f32;
-                        for j in 0..d {
-                            dxr[j].write(rstd * (gw[j] - mean_gw - xhat[j] * mean_gw_xhat));
-                        }
-                        let (pw, pb) = part.split_at_mut(d);
-                        for j in 0..d {
-                            pw[j] += gr[j] * xhat[j];
-                            pb[j] += gr[j];
-                        }
-                    }
-                    part
-                })
-                .collect();
-            let mut sums = vec![0f32; 2 * d];
-            for part in &partials {
-                for (t, p) in sums.iter_mut().zip(part) {
-                    *t += p;
-                }
-            }
+            let sums = layer_norm_backward_into(x, w, g, self.eps, dx);
             for (t, v) in tail.iter_mut().zip(sums) {
                 t.write(v);
             }
@@ -385,37 +440,19 @@ impl CustomOp3 for AddLayerNormOp {
         if h.len() != r.len() || d == 0 || h.len() % d != 0 {
             bail!("add_layer_norm: h {:?}, residual {:?}, weight+bias {}", l1.dims(), l2.dims(), wb.len());
         }
-        let (w, b) = wb.split_at(d);
         let mut z = Vec::with_capacity(h.len());
         let y = filled(h.len(), |y| {
             let zs = &mut z.spare_capacity_mut()[..h.len()];
-            let rows = d * ROWS_PER_CHUNK;
-            y.par_chunks_mut(rows).zip(zs.par_chunks_mut(rows)).enumerate().for_each(|(ci, (yc, zc))| {
-                let off = ci * rows;
-                let mut zrow = vec![0f32; d];
-                for (ri, (yr, zr)) in yc.chunks_mut(d).zip(zc.chunks_mut(d)).enumerate() {
-                    let o = off + ri * d;
-                    let (hr, rr) = (&h[o..o + d], &r[o..o + d]);
-                    match &self.mask {
-                        Some(m) => {
-                            let mr = &m[o..o + d];
-                            for j in 0..d {
-                                zrow[j] = if mr[j] != 0 { hr[j] * self.keep_scale } else { 0.0 } + rr[j];
-                            }
-                        }
-                        None => {
-                            for j in 0..d {
-                                zrow[j] = hr[j] + rr[j];
-                            }
-                        }
-                    }
-                    let (mean, rstd) = row_stats(&zrow, self.eps);
-                    for j in 0..d {
-                        yr[j].write((zrow[j] - mean) * rstd * w[j] + b[j]);
-                        zr[j].write(zrow[j]);
-                    }
-                }
-            })
+            add_layer_norm_into(
+                h,
+                r,
+                self.mask.as_deref().map(Vec::as_slice),
+                self.keep_scale,
+                wb.split_at(d),
+                self.eps,
+                y,
+                zs,
+            )
         });
         // SAFETY: the loop above wrote every element of z's first h.len() slots.
         unsafe { z.set_len(h.len()) };
@@ -475,7 +512,7 @@ fn parallelism() -> gemm::Parallelism {
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, all row-major and contiguous in `dst`, with the
 /// operands given by (row stride, column stride) in elements; threads from rayon's pool.
-fn matmul_into(
+pub(super) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
     accumulate: bool,
     mnk: (usize, usize, usize),
@@ -534,6 +571,63 @@ fn gemm_strided(
     }
 }
 
+/// `dst[i, ..n] = x[i] · Wᵀ + b` for the `m` rows of `x` (`k` wide, contiguous), `W` stored
+/// `[n, k]`; `dst` rows are `dst_rs` apart (a column block of a wider matrix when `dst_rs > n`).
+pub(super) fn linear_into(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+) {
+    dst.par_chunks_mut(dst_rs * ROWS_PER_CHUNK).for_each(|c| {
+        for row in c.chunks_mut(dst_rs) {
+            for (d, &v) in row[..n].iter_mut().zip(b) {
+                d.write(v);
+            }
+        }
+    });
+    // dst += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
+    gemm_strided(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k), parallelism());
+}
+
+/// `dW[n, k] = gᵀ · x` for `g [m, n]` with rows `g_rs` apart and `x [m, k]` contiguous.
+pub(super) fn weight_grad_into(
+    dw: &mut [MaybeUninit<f32>],
+    g: &[f32],
+    g_rs: usize,
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+) {
+    matmul_into(dw, false, (n, k, m), g, (1, g_rs), x, (k, 1));
+}
+
+/// `Σ_rows g` of `g [m, n]` with rows `g_rs` apart: partial sums of fixed row chunks, added in
+/// chunk order (the same on any thread count).
+pub(super) fn column_sums(g: &[f32], g_rs: usize, m: usize, n: usize) -> Vec<f32> {
+    const ROWS: usize = ROWS_PER_CHUNK * 8;
+    let partials: Vec<Vec<f32>> = (0..m.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|c| {
+            let mut part = vec![0f32; n];
+            for i in c * ROWS..((c + 1) * ROWS).min(m) {
+                for (p, v) in part.iter_mut().zip(&g[i * g_rs..i * g_rs + n]) {
+                    *p += v;
+                }
+            }
+            part
+        })
+        .collect();
+    let mut sums = vec![0f32; n];
+    for part in &partials {
+        for (d, p) in sums.iter_mut().zip(part) {
+            *d += p;
+        }
+    }
+    sums
+}
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "emotune-linear"
@@ -558,12 +652,7 @@ impl CustomOp3 for LinearOp {
             bail!("linear: input {dims:?} against weight [{n_out}, {k}] and bias [{}]", b.len());
         }
         let m = x.len() / k;
-        let mut y = Vec::with_capacity(m * n_out);
-        for _ in 0..m {
-            y.extend_from_slice(b);
-        }
-        // y += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
-        matmul_into(as_uninit(&mut y), true, (m, n_out, k), x, (k, 1), w, (1, k));
+        let y = filled(m * n_out, |y| linear_into(y, n_out, x, w, b, (m, n_out, k)));
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = n_out;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
@@ -619,28 +708,8 @@ impl CustomOp3 for LinearBackward {
             let (dw, db) = rest.split_at_mut(nw);
             // dx[m, k] = g[m, n] · W[n, k]
             matmul_into(dx, false, (m, k, n_out), g, (n_out, 1), w, (k, 1));
-            // dW[n, k] = gᵀ[n, m] · x[m, k]
-            matmul_into(dw, false, (n_out, k, m), g, (1, n_out), x, (k, 1));
-            // db[n] = Σ_rows g, by fixed chunks of rows summed in order
-            let partials: Vec<Vec<f32>> = g
-                .par_chunks(n_out * ROWS_PER_CHUNK * 8)
-                .map(|gc| {
-                    let mut part = vec![0f32; n_out];
-                    for row in gc.chunks(n_out) {
-                        for (p, v) in part.iter_mut().zip(row) {
-                            *p += v;
-                        }
-                    }
-                    part
-                })
-                .collect();
-            let mut sums = vec![0f32; n_out];
-            for part in &partials {
-                for (d, p) in sums.iter_mut().zip(part) {
-                    *d += p;
-                }
-            }
-            for (d, v) in db.iter_mut().zip(sums) {
+            weight_grad_into(dw, g, n_out, x, (m, n_out, k));
+            for (d, v) in db.iter_mut().zip(column_sums(g, n_out, m, n_out)) {
                 d.write(v);
             }
         });
@@ -652,6 +721,26 @@ impl CustomOp3 for LinearBackward {
 // ---------------------------------------------------------------- GELU (erf)
 
 struct GeluOp;
+
+/// `y = x Φ(x)`, element-wise.
+pub(super) fn gelu_into(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
+        for (y, &x) in yc.iter_mut().zip(xc) {
+            y.write(0.5 * x * (1.0 + fast_erf(x * FRAC_1_SQRT_2)));
+        }
+    })
+}
+
+/// `g ← g · GELU'(x)` in place, where `GELU'(x) = Φ(x) + x φ(x)`.
+pub(super) fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(gc, xc)| {
+        for (g, &x) in gc.iter_mut().zip(xc) {
+            let cdf = 0.5 * (1.0 + fast_erf(x * FRAC_1_SQRT_2));
+            let pdf = FRAC_1_SQRT_2PI * fast_exp(-0.5 * x * x);
+            *g *= cdf + x * pdf;
+        }
+    })
+}
 
 /// `x * Φ(x)` with the exact (erf) normal CDF, as `torch.nn.GELU()`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
@@ -666,13 +755,7 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let _span = profile::Span::new(self.name());
         let x = f32_slice(s, l, "gelu x")?;
-        let y = filled(x.len(), |y| {
-            y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
-                for (y, &x) in yc.iter_mut().zip(xc) {
-                    y.write(0.5 * x * (1.0 + fast_erf(x * FRAC_1_SQRT_2)));
-                }
-            })
-        });
+        let y = filled(x.len(), |y| gelu_into(x, y));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -692,18 +775,8 @@ impl CustomOp2 for GeluBackward {
         let _span = profile::Span::new(self.name());
         let x = f32_slice(s1, l1, "gelu backward x")?;
         let g = f32_slice(s2, l2, "gelu backward grad")?;
-        let dx = filled(x.len(), |dx| {
-            dx.par_chunks_mut(ELEMS_PER_CHUNK)
-                .zip(x.par_chunks(ELEMS_PER_CHUNK))
-                .zip(g.par_chunks(ELEMS_PER_CHUNK))
-                .for_each(|((dc, xc), gc)| {
-                    for ((d, &x), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                        let cdf = 0.5 * (1.0 + fast_erf(x * FRAC_1_SQRT_2));
-                        let pdf = FRAC_1_SQRT_2PI * fast_exp(-0.5 * x * x);
-                        d.write(g * (cdf + x * pdf));
-                    }
-                })
-        });
+        let mut dx = g.to_vec();
+        gelu_backward_in_place(x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -730,18 +803,12 @@ pub fn attention(
     if d3 % 3 != 0 || d % n_heads != 0 {
         bail!("attention: packed width {d3} is not 3 x a multiple of {n_heads} heads");
     }
-    let bias: Vec<f32> = key_bias.flatten_all()?.to_vec1()?;
-    if bias.len() != b * s {
-        bail!("attention: {} key biases for a [{b}, {s}] batch", bias.len());
-    }
-    let (mask, keep_scale) = optional_keep_mask(b * n_heads * s * s, dropout);
-    let op =
-        AttentionOp { bias: Arc::new(bias), mask, keep_scale, n_heads, scale: 1.0 / ((d / n_heads) as f32).sqrt() };
+    let op = AttentionOp::new(key_bias, (b, s, d), n_heads, dropout)?;
     qkv.contiguous()?.apply_op1(op)
 }
 
 #[derive(Clone)]
-struct AttentionOp {
+pub(super) struct AttentionOp {
     bias: Arc<Vec<f32>>,
     mask: Option<Arc<Vec<u8>>>,
     keep_scale: f32,
@@ -750,6 +817,95 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
+    /// For a `[b, s, 3 * d]` packed input; draws the dropout mask of the probabilities now.
+    pub(super) fn new(
+        key_bias: &Tensor,
+        (b, s, d): (usize, usize, usize),
+        n_heads: usize,
+        dropout: Option<(f64, &mut ChaCha8Rng)>,
+    ) -> Result<AttentionOp> {
+        if n_heads == 0 || d % n_heads != 0 {
+            bail!("attention: width {d} is not a multiple of {n_heads} heads");
+        }
+        let bias: Vec<f32> = key_bias.flatten_all()?.to_vec1()?;
+        if bias.len() != b * s {
+            bail!("attention: {} key biases for a [{b}, {s}] batch", bias.len());
+        }
+        let (mask, keep_scale) = optional_keep_mask(b * n_heads * s * s, dropout);
+        Ok(AttentionOp { bias: Arc::new(bias), mask, keep_scale, n_heads, scale: 1.0 / ((d / n_heads) as f32).sqrt() })
+    }
+
+    /// The context `out [b, s, d]` from the packed `qkv [b, s, 3 d]`.
+    pub(super) fn forward_into(&self, qkv: &[f32], (b, s, d): (usize, usize, usize), out: &mut [MaybeUninit<f32>]) {
+        let dh = d / self.n_heads;
+        debug_assert_eq!(qkv.len(), b * s * 3 * d);
+        out.par_chunks_mut(s * d).enumerate().for_each(|(bi, ob)| {
+            let xb = &qkv[bi * s * 3 * d..][..s * 3 * d];
+            let bias = &self.bias[bi * s..][..s];
+            let mut p = vec![0f32; s * s];
+            for h in 0..self.n_heads {
+                self.probs(xb, bias, h, s, d, &mut p);
+                self.drop_probs(bi, h, s, &mut p);
+                // context_h = P' · V_h, into head h's columns
+                let vh = &xb[2 * d + h * dh..];
+                gemm_strided(
+                    &mut ob[h * dh..],
+                    d,
+                    false,
+                    (s, dh, s),
+                    &p,
+                    (s, 1),
+                    vh,
+                    (3 * d, 1),
+                    gemm::Parallelism::None,
+                );
+            }
+        })
+    }
+
+    /// `dqkv [b, s, 3 d]` from the packed input and the context's gradient `dout [b, s, d]`.
+    pub(super) fn backward_into(
+        &self,
+        qkv: &[f32],
+        dout: &[f32],
+        (b, s, d): (usize, usize, usize),
+        dqkv: &mut [MaybeUninit<f32>],
+    ) {
+        let (dh, ld) = (d / self.n_heads, 3 * d);
+        debug_assert_eq!(dout.len(), b * s * d);
+        let none = gemm::Parallelism::None;
+        dqkv.par_chunks_mut(s * ld).enumerate().for_each(|(bi, db)| {
+            let xb = &qkv[bi * s * ld..][..s * ld];
+            let gb = &dout[bi * s * d..][..s * d];
+            let bias = &self.bias[bi * s..][..s];
+            let mut p = vec![0f32; s * s];
+            let mut pd = vec![0f32; s * s];
+            let mut dp = vec![0f32; s * s];
+            for h in 0..self.n_heads {
+                let c = h * dh;
+                let (qh, kh, vh) = (&xb[c..], &xb[d + c..], &xb[2 * d + c..]);
+                self.probs(xb, bias, h, s, d, &mut p);
+                pd.copy_from_slice(&p);
+                self.drop_probs(bi, h, s, &mut pd);
+                // dV_h = P'ᵀ · dC_h
+                gemm_strided(&mut db[2 * d + c..], ld, false, (s, dh, s), &pd, (1, s), &gb[c..], (d, 1), none);
+                // dP' = dC_h · V_hᵀ, then back through the dropout
+                gemm_strided(as_uninit(&mut dp), s, false, (s, s, dh), &gb[c..], (d, 1), vh, (1, ld), none);
+                self.drop_probs(bi, h, s, &mut dp);
+                // back through softmax and the score scale: dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale
+                for (pr, dpr) in p.chunks(s).zip(dp.chunks_mut(s)) {
+                    let dot = lane_dot(pr, dpr);
+                    for (g, &pv) in dpr.iter_mut().zip(pr) {
+                        *g = pv * (*g - dot) * self.scale;
+                    }
+                }
+                // dQ_h = dS · K_h; dK_h = dSᵀ · Q_h
+                gemm_strided(&mut db[c..], ld, false, (s, dh, s), &dp, (s, 1), kh, (ld, 1), none);
+                gemm_strided(&mut db[d + c..], ld, false, (s, dh, s), &dp, (1, s), qh, (ld, 1), none);
+            }
+        })
+    }
+
     /// Softmax probabilities `p[i * s + j]` of head `h`, from one batch row's packed `qkv`
     /// (`s` rows of `3 * d`).
     fn probs(&self, qkv: &[f32], bias: &[f32], h: usize, s: usize, d: usize, p: &mut [f32]) {
@@ -799,31 +955,7 @@ impl CustomOp1 for AttentionOp {
         let _span = profile::Span::new(self.name());
         let (b, s, d) = self.dims(l)?;
         let qkv = f32_slice(st, l, "attention qkv")?;
-        let dh = d / self.n_heads;
-        let out = filled(b * s * d, |out| {
-            out.par_chunks_mut(s * d).enumerate().for_each(|(bi, ob)| {
-                let xb = &qkv[bi * s * 3 * d..][..s * 3 * d];
-                let bias = &self.bias[bi * s..][..s];
-                let mut p = vec![0f32; s * s];
-                for h in 0..self.n_heads {
-                    self.probs(xb, bias, h, s, d, &mut p);
-                    self.drop_probs(bi, h, s, &mut p);
-                    // context_h = P' · V_h, into head h's columns
-                    let vh = &xb[2 * d + h * dh..];
-                    gemm_strided(
-                        &mut ob[h * dh..],
-                        d,
-                        false,
-                        (s, dh, s),
-                        &p,
-                        (s, 1),
-                        vh,
-                        (3 * d, 1),
-                        gemm::Parallelism::None,
-                    );
-                }
-            })
-        });
+        let out = filled(b * s * d, |out| self.forward_into(qkv, (b, s, d), out));
         Ok((CpuStorage::F32(out), Shape::from((b, s, d))))
     }
 
@@ -849,40 +981,7 @@ impl CustomOp2 for AttentionBackward {
         if dout.len() != b * s * d {
             bail!("attention backward: gradient has {} values, expected {}", dout.len(), b * s * d);
         }
-        let (dh, ld) = (d / op.n_heads, 3 * d);
-        let none = gemm::Parallelism::None;
-        let dqkv = filled(qkv.len(), |dqkv| {
-            dqkv.par_chunks_mut(s * ld).enumerate().for_each(|(bi, db)| {
-                let xb = &qkv[bi * s * ld..][..s * ld];
-                let gb = &dout[bi * s * d..][..s * d];
-                let bias = &op.bias[bi * s..][..s];
-                let mut p = vec![0f32; s * s];
-                let mut pd = vec![0f32; s * s];
-                let mut dp = vec![0f32; s * s];
-                for h in 0..op.n_heads {
-                    let c = h * dh;
-                    let (qh, kh, vh) = (&xb[c..], &xb[d + c..], &xb[2 * d + c..]);
-                    op.probs(xb, bias, h, s, d, &mut p);
-                    pd.copy_from_slice(&p);
-                    op.drop_probs(bi, h, s, &mut pd);
-                    // dV_h = P'ᵀ · dC_h
-                    gemm_strided(&mut db[2 * d + c..], ld, false, (s, dh, s), &pd, (1, s), &gb[c..], (d, 1), none);
-                    // dP' = dC_h · V_hᵀ, then back through the dropout
-                    gemm_strided(as_uninit(&mut dp), s, false, (s, s, dh), &gb[c..], (d, 1), vh, (1, ld), none);
-                    op.drop_probs(bi, h, s, &mut dp);
-                    // back through softmax and the score scale: dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale
-                    for (pr, dpr) in p.chunks(s).zip(dp.chunks_mut(s)) {
-                        let dot = lane_dot(pr, dpr);
-                        for (g, &pv) in dpr.iter_mut().zip(pr) {
-                            *g = pv * (*g - dot) * op.scale;
-                        }
-                    }
-                    // dQ_h = dS · K_h; dK_h = dSᵀ · Q_h
-                    gemm_strided(&mut db[c..], ld, false, (s, dh, s), &dp, (s, 1), kh, (ld, 1), none);
-                    gemm_strided(&mut db[d + c..], ld, false, (s, dh, s), &dp, (1, s), qh, (ld, 1), none);
-                }
-            })
-        });
+        let dqkv = filled(qkv.len(), |dqkv| op.backward_into(qkv, dout, (b, s, d), dqkv));
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
@@ -899,7 +998,7 @@ pub fn keep_mask(n: usize, p: f64, rng: &mut ChaCha8Rng) -> (Vec<bool>, f32) {
 }
 
 /// [`keep_mask`] as shared bytes, or no mask (scale 1) when not dropping out.
-fn optional_keep_mask(n: usize, dropout: Option<(f64, &mut ChaCha8Rng)>) -> (Option<Arc<Vec<u8>>>, f32) {
+pub(super) fn optional_keep_mask(n: usize, dropout: Option<(f64, &mut ChaCha8Rng)>) -> (Option<Arc<Vec<u8>>>, f32) {
     match dropout {
         Some((p, rng)) if p > 0.0 => {
             let (mask, scale) = keep_mask(n, p, rng);
@@ -922,18 +1021,24 @@ struct DropoutOp {
     scale: f32,
 }
 
+/// `x` with the dropped elements zeroed and the kept ones scaled (the dropout's forward, and
+/// its backward on a gradient).
+pub(super) fn dropped(mask: &[u8], scale: f32, x: &[f32]) -> Vec<f32> {
+    filled(x.len(), |y| {
+        y.par_chunks_mut(ELEMS_PER_CHUNK)
+            .zip(x.par_chunks(ELEMS_PER_CHUNK))
+            .zip(mask.par_chunks(ELEMS_PER_CHUNK))
+            .for_each(|((yc, xc), mc)| {
+                for ((y, &x), &m) in yc.iter_mut().zip(xc).zip(mc) {
+                    y.write(if m != 0 { x * scale } else { 0.0 });
+                }
+            })
+    })
+}
+
 impl DropoutOp {
     fn apply(&self, x: &[f32]) -> Vec<f32> {
-        filled(x.len(), |y| {
-            y.par_chunks_mut(ELEMS_PER_CHUNK)
-                .zip(x.par_chunks(ELEMS_PER_CHUNK))
-                .zip(self.mask.par_chunks(ELEMS_PER_CHUNK))
-                .for_each(|((yc, xc), mc)| {
-                    for ((y, &x), &m) in yc.iter_mut().zip(xc).zip(mc) {
-                        y.write(if m != 0 { x * self.scale } else { 0.0 });
-                    }
-                })
-        })
+        dropped(&self.mask, self.scale, x)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod kernels;
+pub mod layer;
 
 use crate::config::{Activation, ArchConfig, ModelConfig};
 use crate::weights::{Init, ParamStore, WeightLoader};
@@ -231,6 +232,23 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: Option<&Te
             Ok((picked.mul(&wi)?.sum_all()? / wi.sum_all()?)?.neg()?)
         }
     }
+}
+
+/// The gradients of `loss` with respect to every parameter: `loss.backward()` plus the
+/// parameter gradients the fused encoder layers ([`layer`]) hand over outside candle's graph.
+/// Use this, never a bare `loss.backward()`, to train the models of this module.
+pub fn backward(loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+    // Anything left by an earlier bare `backward()` on this thread is stale.
+    drop(layer::take_pending_grads());
+    let mut grads = loss.backward()?;
+    for (param, g) in layer::take_pending_grads() {
+        let total = match grads.remove(&param) {
+            Some(earlier) => (earlier + g)?,
+            None => g,
+        };
+        grads.insert(&param, total);
+    }
+    Ok(grads)
 }
 
 /// The additive attention bias `[batch, 1, 1, seq]`: 0 where attended, the lowest float where

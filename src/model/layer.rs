@@ -1,0 +1,438 @@
+//! One post-LayerNorm encoder layer (BERT's and DistilBERT's share the structure) as a single
+//! autograd node on the CPU, for float32 and erf-GELU:
+//!
+//! ```text
+//! qkv = x [Wq Wk Wv]ᵀ + b          ctx = attention(qkv)          a = ctx Woᵀ + bo
+//! h1 = LayerNorm(dropout(a) + x)   f = h1 W1ᵀ + b1               g = GELU(f)
+//! y = LayerNorm(dropout(g W2ᵀ + b2) + h1)
+//! ```
+//!
+//! Built from the kernels of [`super::kernels`], with the whole backward written out. Why one
+//! node: candle's autograd gives every node's every input a zero-filled gradient and then adds
+//! the node's contribution to it, a fresh tensor each time. Per layer that is ten nodes with
+//! activations of up to `tokens × 3072` floats: about a third of a second of every DistilBERT
+//! step at 64 × 40 tokens went there (`emotune bench --profile`, "backward outside kernels").
+//! Here the layer's intermediate gradients live in buffers the backward reuses and updates in
+//! place (the GELU's gradient, the residual sums), and the weight gradients are written once.
+//!
+//! How the weight gradients reach the caller: candle's custom ops have at most three inputs,
+//! so the node's inputs are `x` and one of the layer's parameters (the last LayerNorm weight,
+//! which makes the node part of the graph whenever the layer is trained, even with frozen
+//! inputs); the other fifteen parameters' gradients are left on this thread for
+//! [`super::backward`], which adds them to the `GradStore` that `loss.backward()` returns.
+//! Always take gradients through [`super::backward`]: a bare `loss.backward()` misses them.
+
+use super::kernels::{self, profile, AttentionOp};
+use super::{Dropout, LayerNorm, Linear, SelfAttention};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+/// The parameters of one layer, borrowed from the model.
+pub struct LayerParts<'a> {
+    pub attention: &'a SelfAttention,
+    /// After the attention block (`sa_layer_norm`, `attention.output.LayerNorm`).
+    pub norm1: &'a LayerNorm,
+    /// The feed-forward block's two projections (`lin1`/`lin2`, `intermediate`/`output`).
+    pub ff1: &'a Linear,
+    pub ff2: &'a Linear,
+    /// After the feed-forward block (`output_layer_norm`, `output.LayerNorm`).
+    pub norm2: &'a LayerNorm,
+}
+
+/// Dropout probabilities of the attention probabilities, the attention block's output and the
+/// feed-forward block's output (DistilBERT has none on the attention output).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerDropout {
+    pub attention: f64,
+    pub attention_output: f64,
+    pub output: f64,
+}
+
+/// True where [`encoder_layer`] applies: float32 on the CPU with the erf GELU.
+pub fn applies(x: &Tensor, activation: crate::config::Activation) -> bool {
+    kernels::applies(x) && activation == crate::config::Activation::Gelu
+}
+
+thread_local! {
+    /// Parameter gradients left by the backward of the layers, for [`super::backward`].
+    static PENDING: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the parameter gradients the layers' backward passes left on this thread.
+pub(super) fn take_pending_grads() -> Vec<(Tensor, Tensor)> {
+    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+/// Indices into [`EncoderLayerOp::params`].
+const WQ: usize = 0;
+const WO: usize = 6;
+const BO: usize = 7;
+const LN1_W: usize = 8;
+const LN1_B: usize = 9;
+const W1: usize = 10;
+const B1: usize = 11;
+const W2: usize = 12;
+const B2: usize = 13;
+const LN2_W: usize = 14;
+const LN2_B: usize = 15;
+
+/// The layer's output `[batch, seq, width]` for `x [batch, seq, width]` and the additive key
+/// bias of [`super::attention_bias`]. Draws its dropout masks from `drop` in the order of the
+/// layer-by-layer path (attention probabilities, attention output, feed-forward output).
+pub fn encoder_layer(
+    x: &Tensor,
+    key_bias: &Tensor,
+    parts: &LayerParts,
+    p: LayerDropout,
+    drop: &Dropout,
+) -> anyhow::Result<Tensor> {
+    let (b, s, d) = x.dims3()?;
+    let a = parts.attention;
+    let params: Vec<Tensor> = [&a.q, &a.k, &a.v, &a.out]
+        .into_iter()
+        .flat_map(|l| [&l.weight, &l.bias])
+        .chain([&parts.norm1.weight, &parts.norm1.bias])
+        .chain([&parts.ff1.weight, &parts.ff1.bias, &parts.ff2.weight, &parts.ff2.bias])
+        .chain([&parts.norm2.weight, &parts.norm2.bias])
+        .cloned()
+        .collect();
+    let ffn = params[W1].dims().first().copied().unwrap_or(0);
+    let sizes = [d * d, d, d * d, d, d * d, d, d * d, d, d, d, ffn * d, ffn, d * ffn, d, d, d];
+    for (t, want) in params.iter().zip(sizes) {
+        if t.elem_count() != want || !t.is_contiguous() {
+            anyhow::bail!("encoder layer: a parameter of shape {:?} where {want} contiguous values belong", t.dims());
+        }
+    }
+    // The dropout masks, drawn in the order of the layer-by-layer path.
+    let mut rng = drop.rng.as_ref().map(|r| r.borrow_mut());
+    let attention = AttentionOp::new(key_bias, (b, s, d), a.n_heads, rng.as_deref_mut().map(|r| (p.attention, r)))?;
+    let drop1 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.attention_output, r)));
+    let drop2 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.output, r)));
+    std::mem::drop(rng);
+    let op = EncoderLayerOp {
+        params,
+        attention,
+        drop1,
+        drop2,
+        eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
+        dims: (b, s, d, ffn),
+        saved: Mutex::new(None),
+    };
+    let anchor = op.params[LN2_W].clone();
+    Ok(x.contiguous()?.apply_op2(&anchor, op)?)
+}
+
+/// What the backward needs from the forward (each `tokens × width` or `tokens × ffn`).
+struct Saved {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    /// The LayerNorms' inputs (residual sums).
+    z1: Vec<f32>,
+    h1: Vec<f32>,
+    /// The feed-forward pre-activation and activation.
+    f: Vec<f32>,
+    g: Vec<f32>,
+    z2: Vec<f32>,
+}
+
+type Mask = (Option<Arc<Vec<u8>>>, f32);
+
+struct EncoderLayerOp {
+    /// `[Wq, bq, Wk, bk, Wv, bv, Wo, bo, ln1 w, ln1 b, W1, b1, W2, b2, ln2 w, ln2 b]`.
+    params: Vec<Tensor>,
+    attention: AttentionOp,
+    drop1: Mask,
+    drop2: Mask,
+    eps: (f32, f32),
+    /// `(batch, seq, width, ffn width)`.
+    dims: (usize, usize, usize, usize),
+    saved: Mutex<Option<Arc<Saved>>>,
+}
+
+/// Read access to the float32 CPU data of several contiguous tensors at once.
+struct Slices<'a> {
+    guards: Vec<(candle_core::StorageRef<'a>, &'a Layout)>,
+}
+
+impl<'a> Slices<'a> {
+    fn new(ts: &'a [Tensor]) -> Slices<'a> {
+        Slices { guards: ts.iter().map(|t| t.storage_and_layout()).collect() }
+    }
+
+    fn get(&self, i: usize) -> Result<&[f32]> {
+        let (st, l) = &self.guards[i];
+        match &**st {
+            Storage::Cpu(c) => kernels::f32_slice(c, l, "encoder layer parameter"),
+            _ => bail!("encoder layer: parameters must be on the CPU"),
+        }
+    }
+}
+
+fn masked<'a>(mask: &Mask, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    match &mask.0 {
+        Some(m) => std::borrow::Cow::Owned(kernels::dropped(m, mask.1, x)),
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
+impl CustomOp2 for EncoderLayerOp {
+    fn name(&self) -> &'static str {
+        "emotune-encoder-layer"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, _l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
+        let (b, s, d, ffn) = self.dims;
+        let m = b * s;
+        let x = kernels::f32_slice(s1, l1, "encoder layer x")?;
+        if x.len() != m * d {
+            bail!("encoder layer: input {:?}, expected [{b}, {s}, {d}]", l1.dims());
+        }
+        let ps = Slices::new(&self.params);
+        let w: Vec<&[f32]> = (0..self.params.len()).map(|i| ps.get(i)).collect::<Result<_>>()?;
+        let qkv = kernels::filled(m * 3 * d, |o| {
+            for i in 0..3 {
+                kernels::linear_into(&mut o[i * d..], 3 * d, x, w[WQ + 2 * i], w[WQ + 2 * i + 1], (m, d, d));
+            }
+        });
+        let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
+        let a = kernels::filled(m * d, |o| kernels::linear_into(o, d, &ctx, w[WO], w[BO], (m, d, d)));
+        let mut z1 = Vec::with_capacity(m * d);
+        let h1 = kernels::filled(m * d, |y| {
+            let ln = (w[LN1_W], w[LN1_B]);
+            let mask = self.drop1.0.as_deref().map(Vec::as_slice);
+            kernels::add_layer_norm_into(
+                &a,
+                x,
+                mask,
+                self.drop1.1,
+                ln,
+                self.eps.0,
+                y,
+                &mut z1.spare_capacity_mut()[..m * d],
+            );
+        });
+        // SAFETY: add_layer_norm_into wrote all m * d values of z1.
+        unsafe { z1.set_len(m * d) };
+        drop(a);
+        let f = kernels::filled(m * ffn, |o| kernels::linear_into(o, ffn, &h1, w[W1], w[B1], (m, ffn, d)));
+        let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
+        let o2 = kernels::filled(m * d, |o| kernels::linear_into(o, d, &g, w[W2], w[B2], (m, d, ffn)));
+        let mut z2 = Vec::with_capacity(m * d);
+        let y = kernels::filled(m * d, |y| {
+            let ln = (w[LN2_W], w[LN2_B]);
+            let mask = self.drop2.0.as_deref().map(Vec::as_slice);
+            kernels::add_layer_norm_into(
+                &o2,
+                &h1,
+                mask,
+                self.drop2.1,
+                ln,
+                self.eps.1,
+                y,
+                &mut z2.spare_capacity_mut()[..m * d],
+            );
+        });
+        // SAFETY: add_layer_norm_into wrote all m * d values of z2.
+        unsafe { z2.set_len(m * d) };
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Saved { qkv, ctx, z1, h1, f, g, z2 }));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        anchor: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = profile::Span::new("emotune-encoder-layer-backward");
+        let Some(sv) = self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            bail!("encoder layer: backward before forward");
+        };
+        let (b, s, d, ffn) = self.dims;
+        let m = b * s;
+        let grad = grad.contiguous()?;
+        let ps = Slices::new(&self.params);
+        let w: Vec<&[f32]> = (0..self.params.len()).map(|i| ps.get(i)).collect::<Result<_>>()?;
+        let io = [x.clone(), grad];
+        let io = Slices::new(&io);
+        let (x, dy) = (io.get(0)?, io.get(1)?);
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; 16];
+
+        // y = LN2(z2), z2 = dropout2(o2) + h1
+        let mut ln2 = Vec::new();
+        let dz2 =
+            kernels::filled(m * d, |o| ln2 = kernels::layer_norm_backward_into(&sv.z2, w[LN2_W], dy, self.eps.1, o));
+        let (dw, db) = ln2.split_at(d);
+        grads[LN2_W] = Some(dw.to_vec());
+        grads[LN2_B] = Some(db.to_vec());
+        let do2 = masked(&self.drop2, &dz2);
+        // o2 = g W2ᵀ + b2
+        let mut dg =
+            kernels::filled(m * ffn, |o| kernels::matmul_into(o, false, (m, ffn, d), &do2, (d, 1), w[W2], (ffn, 1)));
+        grads[W2] = Some(kernels::filled(d * ffn, |o| kernels::weight_grad_into(o, &do2, d, &sv.g, (m, d, ffn))));
+        grads[B2] = Some(kernels::column_sums(&do2, d, m, d));
+        drop(do2);
+        // g = GELU(f), in place: dg becomes df
+        kernels::gelu_backward_in_place(&sv.f, &mut dg);
+        // f = h1 W1ᵀ + b1; h1 also feeds z2 directly
+        let mut dh1 = dz2;
+        kernels::matmul_into(kernels::as_uninit(&mut dh1), true, (m, d, ffn), &dg, (ffn, 1), w[W1], (d, 1));
+        grads[W1] = Some(kernels::filled(ffn * d, |o| kernels::weight_grad_into(o, &dg, ffn, &sv.h1, (m, ffn, d))));
+        grads[B1] = Some(kernels::column_sums(&dg, ffn, m, ffn));
+        drop(dg);
+        // h1 = LN1(z1), z1 = dropout1(a) + x
+        let mut ln1 = Vec::new();
+        let dz1 =
+            kernels::filled(m * d, |o| ln1 = kernels::layer_norm_backward_into(&sv.z1, w[LN1_W], &dh1, self.eps.0, o));
+        drop(dh1);
+        let (dw, db) = ln1.split_at(d);
+        grads[LN1_W] = Some(dw.to_vec());
+        grads[LN1_B] = Some(db.to_vec());
+        let da = masked(&self.drop1, &dz1);
+        // a = ctx Woᵀ + bo
+        let dctx = kernels::filled(m * d, |o| kernels::matmul_into(o, false, (m, d, d), &da, (d, 1), w[WO], (d, 1)));
+        grads[WO] = Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, &da, d, &sv.ctx, (m, d, d))));
+        grads[BO] = Some(kernels::column_sums(&da, d, m, d));
+        drop(da);
+        let dqkv = kernels::filled(m * 3 * d, |o| self.attention.backward_into(&sv.qkv, &dctx, (b, s, d), o));
+        drop(dctx);
+        // qkv = x [Wq Wk Wv]ᵀ + b; x also feeds z1 directly
+        let mut dx = dz1;
+        for i in 0..3 {
+            let dpart = &dqkv[i * d..];
+            kernels::matmul_into(
+                kernels::as_uninit(&mut dx),
+                true,
+                (m, d, d),
+                dpart,
+                (3 * d, 1),
+                w[WQ + 2 * i],
+                (d, 1),
+            );
+            grads[WQ + 2 * i] =
+                Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, dpart, 3 * d, x, (m, d, d))));
+            grads[WQ + 2 * i + 1] = Some(kernels::column_sums(dpart, 3 * d, m, d));
+        }
+        drop(w);
+        drop(ps);
+        let device = &candle_core::Device::Cpu;
+        let mut anchor_grad = None;
+        let mut pending = Vec::with_capacity(15);
+        for (i, (param, g)) in self.params.iter().zip(grads).enumerate() {
+            let g = Tensor::from_vec(g.expect("every parameter's gradient is computed above"), param.shape(), device)?;
+            if i == LN2_W {
+                anchor_grad = Some(g);
+            } else {
+                pending.push((param.clone(), g));
+            }
+        }
+        debug_assert_eq!(anchor.id(), self.params[LN2_W].id());
+        PENDING.with(|p| p.borrow_mut().extend(pending));
+        Ok((Some(Tensor::from_vec(dx, (b, s, d), device)?), anchor_grad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Activation;
+    use crate::model::{activate, attention_bias};
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn var(shape: &[usize], scale: f32, rng: &mut ChaCha8Rng) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn linear(d_in: usize, d_out: usize, rng: &mut ChaCha8Rng) -> Linear {
+        Linear {
+            weight: var(&[d_out, d_in], 0.3, rng).as_tensor().clone(),
+            bias: var(&[d_out], 0.1, rng).as_tensor().clone(),
+        }
+    }
+
+    fn norm(d: usize, rng: &mut ChaCha8Rng) -> LayerNorm {
+        let w = (var(&[d], 0.2, rng).as_tensor() + 1.0).unwrap();
+        LayerNorm {
+            weight: Var::from_tensor(&w).unwrap().as_tensor().clone(),
+            bias: var(&[d], 0.1, rng).as_tensor().clone(),
+            eps: 1e-12,
+        }
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// The fused layer against the layer-by-layer path (each kernel itself checked against
+    /// candle's composed ops in `kernels`): output, input gradient and all sixteen parameter
+    /// gradients, with dropout on (the same draws) and padded keys.
+    #[test]
+    fn fused_layer_matches_the_layer_by_layer_path() {
+        let (b, s, d, heads, ffn) = (3, 7, 16, 4, 40);
+        for p in [
+            LayerDropout { attention: 0.2, attention_output: 0.1, output: 0.15 },
+            LayerDropout { attention: 0.1, attention_output: 0.0, output: 0.1 },
+        ] {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let attention = SelfAttention {
+                q: linear(d, d, &mut rng),
+                k: linear(d, d, &mut rng),
+                v: linear(d, d, &mut rng),
+                out: linear(d, d, &mut rng),
+                n_heads: heads,
+                dropout: p.attention,
+            };
+            let (norm1, ff1, ff2, norm2) =
+                (norm(d, &mut rng), linear(d, ffn, &mut rng), linear(ffn, d, &mut rng), norm(d, &mut rng));
+            let parts = LayerParts { attention: &attention, norm1: &norm1, ff1: &ff1, ff2: &ff2, norm2: &norm2 };
+            let x = var(&[b, s, d], 1.0, &mut rng);
+            let r = var(&[b, s, d], 1.0, &mut rng).as_tensor().detach();
+            let mut mask = vec![1f32; b * s];
+            mask[s - 2..s].fill(0.0);
+            mask[2 * s - 1] = 0.0;
+            let bias = attention_bias(&Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap()).unwrap();
+
+            let y = encoder_layer(x.as_tensor(), &bias, &parts, p, &Dropout::train(9)).unwrap();
+            let fused = super::super::backward(&(&y * &r).unwrap().sum_all().unwrap()).unwrap();
+
+            let drop = Dropout::train(9);
+            let a = attention.forward(x.as_tensor(), &bias, &drop).unwrap();
+            let h1 = norm1.forward_residual(&a, x.as_tensor(), &drop, p.attention_output).unwrap();
+            let f = activate(&ff1.forward(&h1).unwrap(), Activation::Gelu).unwrap();
+            let y_ref = norm2.forward_residual(&ff2.forward(&f).unwrap(), &h1, &drop, p.output).unwrap();
+            let reference = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+
+            assert!(max_rel_diff(&y, &y_ref) < 1e-5, "output differs: {}", max_rel_diff(&y, &y_ref));
+            let mut tensors = vec![("x", x.as_tensor())];
+            for (name, l) in [("q", &attention.q), ("k", &attention.k), ("v", &attention.v), ("out", &attention.out)] {
+                tensors.push((name, &l.weight));
+                tensors.push((name, &l.bias));
+            }
+            for (name, l) in [("norm1", &norm1), ("norm2", &norm2)] {
+                tensors.push((name, &l.weight));
+                tensors.push((name, &l.bias));
+            }
+            for (name, l) in [("ff1", &ff1), ("ff2", &ff2)] {
+                tensors.push((name, &l.weight));
+                tensors.push((name, &l.bias));
+            }
+            assert_eq!(tensors.len(), 17);
+            for (name, t) in tensors {
+                let got = fused.get(t).unwrap_or_else(|| panic!("no gradient for {name} {:?}", t.dims()));
+                let want = reference.get(t).expect("reference gradient");
+                let diff = max_rel_diff(got, want);
+                assert!(diff < 1e-4, "{name} {:?}: relative difference {diff}", t.dims());
+            }
+        }
+    }
+}
