@@ -510,7 +510,14 @@ fn bench(args: BenchArgs) -> Result<()> {
 
 fn print_kernel_profile(r: &crate::bench::ShapeReport) {
     let in_backward = |k: &crate::bench::KernelTime| k.kernel.ends_with("-backward");
-    let sum = |bwd: bool| r.kernels.iter().filter(|k| in_backward(k) == bwd).map(|k| k.seconds_per_step).sum::<f64>();
+    // Sections within a kernel (named "· ...") are already inside their kernel's time.
+    let sum = |bwd: bool| {
+        r.kernels
+            .iter()
+            .filter(|k| in_backward(k) == bwd && !k.kernel.starts_with('·'))
+            .map(|k| k.seconds_per_step)
+            .sum::<f64>()
+    };
     println!("      {:<32} {:>9} {:>7}", "kernel (per training step)", "s", "calls");
     for k in &r.kernels {
         println!("      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step);

@@ -191,13 +191,18 @@ impl CustomOp2 for EncoderLayerOp {
         }
         let ps = Slices::new(&self.params);
         let w: Vec<&[f32]> = (0..self.params.len()).map(|i| ps.get(i)).collect::<Result<_>>()?;
+        let mut section = profile::Sections::default();
+        section.start("· qkv projection");
         let qkv = kernels::filled(m * 3 * d, |o| {
             for i in 0..3 {
                 kernels::linear_into(&mut o[i * d..], 3 * d, x, w[WQ + 2 * i], w[WQ + 2 * i + 1], (m, d, d));
             }
         });
+        section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
+        section.start("· output projection");
         let a = kernels::filled(m * d, |o| kernels::linear_into(o, d, &ctx, w[WO], w[BO], (m, d, d)));
+        section.start("· add + LayerNorm 1");
         let mut z1 = Vec::with_capacity(m * d);
         let h1 = kernels::filled(m * d, |y| {
             let ln = (w[LN1_W], w[LN1_B]);
@@ -216,9 +221,13 @@ impl CustomOp2 for EncoderLayerOp {
         // SAFETY: add_layer_norm_into wrote all m * d values of z1.
         unsafe { z1.set_len(m * d) };
         drop(a);
+        section.start("· feed-forward 1");
         let f = kernels::filled(m * ffn, |o| kernels::linear_into(o, ffn, &h1, w[W1], w[B1], (m, ffn, d)));
+        section.start("· GELU");
         let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
+        section.start("· feed-forward 2");
         let o2 = kernels::filled(m * d, |o| kernels::linear_into(o, d, &g, w[W2], w[B2], (m, d, ffn)));
+        section.start("· add + LayerNorm 2");
         let mut z2 = Vec::with_capacity(m * d);
         let y = kernels::filled(m * d, |y| {
             let ln = (w[LN2_W], w[LN2_B]);
@@ -262,6 +271,8 @@ impl CustomOp2 for EncoderLayerOp {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; 16];
 
         // y = LN2(z2), z2 = dropout2(o2) + h1
+        let mut section = profile::Sections::default();
+        section.start("· LayerNorm 2 backward");
         let mut ln2 = Vec::new();
         let dz2 =
             kernels::filled(m * d, |o| ln2 = kernels::layer_norm_backward_into(&sv.z2, w[LN2_W], dy, self.eps.1, o));
@@ -270,20 +281,24 @@ impl CustomOp2 for EncoderLayerOp {
         grads[LN2_B] = Some(db.to_vec());
         let do2 = masked(&self.drop2, &dz2);
         // o2 = g W2ᵀ + b2
+        section.start("· feed-forward 2 backward");
         let mut dg =
             kernels::filled(m * ffn, |o| kernels::matmul_into(o, false, (m, ffn, d), &do2, (d, 1), w[W2], (ffn, 1)));
         grads[W2] = Some(kernels::filled(d * ffn, |o| kernels::weight_grad_into(o, &do2, d, &sv.g, (m, d, ffn))));
         grads[B2] = Some(kernels::column_sums(&do2, d, m, d));
         drop(do2);
         // g = GELU(f), in place: dg becomes df
+        section.start("· GELU backward");
         kernels::gelu_backward_in_place(&sv.f, &mut dg);
         // f = h1 W1ᵀ + b1; h1 also feeds z2 directly
+        section.start("· feed-forward 1 backward");
         let mut dh1 = dz2;
         kernels::matmul_into(kernels::as_uninit(&mut dh1), true, (m, d, ffn), &dg, (ffn, 1), w[W1], (d, 1));
         grads[W1] = Some(kernels::filled(ffn * d, |o| kernels::weight_grad_into(o, &dg, ffn, &sv.h1, (m, ffn, d))));
         grads[B1] = Some(kernels::column_sums(&dg, ffn, m, ffn));
         drop(dg);
         // h1 = LN1(z1), z1 = dropout1(a) + x
+        section.start("· LayerNorm 1 backward");
         let mut ln1 = Vec::new();
         let dz1 =
             kernels::filled(m * d, |o| ln1 = kernels::layer_norm_backward_into(&sv.z1, w[LN1_W], &dh1, self.eps.0, o));
@@ -293,13 +308,16 @@ impl CustomOp2 for EncoderLayerOp {
         grads[LN1_B] = Some(db.to_vec());
         let da = masked(&self.drop1, &dz1);
         // a = ctx Woᵀ + bo
+        section.start("· output projection backward");
         let dctx = kernels::filled(m * d, |o| kernels::matmul_into(o, false, (m, d, d), &da, (d, 1), w[WO], (d, 1)));
         grads[WO] = Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, &da, d, &sv.ctx, (m, d, d))));
         grads[BO] = Some(kernels::column_sums(&da, d, m, d));
         drop(da);
+        section.start("· attention backward");
         let dqkv = kernels::filled(m * 3 * d, |o| self.attention.backward_into(&sv.qkv, &dctx, (b, s, d), o));
         drop(dctx);
         // qkv = x [Wq Wk Wv]ᵀ + b; x also feeds z1 directly
+        section.start("· qkv projection backward");
         let mut dx = dz1;
         for i in 0..3 {
             let dpart = &dqkv[i * d..];
@@ -318,6 +336,7 @@ impl CustomOp2 for EncoderLayerOp {
         }
         drop(w);
         drop(ps);
+        section.start("· gradient hand-over");
         let device = &candle_core::Device::Cpu;
         let mut anchor_grad = None;
         let mut pending = Vec::with_capacity(15);
