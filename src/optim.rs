@@ -105,7 +105,7 @@ impl AdamW {
             if max_norm.is_some() {
                 let (s, l) = grad.storage_and_layout();
                 if let (Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) = (&*s, l.contiguous_offsets()) {
-                    sq += g[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+                    sq += sum_of_squares(&g[a..b]);
                 } else {
                     sq += grad.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 }
@@ -249,6 +249,27 @@ impl candle_core::InplaceOp1 for AdamWUpdate<'_> {
     }
 }
 
+/// `Σ x²` in f64, over fixed chunks in parallel (8 lanes each), the chunks' sums added in
+/// order: the same result on any number of threads.
+fn sum_of_squares(xs: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 15;
+    let partials: Vec<f64> = xs
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut acc = [0f64; 8];
+            let mut lanes = c.chunks_exact(8);
+            for l in &mut lanes {
+                for i in 0..8 {
+                    acc[i] += (l[i] as f64) * (l[i] as f64);
+                }
+            }
+            let tail: f64 = lanes.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum();
+            acc.iter().sum::<f64>() + tail
+        })
+        .collect();
+    partials.iter().sum()
+}
+
 /// Checks that `grads` holds a gradient for every parameter; names the ones that lack one.
 pub fn check_all_have_grads<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>, grads: &GradStore) -> Result<()> {
     let missing: Vec<&str> = params.filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n).collect();
@@ -261,6 +282,18 @@ pub fn check_all_have_grads<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gradient_norm_sum_is_exact_enough_and_thread_independent() {
+        let xs: Vec<f32> = (0..200_003).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let naive: f64 = xs.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        let got = sum_of_squares(&xs);
+        assert!((got - naive).abs() <= 1e-12 * naive, "{got} vs {naive}");
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| sum_of_squares(&xs));
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| sum_of_squares(&xs));
+        assert_eq!(one.to_bits(), three.to_bits());
+        assert_eq!(one.to_bits(), got.to_bits());
+    }
 
     #[test]
     fn linear_schedule_matches_transformers() {
