@@ -125,6 +125,8 @@ pub fn encoder_layer(
 
 /// What the backward needs from the forward (each `tokens × width` or `tokens × ffn`).
 struct Saved {
+    /// `[Wq; Wk; Wv]`, `[3 width, width]`.
+    wqkv: Vec<f32>,
     qkv: Vec<f32>,
     ctx: Vec<f32>,
     /// The LayerNorms' inputs (residual sums).
@@ -193,11 +195,10 @@ impl CustomOp2 for EncoderLayerOp {
         let w: Vec<&[f32]> = (0..self.params.len()).map(|i| ps.get(i)).collect::<Result<_>>()?;
         let mut section = profile::Sections::default();
         section.start("· qkv projection");
-        let qkv = kernels::filled(m * 3 * d, |o| {
-            for i in 0..3 {
-                kernels::linear_into(&mut o[i * d..], 3 * d, x, w[WQ + 2 * i], w[WQ + 2 * i + 1], (m, d, d));
-            }
-        });
+        // One projection for q, k and v: their weights side by side ([3d, d], kept for the backward).
+        let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
+        let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
+        let qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
         section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
         section.start("· output projection");
@@ -245,7 +246,8 @@ impl CustomOp2 for EncoderLayerOp {
         });
         // SAFETY: add_layer_norm_into wrote all m * d values of z2.
         unsafe { z2.set_len(m * d) };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Saved { qkv, ctx, z1, h1, f, g, z2 }));
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -319,23 +321,14 @@ impl CustomOp2 for EncoderLayerOp {
         // qkv = x [Wq Wk Wv]ᵀ + b; x also feeds z1 directly
         section.start("· qkv projection backward");
         let mut dx = dz1;
+        kernels::matmul_into(kernels::as_uninit(&mut dx), true, (m, d, 3 * d), &dqkv, (3 * d, 1), &sv.wqkv, (d, 1));
+        let dwqkv = kernels::filled(3 * d * d, |o| kernels::weight_grad_into(o, &dqkv, 3 * d, x, (m, 3 * d, d)));
+        let dbqkv = kernels::column_sums(&dqkv, 3 * d, m, 3 * d);
+        drop(dqkv);
         for i in 0..3 {
-            let dpart = &dqkv[i * d..];
-            kernels::matmul_into(
-                kernels::as_uninit(&mut dx),
-                true,
-                (m, d, d),
-                dpart,
-                (3 * d, 1),
-                w[WQ + 2 * i],
-                (d, 1),
-            );
-            grads[WQ + 2 * i] =
-                Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, dpart, 3 * d, x, (m, d, d))));
-            grads[WQ + 2 * i + 1] = Some(kernels::column_sums(dpart, 3 * d, m, d));
+            grads[WQ + 2 * i] = Some(dwqkv[i * d * d..(i + 1) * d * d].to_vec());
+            grads[WQ + 2 * i + 1] = Some(dbqkv[i * d..(i + 1) * d].to_vec());
         }
-        drop(w);
-        drop(ps);
         section.start("· gradient hand-over");
         let device = &candle_core::Device::Cpu;
         let mut anchor_grad = None;
