@@ -150,7 +150,7 @@ pub fn run(
                 })
                 .collect();
         }
-        let eval = Dropout::eval();
+        let eval = Dropout::inference();
         let mut eval_t = Vec::new();
         for i in 0..opts.warmup + opts.steps {
             let t0 = Instant::now();

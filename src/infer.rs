@@ -63,7 +63,7 @@ impl Predictor {
             bail!("batch size must be at least 1");
         }
         let mut out = Vec::with_capacity(texts.len());
-        let eval = Dropout::eval();
+        let eval = Dropout::inference();
         for chunk in texts.chunks(batch_size) {
             let rows = self.encoder.tokenize(chunk)?;
             let batch = self.encoder.batch(&rows.iter().collect::<Vec<_>>(), &self.device)?;
@@ -129,7 +129,7 @@ pub fn evaluate(
     if batch_size == 0 {
         bail!("batch size must be at least 1");
     }
-    let eval = Dropout::eval();
+    let eval = Dropout::inference();
     let mut out = EvalOutput { loss: 0.0, preds: Vec::new(), losses: Vec::new(), probs: Vec::new() };
     for (chunk, labels) in rows.chunks(batch_size).zip(gold.chunks(batch_size)) {
         let batch = encoder.batch(&chunk.iter().collect::<Vec<_>>(), device)?;

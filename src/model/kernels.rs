@@ -777,6 +777,19 @@ simd_dispatch! {
     }
 }
 
+/// `x ← x Φ(x)` in place.
+pub(super) fn gelu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(ELEMS_PER_CHUNK).for_each(gelu_in_place_chunk)
+}
+
+simd_dispatch! {
+    fn gelu_in_place_chunk(x: &mut [f32]) {
+        for x in x.iter_mut() {
+            *x = 0.5 * *x * (1.0 + fast_erf(*x * FRAC_1_SQRT_2));
+        }
+    }
+}
+
 /// `g ← g · GELU'(x)` in place, where `GELU'(x) = Φ(x) + x φ(x)`.
 pub(super) fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(ELEMS_PER_CHUNK)

@@ -117,6 +117,7 @@ pub fn encoder_layer(
         drop2,
         eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
         dims: (b, s, d, ffn),
+        keep: drop.keep_for_backward,
         saved: Mutex::new(None),
     };
     let anchor = op.params[LN2_W].clone();
@@ -149,6 +150,8 @@ struct EncoderLayerOp {
     eps: (f32, f32),
     /// `(batch, seq, width, ffn width)`.
     dims: (usize, usize, usize, usize),
+    /// Keep the activations for a backward pass (false under `Dropout::inference`).
+    keep: bool,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -198,9 +201,12 @@ impl CustomOp2 for EncoderLayerOp {
         // One projection for q, k and v: their weights side by side ([3d, d], kept for the backward).
         let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
         let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
-        let qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
+        let mut qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
         section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
+        if !self.keep {
+            qkv = Vec::new();
+        }
         section.start("· output projection");
         let a = kernels::filled(m * d, |o| kernels::linear_into(o, d, &ctx, w[WO], w[BO], (m, d, d)));
         section.start("· add + LayerNorm 1");
@@ -225,7 +231,14 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· feed-forward 1");
         let f = kernels::filled(m * ffn, |o| kernels::linear_into(o, ffn, &h1, w[W1], w[B1], (m, ffn, d)));
         section.start("· GELU");
-        let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
+        let (f, g) = if self.keep {
+            let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
+            (f, g)
+        } else {
+            let mut f = f;
+            kernels::gelu_in_place(&mut f);
+            (Vec::new(), f)
+        };
         section.start("· feed-forward 2");
         let o2 = kernels::filled(m * d, |o| kernels::linear_into(o, d, &g, w[W2], w[B2], (m, d, ffn)));
         section.start("· add + LayerNorm 2");
@@ -246,8 +259,10 @@ impl CustomOp2 for EncoderLayerOp {
         });
         // SAFETY: add_layer_norm_into wrote all m * d values of z2.
         unsafe { z2.set_len(m * d) };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
+        if self.keep {
+            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -260,7 +275,7 @@ impl CustomOp2 for EncoderLayerOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
         let Some(sv) = self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            bail!("encoder layer: backward before forward");
+            bail!("encoder layer: no activations kept for a backward pass (forward run with Dropout::inference)");
         };
         let (b, s, d, ffn) = self.dims;
         let m = b * s;
@@ -383,6 +398,35 @@ mod tests {
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// Under `Dropout::inference` the layer gives bitwise the output of `Dropout::eval`, and a
+    /// backward pass through it fails with a clear error instead of wrong gradients.
+    #[test]
+    fn inference_mode_gives_the_same_output_and_refuses_a_backward() {
+        let (b, s, d, heads, ffn) = (2, 5, 8, 2, 12);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let attention = SelfAttention {
+            q: linear(d, d, &mut rng),
+            k: linear(d, d, &mut rng),
+            v: linear(d, d, &mut rng),
+            out: linear(d, d, &mut rng),
+            n_heads: heads,
+            dropout: 0.1,
+        };
+        let (norm1, ff1, ff2, norm2) =
+            (norm(d, &mut rng), linear(d, ffn, &mut rng), linear(ffn, d, &mut rng), norm(d, &mut rng));
+        let parts = LayerParts { attention: &attention, norm1: &norm1, ff1: &ff1, ff2: &ff2, norm2: &norm2 };
+        let x = var(&[b, s, d], 1.0, &mut rng);
+        let bias = attention_bias(&Tensor::ones((b, s), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let p = LayerDropout { attention: 0.1, attention_output: 0.1, output: 0.1 };
+        let eval = encoder_layer(x.as_tensor(), &bias, &parts, p, &Dropout::eval()).unwrap();
+        let inference = encoder_layer(x.as_tensor(), &bias, &parts, p, &Dropout::inference()).unwrap();
+        let (e, i): (Vec<f32>, Vec<f32>) =
+            (eval.flatten_all().unwrap().to_vec1().unwrap(), inference.flatten_all().unwrap().to_vec1().unwrap());
+        assert!(e.iter().zip(&i).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let err = super::super::backward(&inference.sum_all().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("Dropout::inference"), "{err}");
     }
 
     /// The fused layer against the layer-by-layer path (each kernel itself checked against

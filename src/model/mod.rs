@@ -53,15 +53,25 @@ impl Batch {
 /// stream, so a run is reproducible bit for bit.
 pub struct Dropout {
     rng: Option<RefCell<ChaCha8Rng>>,
+    /// False under [`Dropout::inference`]: the fused layers keep nothing for a backward pass.
+    keep_for_backward: bool,
 }
 
 impl Dropout {
+    /// Dropout off; gradients can still be taken (as `model.eval()` in PyTorch).
     pub fn eval() -> Dropout {
-        Dropout { rng: None }
+        Dropout { rng: None, keep_for_backward: true }
+    }
+
+    /// Dropout off and no backward pass possible (as `torch.inference_mode()`): the fused
+    /// encoder layers neither keep their activations nor allocate a separate GELU output. For
+    /// prediction and evaluation.
+    pub fn inference() -> Dropout {
+        Dropout { rng: None, keep_for_backward: false }
     }
 
     pub fn train(seed: u64) -> Dropout {
-        Dropout { rng: Some(RefCell::new(ChaCha8Rng::seed_from_u64(seed))) }
+        Dropout { rng: Some(RefCell::new(ChaCha8Rng::seed_from_u64(seed))), keep_for_backward: true }
     }
 
     pub fn is_train(&self) -> bool {
@@ -92,7 +102,7 @@ impl Dropout {
     }
 
     pub fn from_state(rng: ChaCha8Rng) -> Dropout {
-        Dropout { rng: Some(RefCell::new(rng)) }
+        Dropout { rng: Some(RefCell::new(rng)), keep_for_backward: true }
     }
 }
 

@@ -146,7 +146,7 @@ struct PredictRequest {
 
 /// Runs batches until the queue closes.
 fn worker(predictor: Arc<Predictor>, queue: Arc<Queue>, metrics: Arc<Metrics>, max_tokens: usize, delay: Duration) {
-    let eval = Dropout::eval();
+    let eval = Dropout::inference();
     while let Some(jobs) = queue.take_batch(max_tokens) {
         if !delay.is_zero() {
             std::thread::sleep(delay);
