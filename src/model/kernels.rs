@@ -297,9 +297,26 @@ pub(super) fn layer_norm_backward_into(
     sums
 }
 
-/// `z = dropout(h) + r` and `y = LayerNorm(z) * w + b`, row by row (`w.len()` wide).
+/// `(y, z)` with `z = dropout(h) + r` and `y = LayerNorm(z) * w + b`, row by row (`w.len()`
+/// wide); `mask` holds the dropout's keep bytes (none: no dropout), `keep_scale` its scale.
+pub(super) fn add_layer_norm_rows(
+    h: &[f32],
+    r: &[f32],
+    mask: Option<&[u8]>,
+    keep_scale: f32,
+    wb: (&[f32], &[f32]),
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = h.len();
+    let mut z = Vec::with_capacity(n);
+    let y = filled(n, |y| add_layer_norm_into(h, r, mask, keep_scale, wb, eps, y, &mut z.spare_capacity_mut()[..n]));
+    // SAFETY: add_layer_norm_into writes every one of z's first n slots.
+    unsafe { z.set_len(n) };
+    (y, z)
+}
+
 #[allow(clippy::too_many_arguments)]
-pub(super) fn add_layer_norm_into(
+fn add_layer_norm_into(
     h: &[f32],
     r: &[f32],
     mask: Option<&[u8]>,
@@ -482,22 +499,8 @@ impl CustomOp3 for AddLayerNormOp {
         if h.len() != r.len() || d == 0 || h.len() % d != 0 {
             bail!("add_layer_norm: h {:?}, residual {:?}, weight+bias {}", l1.dims(), l2.dims(), wb.len());
         }
-        let mut z = Vec::with_capacity(h.len());
-        let y = filled(h.len(), |y| {
-            let zs = &mut z.spare_capacity_mut()[..h.len()];
-            add_layer_norm_into(
-                h,
-                r,
-                self.mask.as_deref().map(Vec::as_slice),
-                self.keep_scale,
-                wb.split_at(d),
-                self.eps,
-                y,
-                zs,
-            )
-        });
-        // SAFETY: the loop above wrote every element of z's first h.len() slots.
-        unsafe { z.set_len(h.len()) };
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let (y, z) = add_layer_norm_rows(h, r, mask, self.keep_scale, wb.split_at(d), self.eps);
         *self.sum.lock().expect("add_layer_norm stash") = Some(z);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -181,6 +181,20 @@ fn masked<'a>(mask: &Mask, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
     }
 }
 
+impl EncoderLayerOp {
+    /// `(LayerNorm(dropout(h) + r), dropout(h) + r)`.
+    fn add_layer_norm(
+        &self,
+        h: &[f32],
+        r: &[f32],
+        drop: &Mask,
+        wb: (&[f32], &[f32]),
+        eps: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
+    }
+}
+
 impl CustomOp2 for EncoderLayerOp {
     fn name(&self) -> &'static str {
         "emotune-encoder-layer"
@@ -210,23 +224,7 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· output projection");
         let a = kernels::filled(m * d, |o| kernels::linear_into(o, d, &ctx, w[WO], w[BO], (m, d, d)));
         section.start("· add + LayerNorm 1");
-        let mut z1 = Vec::with_capacity(m * d);
-        let h1 = kernels::filled(m * d, |y| {
-            let ln = (w[LN1_W], w[LN1_B]);
-            let mask = self.drop1.0.as_deref().map(Vec::as_slice);
-            kernels::add_layer_norm_into(
-                &a,
-                x,
-                mask,
-                self.drop1.1,
-                ln,
-                self.eps.0,
-                y,
-                &mut z1.spare_capacity_mut()[..m * d],
-            );
-        });
-        // SAFETY: add_layer_norm_into wrote all m * d values of z1.
-        unsafe { z1.set_len(m * d) };
+        let (h1, z1) = self.add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
         drop(a);
         section.start("· feed-forward 1");
         let f = kernels::filled(m * ffn, |o| kernels::linear_into(o, ffn, &h1, w[W1], w[B1], (m, ffn, d)));
@@ -242,23 +240,7 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· feed-forward 2");
         let o2 = kernels::filled(m * d, |o| kernels::linear_into(o, d, &g, w[W2], w[B2], (m, d, ffn)));
         section.start("· add + LayerNorm 2");
-        let mut z2 = Vec::with_capacity(m * d);
-        let y = kernels::filled(m * d, |y| {
-            let ln = (w[LN2_W], w[LN2_B]);
-            let mask = self.drop2.0.as_deref().map(Vec::as_slice);
-            kernels::add_layer_norm_into(
-                &o2,
-                &h1,
-                mask,
-                self.drop2.1,
-                ln,
-                self.eps.1,
-                y,
-                &mut z2.spare_capacity_mut()[..m * d],
-            );
-        });
-        // SAFETY: add_layer_norm_into wrote all m * d values of z2.
-        unsafe { z2.set_len(m * d) };
+        let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
