@@ -375,6 +375,40 @@ mod tests {
         }
     }
 
+    /// A layer's parameters drawn at random (as variables), in a fixed order.
+    struct RandomLayer {
+        attention: SelfAttention,
+        norm1: LayerNorm,
+        ff1: Linear,
+        ff2: Linear,
+        norm2: LayerNorm,
+    }
+
+    impl RandomLayer {
+        fn new(d: usize, heads: usize, ffn: usize, attention_dropout: f64, rng: &mut ChaCha8Rng) -> RandomLayer {
+            let attention = SelfAttention {
+                q: linear(d, d, rng),
+                k: linear(d, d, rng),
+                v: linear(d, d, rng),
+                out: linear(d, d, rng),
+                n_heads: heads,
+                dropout: attention_dropout,
+            };
+            let (norm1, ff1, ff2, norm2) = (norm(d, rng), linear(d, ffn, rng), linear(ffn, d, rng), norm(d, rng));
+            RandomLayer { attention, norm1, ff1, ff2, norm2 }
+        }
+
+        fn parts(&self) -> LayerParts<'_> {
+            LayerParts {
+                attention: &self.attention,
+                norm1: &self.norm1,
+                ff1: &self.ff1,
+                ff2: &self.ff2,
+                norm2: &self.norm2,
+            }
+        }
+    }
+
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
@@ -388,17 +422,8 @@ mod tests {
     fn inference_mode_gives_the_same_output_and_refuses_a_backward() {
         let (b, s, d, heads, ffn) = (2, 5, 8, 2, 12);
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let attention = SelfAttention {
-            q: linear(d, d, &mut rng),
-            k: linear(d, d, &mut rng),
-            v: linear(d, d, &mut rng),
-            out: linear(d, d, &mut rng),
-            n_heads: heads,
-            dropout: 0.1,
-        };
-        let (norm1, ff1, ff2, norm2) =
-            (norm(d, &mut rng), linear(d, ffn, &mut rng), linear(ffn, d, &mut rng), norm(d, &mut rng));
-        let parts = LayerParts { attention: &attention, norm1: &norm1, ff1: &ff1, ff2: &ff2, norm2: &norm2 };
+        let layer = RandomLayer::new(d, heads, ffn, 0.1, &mut rng);
+        let parts = layer.parts();
         let x = var(&[b, s, d], 1.0, &mut rng);
         let bias = attention_bias(&Tensor::ones((b, s), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
         let p = LayerDropout { attention: 0.1, attention_output: 0.1, output: 0.1 };
@@ -422,17 +447,9 @@ mod tests {
             LayerDropout { attention: 0.1, attention_output: 0.0, output: 0.1 },
         ] {
             let mut rng = ChaCha8Rng::seed_from_u64(5);
-            let attention = SelfAttention {
-                q: linear(d, d, &mut rng),
-                k: linear(d, d, &mut rng),
-                v: linear(d, d, &mut rng),
-                out: linear(d, d, &mut rng),
-                n_heads: heads,
-                dropout: p.attention,
-            };
-            let (norm1, ff1, ff2, norm2) =
-                (norm(d, &mut rng), linear(d, ffn, &mut rng), linear(ffn, d, &mut rng), norm(d, &mut rng));
-            let parts = LayerParts { attention: &attention, norm1: &norm1, ff1: &ff1, ff2: &ff2, norm2: &norm2 };
+            let layer = RandomLayer::new(d, heads, ffn, p.attention, &mut rng);
+            let parts = layer.parts();
+            let RandomLayer { attention, norm1, ff1, ff2, norm2 } = &layer;
             let x = var(&[b, s, d], 1.0, &mut rng);
             let r = var(&[b, s, d], 1.0, &mut rng).as_tensor().detach();
             let mut mask = vec![1f32; b * s];
