@@ -1,0 +1,317 @@
+//! Multi-head scaled dot-product attention as one autograd node on the output of one fused
+//! q/k/v projection: scores, masked softmax, dropout and the weighted sum; the backward
+//! recomputes the probabilities instead of keeping them.
+
+use super::dropout::optional_keep_mask;
+use super::linear::gemm_strided;
+use super::simd::{fast_exp, lane_dot, lane_sum, simd_dispatch};
+use super::{as_uninit, f32_slice, filled, profile};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+simd_dispatch! {
+    /// Each row of `p` (rows of `bias.len()`) becomes `softmax(row * scale + bias)`.
+    fn masked_softmax_rows(p: &mut [f32], bias: &[f32], scale: f32) {
+        for row in p.chunks_mut(bias.len()) {
+            let mut max = f32::NEG_INFINITY;
+            for (x, b) in row.iter_mut().zip(bias) {
+                *x = *x * scale + b;
+                max = max.max(*x);
+            }
+            for x in row.iter_mut() {
+                *x = fast_exp(*x - max);
+            }
+            let inv = 1.0 / lane_sum(row);
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+}
+
+/// Scaled dot-product attention as one autograd node, on the output of one fused q/k/v
+/// projection.
+///
+/// `qkv` is `[batch, seq, 3 * width]`: per token the query, key and value vectors side by side,
+/// each with the heads packed in order (no reshapes or transposes). `key_bias` holds
+/// `batch * seq` additive biases (0, or a very negative number for padding). With
+/// `dropout = Some((p, rng))` the attention probabilities are dropped out with one `u32` drawn
+/// per probability in `[batch, heads, q, k]` order. Returns the context `[batch, seq, width]`.
+/// The backward pass recomputes the probabilities instead of storing them.
+pub fn attention(
+    qkv: &Tensor,
+    key_bias: &Tensor,
+    n_heads: usize,
+    dropout: Option<(f64, &mut ChaCha8Rng)>,
+) -> Result<Tensor> {
+    let (b, s, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    if d3 % 3 != 0 || d % n_heads != 0 {
+        bail!("attention: packed width {d3} is not 3 x a multiple of {n_heads} heads");
+    }
+    let op = AttentionOp::new(key_bias, (b, s, d), n_heads, dropout)?;
+    qkv.contiguous()?.apply_op1(op)
+}
+
+#[derive(Clone)]
+pub(crate) struct AttentionOp {
+    bias: Arc<Vec<f32>>,
+    mask: Option<Arc<Vec<u8>>>,
+    keep_scale: f32,
+    n_heads: usize,
+    scale: f32,
+}
+
+impl AttentionOp {
+    /// For a `[b, s, 3 * d]` packed input; draws the dropout mask of the probabilities now.
+    pub(crate) fn new(
+        key_bias: &Tensor,
+        (b, s, d): (usize, usize, usize),
+        n_heads: usize,
+        dropout: Option<(f64, &mut ChaCha8Rng)>,
+    ) -> Result<AttentionOp> {
+        if n_heads == 0 || d % n_heads != 0 {
+            bail!("attention: width {d} is not a multiple of {n_heads} heads");
+        }
+        let bias: Vec<f32> = key_bias.flatten_all()?.to_vec1()?;
+        if bias.len() != b * s {
+            bail!("attention: {} key biases for a [{b}, {s}] batch", bias.len());
+        }
+        let (mask, keep_scale) = optional_keep_mask(b * n_heads * s * s, dropout);
+        Ok(AttentionOp { bias: Arc::new(bias), mask, keep_scale, n_heads, scale: 1.0 / ((d / n_heads) as f32).sqrt() })
+    }
+
+    /// The context `out [b, s, d]` from the packed `qkv [b, s, 3 d]`.
+    pub(crate) fn forward_into(&self, qkv: &[f32], (b, s, d): (usize, usize, usize), out: &mut [MaybeUninit<f32>]) {
+        let dh = d / self.n_heads;
+        debug_assert_eq!(qkv.len(), b * s * 3 * d);
+        out.par_chunks_mut(s * d).enumerate().for_each(|(bi, ob)| {
+            let xb = &qkv[bi * s * 3 * d..][..s * 3 * d];
+            let bias = &self.bias[bi * s..][..s];
+            let mut p = vec![0f32; s * s];
+            for h in 0..self.n_heads {
+                self.probs(xb, bias, h, s, d, &mut p);
+                self.drop_probs(bi, h, s, &mut p);
+                // context_h = P' · V_h, into head h's columns
+                let vh = &xb[2 * d + h * dh..];
+                gemm_strided(
+                    &mut ob[h * dh..],
+                    d,
+                    false,
+                    (s, dh, s),
+                    &p,
+                    (s, 1),
+                    vh,
+                    (3 * d, 1),
+                    gemm::Parallelism::None,
+                );
+            }
+        })
+    }
+
+    /// `dqkv [b, s, 3 d]` from the packed input and the context's gradient `dout [b, s, d]`.
+    pub(crate) fn backward_into(
+        &self,
+        qkv: &[f32],
+        dout: &[f32],
+        (b, s, d): (usize, usize, usize),
+        dqkv: &mut [MaybeUninit<f32>],
+    ) {
+        let (dh, ld) = (d / self.n_heads, 3 * d);
+        debug_assert_eq!(dout.len(), b * s * d);
+        let none = gemm::Parallelism::None;
+        dqkv.par_chunks_mut(s * ld).enumerate().for_each(|(bi, db)| {
+            let xb = &qkv[bi * s * ld..][..s * ld];
+            let gb = &dout[bi * s * d..][..s * d];
+            let bias = &self.bias[bi * s..][..s];
+            let mut p = vec![0f32; s * s];
+            let mut pd = vec![0f32; s * s];
+            let mut dp = vec![0f32; s * s];
+            for h in 0..self.n_heads {
+                let c = h * dh;
+                let (qh, kh, vh) = (&xb[c..], &xb[d + c..], &xb[2 * d + c..]);
+                self.probs(xb, bias, h, s, d, &mut p);
+                pd.copy_from_slice(&p);
+                self.drop_probs(bi, h, s, &mut pd);
+                // dV_h = P'ᵀ · dC_h
+                gemm_strided(&mut db[2 * d + c..], ld, false, (s, dh, s), &pd, (1, s), &gb[c..], (d, 1), none);
+                // dP' = dC_h · V_hᵀ, then back through the dropout
+                gemm_strided(as_uninit(&mut dp), s, false, (s, s, dh), &gb[c..], (d, 1), vh, (1, ld), none);
+                self.drop_probs(bi, h, s, &mut dp);
+                // back through softmax and the score scale: dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale
+                for (pr, dpr) in p.chunks(s).zip(dp.chunks_mut(s)) {
+                    let dot = lane_dot(pr, dpr);
+                    for (g, &pv) in dpr.iter_mut().zip(pr) {
+                        *g = pv * (*g - dot) * self.scale;
+                    }
+                }
+                // dQ_h = dS · K_h; dK_h = dSᵀ · Q_h
+                gemm_strided(&mut db[c..], ld, false, (s, dh, s), &dp, (s, 1), kh, (ld, 1), none);
+                gemm_strided(&mut db[d + c..], ld, false, (s, dh, s), &dp, (1, s), qh, (ld, 1), none);
+            }
+        })
+    }
+
+    /// Softmax probabilities `p[i * s + j]` of head `h`, from one batch row's packed `qkv`
+    /// (`s` rows of `3 * d`).
+    fn probs(&self, qkv: &[f32], bias: &[f32], h: usize, s: usize, d: usize, p: &mut [f32]) {
+        let dh = d / self.n_heads;
+        // scores = Q_h · K_hᵀ
+        let (qh, kh) = (&qkv[h * dh..], &qkv[d + h * dh..]);
+        gemm_strided(as_uninit(p), s, false, (s, s, dh), qh, (3 * d, 1), kh, (1, 3 * d), gemm::Parallelism::None);
+        masked_softmax_rows(p, bias, self.scale);
+    }
+
+    /// Applies the dropout of head `h` of batch row `bi` to `p` (`s × s`) in place.
+    fn drop_probs(&self, bi: usize, h: usize, s: usize, p: &mut [f32]) {
+        if let Some(m) = &self.mask {
+            let m = &m[(bi * self.n_heads + h) * s * s..][..s * s];
+            for (x, &keep) in p.iter_mut().zip(m) {
+                *x = if keep != 0 { *x * self.keep_scale } else { 0.0 };
+            }
+        }
+    }
+
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
+        let dims = l.dims();
+        let [b, s, d3] = dims else { bail!("attention: expected [batch, seq, 3 * width], got {dims:?}") };
+        Ok((*b, *s, *d3 / 3))
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "emotune-attention"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
+        let (b, s, d) = self.dims(l)?;
+        let qkv = f32_slice(st, l, "attention qkv")?;
+        let out = filled(b * s * d, |out| self.forward_into(qkv, (b, s, d), out));
+        Ok((CpuStorage::F32(out), Shape::from((b, s, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward(self.clone()))?))
+    }
+}
+
+/// `(qkv, dcontext)` → `dqkv`.
+struct AttentionBackward(AttentionOp);
+
+impl CustomOp2 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "emotune-attention-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = profile::Span::new(self.name());
+        let op = &self.0;
+        let (b, s, d) = op.dims(l1)?;
+        let qkv = f32_slice(s1, l1, "attention backward qkv")?;
+        let dout = f32_slice(s2, l2, "attention backward grad")?;
+        if dout.len() != b * s * d {
+            bail!("attention backward: gradient has {} values, expected {}", dout.len(), b * s * d);
+        }
+        let dqkv = filled(qkv.len(), |dqkv| op.backward_into(qkv, dout, (b, s, d), dqkv));
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::testing::{max_diff, on_threads, rand_tensor};
+    use crate::model::softmax_last_dim;
+    use candle_core::{DType, Device, Var};
+    use rand::{RngCore, SeedableRng};
+
+    /// The softmax rows dispatched to AVX-512 give bitwise the results of the scalar formula.
+    #[test]
+    fn dispatched_softmax_matches_the_scalar_formula_bitwise() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let x: Vec<f32> = (0..37 * 37).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 16.0 - 8.0).collect();
+        let (s, bias) = (37, (0..37).map(|j| if j % 5 == 4 { f32::MIN } else { 0.0 }).collect::<Vec<f32>>());
+        let mut p: Vec<f32> = x.clone();
+        masked_softmax_rows(&mut p, &bias, 0.125);
+        for (row, src) in p.chunks(s).zip(x.chunks(s)) {
+            let z: Vec<f32> = src.iter().zip(&bias).map(|(v, b)| v * 0.125 + b).collect();
+            let max = z.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let e: Vec<f32> = z.iter().map(|v| fast_exp(v - max)).collect();
+            let inv = 1.0 / lane_sum(&e);
+            for (got, want) in row.iter().zip(e) {
+                assert_eq!(got.to_bits(), (want * inv).to_bits());
+            }
+        }
+    }
+
+    /// The composed attention of `model::SelfAttention`, from q/k/v projections.
+    fn composed_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        h: usize,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let (b, s, d) = q.dims3().unwrap();
+        let dh = d / h;
+        let split = |t: &Tensor| t.reshape((b, s, h, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let scores = (split(q).matmul(&split(k).t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap();
+        let mut p = softmax_last_dim(&scores.broadcast_add(bias).unwrap()).unwrap();
+        if let Some(m) = mask {
+            p = (p * m).unwrap();
+        }
+        p.matmul(&split(v)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((b, s, d)).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_composed_forward_and_backward() {
+        let (b, s, h, d) = (3, 7, 4, 24);
+        let qkv = Var::from_tensor(&rand_tensor(&[b, s, 3 * d], 20)).unwrap();
+        let mut mask = vec![1f32; b * s];
+        mask[s - 3..s].fill(0.0);
+        mask[3 * s - 1] = 0.0;
+        let bias = crate::model::attention_bias(&Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap()).unwrap();
+        let up = rand_tensor(&[b, s, d], 23);
+        for p in [0.0, 0.3] {
+            let mut rng = ChaCha8Rng::seed_from_u64(24);
+            let y1 = attention(qkv.as_tensor(), &bias, h, Some((p, &mut rng))).unwrap();
+            // the same dropout multipliers, drawn from the same stream in the same order
+            let mut rng = ChaCha8Rng::seed_from_u64(24);
+            let keep = 1.0 - p;
+            let threshold = (keep * 4294967296.0).min(4294967295.0) as u32;
+            let m: Vec<f32> = (0..b * h * s * s)
+                .map(|_| if rng.next_u32() < threshold { (1.0 / keep) as f32 } else { 0.0 })
+                .collect();
+            let m = Tensor::from_vec(m, (b, h, s, s), &Device::Cpu).unwrap();
+            let part = |i: usize| qkv.as_tensor().narrow(2, i * d, d).unwrap();
+            let y0 = composed_attention(&part(0), &part(1), &part(2), &bias, h, (p > 0.0).then_some(&m));
+            assert!(max_diff(&y0, &y1) < 1e-5, "p={p}: forward differs by {}", max_diff(&y0, &y1));
+            let g0 = (y0 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = (y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, c) = (g0.get(qkv.as_tensor()).unwrap(), g1.get(qkv.as_tensor()).unwrap());
+            assert!(max_diff(a, c) < 1e-5, "p={p}: dqkv differs by {}", max_diff(a, c));
+        }
+    }
+
+    #[test]
+    fn forward_and_backward_do_not_depend_on_thread_count() {
+        let qkv = rand_tensor(&[10, 30, 3 * 96], 16);
+        let mask = Tensor::ones((10, 30), DType::F32, &Device::Cpu).unwrap();
+        let bias = crate::model::attention_bias(&mask).unwrap();
+        let run = || {
+            let mut rng = ChaCha8Rng::seed_from_u64(17);
+            let qkv_var = Var::from_tensor(&qkv).unwrap();
+            let ctx = attention(qkv_var.as_tensor(), &bias, 4, Some((0.1, &mut rng))).unwrap();
+            let grads = ctx.sum_all().unwrap().backward().unwrap();
+            let dqkv = grads.get(qkv_var.as_tensor()).unwrap().flatten_all().unwrap();
+            [ctx.flatten_all().unwrap(), dqkv].map(|t| t.to_vec1::<f32>().unwrap())
+        };
+        assert_eq!(on_threads(1, run), on_threads(3, run));
+    }
+}
