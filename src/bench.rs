@@ -1,9 +1,10 @@
 //! `emotune bench`: training-step and inference timings of a randomly initialised model of a
 //! given config's shape (DistilBERT-base by default), on synthetic batches.
 
-use crate::config::ModelConfig;
-use crate::model::{cross_entropy, random_classifier, Batch, Dropout, LoadedModel};
+use crate::model::ModelConfig;
+use crate::model::{cross_entropy, random_classifier, Dropout, LoadedModel};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::tokenize::Batch;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -91,13 +92,6 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn vocab_size(config: &ModelConfig) -> usize {
-    match &config.arch {
-        crate::config::ArchConfig::DistilBert(c) => c.vocab_size,
-        crate::config::ArchConfig::Bert(c) => c.vocab_size,
-    }
-}
-
 pub fn run(
     config_path: &Path,
     opts: &BenchOptions,
@@ -106,7 +100,7 @@ pub fn run(
 ) -> Result<()> {
     let mut config = ModelConfig::load(config_path)?;
     config.set_labels(["sadness", "joy", "love", "anger", "fear", "surprise"].map(String::from).to_vec());
-    let vocab = vocab_size(&config);
+    let vocab = config.arch.sizes().vocab;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for &seq in &opts.seqs {
         reset_peak_rss();
@@ -212,6 +206,6 @@ pub fn write_random_model(config_path: &Path, tokenizer: &str, dir: &Path) -> Re
     );
     crate::fsx::write_atomic(&dir.join("README.md"), readme.as_bytes())?;
     // The encoder only, as a pretrained base checkpoint ships: `train` adds a head for its labels.
-    let prefix = crate::model::base_prefix(&model.config);
+    let prefix = model.config.arch.weight_prefix();
     model.params.save_where(&dir.join("model.safetensors"), |name| name.starts_with(prefix))
 }

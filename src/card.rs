@@ -1,7 +1,7 @@
 //! The model card (`README.md`) in the form Transformers' Trainer writes it.
 
-use crate::config::ModelConfig;
 use crate::data::Dataset;
+use crate::model::ModelConfig;
 use crate::train::{format_table, EpochRow, TrainConfig};
 
 fn fmt_lr(x: f64) -> String {
@@ -89,7 +89,7 @@ pub fn model_card(
         "A `{}` ({:.1}M parameters) that classifies text into {} labels: {}. \
          It was fine-tuned with emotune, which follows the Transformers Trainer recipe in Rust, \
          and loads unchanged with `AutoModelForSequenceClassification`.\n",
-        config.classifier_class(),
+        config.arch.classifier_class(),
         n_params as f64 / 1e6,
         config.labels.len(),
         config.labels.join(", ")

@@ -656,7 +656,7 @@ fn check_data(args: CheckDataArgs) -> Result<()> {
     let encoder = match &args.model {
         Some(m) => {
             let files = crate::hub::ModelFiles::resolve(m)?;
-            let config = crate::config::ModelConfig::load(&files.config)?;
+            let config = crate::model::ModelConfig::load(&files.config)?;
             Some(crate::infer::text_encoder(&files, &config, args.max_length)?)
         }
         None => None,

@@ -1,7 +1,7 @@
 //! Loading a classifier for inference and turning texts into label probabilities.
 
-use crate::config::ModelConfig;
 use crate::hub::ModelFiles;
+use crate::model::ModelConfig;
 use crate::model::{load_classifier, Dropout, LoadedModel};
 use crate::tokenize::TextEncoder;
 use anyhow::{bail, Result};
@@ -14,9 +14,9 @@ pub fn text_encoder(files: &ModelFiles, config: &ModelConfig, max_length: Option
     TextEncoder::load(
         &files.tokenizer,
         files.tokenizer_config.as_deref(),
-        config.max_position_embeddings(),
+        config.arch.sizes().max_positions,
         pad,
-        config.model_type() == "bert",
+        config.arch.uses_token_types(),
         max_length,
     )
 }

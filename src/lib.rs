@@ -5,7 +5,6 @@ pub mod bench;
 pub mod card;
 pub mod check;
 pub mod cli;
-pub mod config;
 pub mod data;
 pub mod eval;
 pub mod fsx;

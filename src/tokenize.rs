@@ -1,11 +1,42 @@
-//! Text → padded token batches with the model's own `tokenizer.json`.
+//! Text → padded token batches ([`Batch`]) with the model's own `tokenizer.json`.
 
-use crate::model::Batch;
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
+
+/// One padded batch of token ids, ready for a forward pass.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[batch, seq]` u32 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` f32, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` u32 segment ids (BERT); zeros when `None`.
+    pub token_type_ids: Option<Tensor>,
+}
+
+impl Batch {
+    /// Builds a batch from rows already padded to one length.
+    pub fn from_rows(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &Device) -> Result<Batch> {
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        let flat_ids: Vec<u32> = ids.iter().flatten().copied().collect();
+        let flat_mask: Vec<f32> = mask.iter().flatten().map(|&m| m as f32).collect();
+        anyhow::ensure!(flat_ids.len() == b * s && flat_mask.len() == b * s, "rows of a batch must share one length");
+        Ok(Batch {
+            input_ids: Tensor::from_vec(flat_ids, (b, s), device)?,
+            attention_mask: Tensor::from_vec(flat_mask, (b, s), device)?,
+            token_type_ids: None,
+        })
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        let d = self.input_ids.dims();
+        (d[0], d[1])
+    }
+}
 
 /// A tokenizer configured for a model: truncation at its maximum length, padding per batch.
 pub struct TextEncoder {

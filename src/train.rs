@@ -1,11 +1,11 @@
 //! `emotune train`: fine-tuning with the Trainer's recipe (AdamW, linear schedule, dropout on,
 //! evaluation after every epoch) and a Hugging Face–layout output directory.
 
-use crate::config::ModelConfig;
 use crate::data::{self, DataSpec, Dataset};
 use crate::hub::ModelFiles;
 use crate::infer::{evaluate, text_encoder};
 use crate::metrics;
+use crate::model::ModelConfig;
 use crate::model::{cross_entropy, load_classifier, Dropout, LoadedModel};
 use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
 use crate::tokenize::{TextEncoder, Tokenized};

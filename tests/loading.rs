@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use emotune::config::ModelConfig;
+use emotune::model::ModelConfig;
 use emotune::model::{load_classifier, LoadedModel};
 use std::collections::HashMap;
 use std::path::Path;

@@ -5,11 +5,12 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use emotune::config::ModelConfig;
 use emotune::hub::ModelFiles;
 use emotune::infer::text_encoder;
-use emotune::model::{cross_entropy, load_classifier, Batch, Classifier, Dropout, LoadedModel};
+use emotune::model::ModelConfig;
+use emotune::model::{cross_entropy, load_classifier, Dropout, LoadedModel};
 use emotune::optim::{check_all_have_grads, AdamW, AdamWConfig, LinearSchedule};
+use emotune::tokenize::Batch;
 
 fn load_fixture(name: &str) -> (LoadedModel, Reference, ModelFiles) {
     let dir = fixture(name);
@@ -52,7 +53,7 @@ fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
 
 fn check_fixture(name: &str) {
     let (m, r, files) = load_fixture(name);
-    let with_types = m.config.model_type() == "bert";
+    let with_types = m.config.arch.uses_token_types();
     check_tokens(&m, &files, &r);
     let batch = reference_batch(&r, with_types);
     let y = labels(&r);
@@ -138,8 +139,8 @@ fn minilm_encoder_matches_pytorch() {
     let type_ids: Vec<Vec<u32>> = batch.token_type_ids.unwrap().to_vec2().unwrap();
     assert_eq!(type_ids, r.rows_u32("token_type_ids"));
     let batch = reference_batch(&r, true);
-    let Classifier::Bert(bert) = &m.model else { panic!("expected a BERT model") };
-    let (hidden, pooled) = bert.bert.forward(&batch, &Dropout::eval()).unwrap();
+    let encoded = m.model.encode(&batch, &Dropout::eval()).unwrap();
+    let (hidden, pooled) = (encoded.hidden, encoded.pooled.expect("BERT has a pooler"));
     let e_hidden = max_abs_diff(&hidden, r.get("last_hidden_state"));
     let e_pooled = max_abs_diff(&pooled, r.get("pooler_output"));
     println!("all-MiniLM-L6-v2: last_hidden_state max abs err {e_hidden:.3e}, pooler_output {e_pooled:.3e}");

@@ -1,12 +1,129 @@
-//! BERT (`modeling_bert.py`), also covering MiniLM-style checkpoints, with weights named as in
-//! the Hugging Face checkpoint: `bert.embeddings.*`, `bert.encoder.layer.{i}.*`,
-//! `bert.pooler.dense`, `classifier`.
+//! BERT (`modeling_bert.py`), also covering MiniLM-style checkpoints: its config, the encoder with
+//! its pooler and `BertForSequenceClassification`, with weights named as in the Hugging Face
+//! checkpoint: `bert.embeddings.*`, `bert.encoder.layer.{i}.*`, `bert.pooler.dense`, `classifier`.
 
-use super::{activate, attention_bias, layer, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
-use crate::config::{Activation, BertConfig};
+use super::arch::{check_heads, Architecture, Encoded, SequenceClassifier, Sizes};
+use super::layer;
+use super::nn::{activate, attention_bias, Activation, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
+use crate::tokenize::Batch;
 use crate::weights::WeightLoader;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// BERT's fields of `config.json`, with Transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default = "defaults::position_embedding_type")]
+    pub position_embedding_type: String,
+    /// Parsed from `hidden_act` (checked when the config is read).
+    #[serde(skip, default = "defaults::parsed_activation")]
+    act: Activation,
+}
+
+mod defaults {
+    pub fn hidden_act() -> String {
+        "gelu".into()
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
+    pub fn parsed_activation() -> super::Activation {
+        super::Activation::Gelu
+    }
+}
+
+/// Reads and checks a BERT `config.json` (the registry's entry point).
+pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
+    let mut c: BertConfig = serde_json::from_value(config.clone()).context("config.json: invalid BERT config")?;
+    if c.position_embedding_type != "absolute" {
+        bail!(
+            "config.json: position_embedding_type {:?} is not supported (only \"absolute\")",
+            c.position_embedding_type
+        );
+    }
+    c.act = Activation::parse(&c.hidden_act, "hidden_act")?;
+    check_heads(c.hidden_size, c.num_attention_heads)?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for BertConfig {
+    fn model_type(&self) -> &'static str {
+        "bert"
+    }
+
+    fn classifier_class(&self) -> &'static str {
+        "BertForSequenceClassification"
+    }
+
+    fn weight_prefix(&self) -> &'static str {
+        "bert."
+    }
+
+    fn uses_token_types(&self) -> bool {
+        true
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            max_positions: self.max_position_embeddings,
+        }
+    }
+
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+
+    fn activation(&self) -> Activation {
+        self.act
+    }
+
+    fn build(&self, wl: &mut WeightLoader, num_labels: usize) -> Result<Box<dyn SequenceClassifier>> {
+        Ok(Box::new(BertForSequenceClassification::load(wl, self, num_labels)?))
+    }
+
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+}
 
 pub struct BertLayer {
     attention: SelfAttention,
@@ -76,7 +193,7 @@ pub struct BertModel {
 
 impl BertModel {
     pub fn load(wl: &mut WeightLoader, c: &BertConfig) -> Result<Self> {
-        let activation = c.activation();
+        let activation = c.act;
         let d = c.hidden_size;
         let p = "bert";
         let word_embeddings = Embedding::load(wl, &format!("{p}.embeddings.word_embeddings"), c.vocab_size, d)?;
@@ -143,8 +260,15 @@ impl BertForSequenceClassification {
             dropout: c.classifier_dropout.unwrap_or(c.hidden_dropout_prob),
         })
     }
+}
 
-    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+impl SequenceClassifier for BertForSequenceClassification {
+    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        let (hidden, pooled) = self.bert.forward(batch, drop)?;
+        Ok(Encoded { hidden, pooled: Some(pooled) })
+    }
+
+    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
         let (_, pooled) = self.bert.forward(batch, drop)?;
         self.classifier.forward(&drop.apply(&pooled, self.dropout)?)
     }

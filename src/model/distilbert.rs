@@ -1,11 +1,140 @@
-//! DistilBERT (`modeling_distilbert.py`), with weights named as in the Hugging Face checkpoint:
+//! DistilBERT (`modeling_distilbert.py`): its config, the encoder and
+//! `DistilBertForSequenceClassification`, with weights named as in the Hugging Face checkpoint:
 //! `distilbert.embeddings.*`, `distilbert.transformer.layer.{i}.*`, `pre_classifier`, `classifier`.
 
-use super::{activate, attention_bias, layer, Batch, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
-use crate::config::{Activation, DistilBertConfig};
+use super::arch::{check_heads, Architecture, Encoded, SequenceClassifier, Sizes};
+use super::layer;
+use super::nn::{activate, attention_bias, Activation, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
+use crate::tokenize::Batch;
 use crate::weights::WeightLoader;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The `config.json` of `distilbert-base-uncased` (the shape `emotune bench` times by default);
+/// its weights are not part of emotune.
+pub const BASE_UNCASED_CONFIG: &str = r#"{
+  "activation": "gelu",
+  "architectures": ["DistilBertForMaskedLM"],
+  "attention_dropout": 0.1,
+  "dim": 768,
+  "dropout": 0.1,
+  "hidden_dim": 3072,
+  "initializer_range": 0.02,
+  "max_position_embeddings": 512,
+  "model_type": "distilbert",
+  "n_heads": 12,
+  "n_layers": 6,
+  "pad_token_id": 0,
+  "qa_dropout": 0.1,
+  "seq_classif_dropout": 0.2,
+  "sinusoidal_pos_embds": false,
+  "tie_weights_": true,
+  "transformers_version": "4.10.0.dev0",
+  "vocab_size": 30522
+}"#;
+
+/// DistilBERT's fields of `config.json`, with Transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DistilBertConfig {
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub hidden_dim: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_dropout: f64,
+    #[serde(default = "defaults::seq_classif_dropout")]
+    pub seq_classif_dropout: f64,
+    #[serde(default = "defaults::activation")]
+    pub activation: String,
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
+    /// Parsed from `activation` (checked when the config is read).
+    #[serde(skip, default = "defaults::parsed_activation")]
+    act: Activation,
+}
+
+mod defaults {
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn seq_classif_dropout() -> f64 {
+        0.2
+    }
+    pub fn activation() -> String {
+        "gelu".into()
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn parsed_activation() -> super::Activation {
+        super::Activation::Gelu
+    }
+}
+
+/// Reads and checks a DistilBERT `config.json` (the registry's entry point).
+pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
+    let mut c: DistilBertConfig =
+        serde_json::from_value(config.clone()).context("config.json: invalid DistilBERT config")?;
+    if c.sinusoidal_pos_embds {
+        bail!("config.json: sinusoidal_pos_embds=true is not supported");
+    }
+    c.act = Activation::parse(&c.activation, "activation")?;
+    check_heads(c.dim, c.n_heads)?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for DistilBertConfig {
+    fn model_type(&self) -> &'static str {
+        "distilbert"
+    }
+
+    fn classifier_class(&self) -> &'static str {
+        "DistilBertForSequenceClassification"
+    }
+
+    fn weight_prefix(&self) -> &'static str {
+        "distilbert."
+    }
+
+    fn uses_token_types(&self) -> bool {
+        false
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            vocab: self.vocab_size,
+            hidden: self.dim,
+            layers: self.n_layers,
+            heads: self.n_heads,
+            intermediate: self.hidden_dim,
+            max_positions: self.max_position_embeddings,
+        }
+    }
+
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+
+    fn activation(&self) -> Activation {
+        self.act
+    }
+
+    fn build(&self, wl: &mut WeightLoader, num_labels: usize) -> Result<Box<dyn SequenceClassifier>> {
+        Ok(Box::new(DistilBertForSequenceClassification::load(wl, self, num_labels)?))
+    }
+
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+}
 
 /// DistilBERT's LayerNorm epsilon is fixed in the reference code.
 const LN_EPS: f64 = 1e-12;
@@ -74,7 +203,7 @@ pub struct DistilBertModel {
 
 impl DistilBertModel {
     pub fn load(wl: &mut WeightLoader, c: &DistilBertConfig) -> Result<Self> {
-        let activation = c.activation();
+        let activation = c.act;
         let p = "distilbert";
         let word_embeddings = Embedding::load(wl, &format!("{p}.embeddings.word_embeddings"), c.vocab_size, c.dim)?;
         let position_embeddings =
@@ -123,12 +252,33 @@ impl DistilBertForSequenceClassification {
             seq_classif_dropout: c.seq_classif_dropout,
         })
     }
+}
 
-    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+impl SequenceClassifier for DistilBertForSequenceClassification {
+    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        Ok(Encoded { hidden: self.distilbert.forward(batch, drop)?, pooled: None })
+    }
+
+    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
         let hidden = self.distilbert.forward(batch, drop)?;
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pre_classifier.forward(&first)?.relu()?;
         let pooled = drop.apply(&pooled, self.seq_classif_dropout)?;
         self.classifier.forward(&pooled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built-in shape is the real `distilbert-base-uncased` config (its copy in the fixtures).
+    #[test]
+    fn built_in_base_config_is_the_real_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/distilbert-base-uncased.config.json");
+        let real: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ours: Value = serde_json::from_str(BASE_UNCASED_CONFIG).unwrap();
+        assert_eq!(ours, real);
     }
 }

@@ -19,11 +19,11 @@
 //! so the node's inputs are `x` and one of the layer's parameters (the last LayerNorm weight,
 //! which makes the node part of the graph whenever the layer is trained, even with frozen
 //! inputs); the other fifteen parameters' gradients are left on this thread for
-//! [`super::backward`], which adds them to the `GradStore` that `loss.backward()` returns.
-//! Always take gradients through [`super::backward`]: a bare `loss.backward()` misses them.
+//! [`backward`], which adds them to the `GradStore` that `loss.backward()` returns.
+//! Always take gradients through [`backward`]: a bare `loss.backward()` misses them.
 
 use super::kernels::{self, profile, AttentionOp};
-use super::{Dropout, LayerNorm, Linear, SelfAttention};
+use super::nn::{Activation, Dropout, LayerNorm, Linear, SelfAttention};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -50,17 +50,17 @@ pub struct LayerDropout {
 }
 
 /// True where [`encoder_layer`] applies: float32 on the CPU with the erf GELU.
-pub fn applies(x: &Tensor, activation: crate::config::Activation) -> bool {
-    kernels::applies(x) && activation == crate::config::Activation::Gelu
+pub fn applies(x: &Tensor, activation: Activation) -> bool {
+    kernels::applies(x) && activation == Activation::Gelu
 }
 
 thread_local! {
-    /// Parameter gradients left by the backward of the layers, for [`super::backward`].
+    /// Parameter gradients left by the backward of the layers, for [`backward`].
     static PENDING: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Takes the parameter gradients the layers' backward passes left on this thread.
-pub(super) fn take_pending_grads() -> Vec<(Tensor, Tensor)> {
+fn take_pending_grads() -> Vec<(Tensor, Tensor)> {
     PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
 }
 
@@ -344,11 +344,27 @@ impl CustomOp2 for EncoderLayerOp {
     }
 }
 
+/// The gradients of `loss` with respect to every parameter: `loss.backward()` plus the
+/// parameter gradients the fused encoder layers (this module) hand over outside candle's graph.
+/// Use this, never a bare `loss.backward()`, to train the models of this module.
+pub fn backward(loss: &Tensor) -> anyhow::Result<candle_core::backprop::GradStore> {
+    // Anything left by an earlier bare `backward()` on this thread is stale.
+    drop(take_pending_grads());
+    let mut grads = loss.backward()?;
+    for (param, g) in take_pending_grads() {
+        let total = match grads.remove(&param) {
+            Some(earlier) => (earlier + g)?,
+            None => g,
+        };
+        grads.insert(&param, total);
+    }
+    Ok(grads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Activation;
-    use crate::model::{activate, attention_bias};
+    use crate::model::nn::{activate, attention_bias};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -432,7 +448,7 @@ mod tests {
         let (e, i): (Vec<f32>, Vec<f32>) =
             (eval.flatten_all().unwrap().to_vec1().unwrap(), inference.flatten_all().unwrap().to_vec1().unwrap());
         assert!(e.iter().zip(&i).all(|(a, b)| a.to_bits() == b.to_bits()));
-        let err = super::super::backward(&inference.sum_all().unwrap()).unwrap_err().to_string();
+        let err = backward(&inference.sum_all().unwrap()).unwrap_err().to_string();
         assert!(err.contains("Dropout::inference"), "{err}");
     }
 
@@ -458,7 +474,7 @@ mod tests {
             let bias = attention_bias(&Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap()).unwrap();
 
             let y = encoder_layer(x.as_tensor(), &bias, &parts, p, &Dropout::train(9)).unwrap();
-            let fused = super::super::backward(&(&y * &r).unwrap().sum_all().unwrap()).unwrap();
+            let fused = backward(&(&y * &r).unwrap().sum_all().unwrap()).unwrap();
 
             let drop = Dropout::train(9);
             let a = attention.forward(x.as_tensor(), &bias, &drop).unwrap();

@@ -1,0 +1,67 @@
+//! The interface every architecture implements: the facts the rest of the crate needs about it
+//! (its `model_type`, Transformers class, weight prefix, sizes, token types, initialisation,
+//! activation) and how to build its sequence classifier. Each architecture is one file that
+//! implements [`Architecture`] for its parsed `config.json`, plus one line in
+//! [`super::registry`].
+
+use super::nn::{Activation, Dropout};
+use crate::tokenize::Batch;
+use crate::weights::WeightLoader;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+/// The shape of an encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// The feed-forward block's inner width.
+    pub intermediate: usize,
+    pub max_positions: usize,
+}
+
+/// One architecture's parsed `config.json`: what it is and how to build it.
+pub trait Architecture: std::fmt::Debug + Send + Sync {
+    /// `model_type` in `config.json` (`"distilbert"`).
+    fn model_type(&self) -> &'static str;
+    /// The Transformers class of its sequence classifier (`architectures` in a saved config).
+    fn classifier_class(&self) -> &'static str;
+    /// The prefix of the encoder's weight names (`"distilbert."`); checkpoints of a bare base
+    /// model store the names without it, and every name outside it belongs to the task head.
+    fn weight_prefix(&self) -> &'static str;
+    /// Whether the encoder reads segment ids (`token_type_ids`).
+    fn uses_token_types(&self) -> bool;
+    fn sizes(&self) -> Sizes;
+    /// The standard deviation of Transformers' `_init_weights` for new weights.
+    fn initializer_range(&self) -> f64;
+    fn activation(&self) -> Activation;
+    /// The sequence classifier with `num_labels` outputs, its weights taken from `wl`.
+    fn build(&self, wl: &mut WeightLoader, num_labels: usize) -> Result<Box<dyn SequenceClassifier>>;
+    fn clone_box(&self) -> Box<dyn Architecture>;
+}
+
+/// What an encoder computes for a batch.
+pub struct Encoded {
+    /// `last_hidden_state [batch, seq, hidden]`.
+    pub hidden: Tensor,
+    /// `pooler_output [batch, hidden]`, for architectures with a pooler.
+    pub pooled: Option<Tensor>,
+}
+
+/// A built classifier.
+pub trait SequenceClassifier: Send + Sync {
+    /// Logits `[batch, num_labels]`.
+    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor>;
+    /// The encoder's outputs, before the task head.
+    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded>;
+}
+
+/// Multi-head attention needs a width divisible by the number of heads.
+pub fn check_heads(hidden: usize, heads: usize) -> Result<()> {
+    if heads == 0 || hidden % heads != 0 {
+        bail!("config.json: hidden size {hidden} is not divisible by the number of heads {heads}");
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! A classifier loaded from a checkpoint (or drawn at random for speed work), with its config and
+//! the named parameters it was built from.
+
+use super::arch::SequenceClassifier;
+use super::config::ModelConfig;
+use crate::weights::{ParamStore, WeightLoader};
+use anyhow::Result;
+use candle_core::Device;
+use std::path::Path;
+
+/// A classifier with its config and the parameters it was built from.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub model: Box<dyn SequenceClassifier>,
+    pub params: ParamStore,
+}
+
+/// Builds the classifier described by `config` from the safetensors file `weights`.
+/// Base-model checkpoints (no head, or names without the architecture's weight prefix) load
+/// too; a missing head is initialised `N(0, initializer_range)` from `seed`.
+pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let prefix = config.arch.weight_prefix();
+    build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?)
+}
+
+/// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
+/// (for fine-tuning on a different label set).
+pub fn load_classifier_fresh_head(
+    config: ModelConfig,
+    weights: &Path,
+    seed: u64,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let prefix = config.arch.weight_prefix();
+    build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?.with_fresh_head())
+}
+
+/// A classifier of `config`'s shape with every weight drawn at random from `seed`, for speed
+/// work only (it has learned nothing).
+pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Result<LoadedModel> {
+    let wl = WeightLoader::random(config.arch.weight_prefix(), seed, config.arch.initializer_range(), device);
+    build_classifier(config, wl)
+}
+
+fn build_classifier(config: ModelConfig, mut wl: WeightLoader) -> Result<LoadedModel> {
+    let model = config.arch.build(&mut wl, config.num_labels())?;
+    Ok(LoadedModel { config, model, params: wl.finish()? })
+}
