@@ -1,10 +1,12 @@
 //! `emotune bench`: training-step and inference timings of a randomly initialised model of a
-//! given config's shape (DistilBERT-base by default), on synthetic batches.
+//! given config's shape (DistilBERT-base by default), on synthetic batches, with the seed
+//! recipe's optimiser settings.
 
-use crate::model::ModelConfig;
-use crate::model::{cross_entropy, random_classifier, Dropout, LoadedModel};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::model::kernels::profile;
+use crate::model::{cross_entropy, random_classifier, Dropout, LoadedModel, ModelConfig};
+use crate::optim::AdamW;
 use crate::tokenize::Batch;
+use crate::train::{TrainConfig, DEFAULT_MODEL};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -12,6 +14,34 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
+
+/// The labels of the benchmark's classification head (dair-ai/emotion's).
+const LABELS: [&str; 6] = ["sadness", "joy", "love", "anger", "fear", "surprise"];
+/// Seeds the random weights and dropout, as the seed recipe seeds training.
+const SEED: u64 = 42;
+
+/// The model shape to time: a parsed config and its text (for `--write-model`).
+pub struct Shape {
+    pub config: ModelConfig,
+    pub json: String,
+    /// Where the shape came from, for the README of a written model.
+    pub name: String,
+}
+
+impl Shape {
+    /// The config at `path`, or the built-in `distilbert-base-uncased` shape.
+    pub fn load(path: Option<&Path>) -> Result<Shape> {
+        let (json, name) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                (text, p.display().to_string())
+            }
+            None => (crate::model::distilbert::BASE_UNCASED_CONFIG.to_string(), DEFAULT_MODEL.to_string()),
+        };
+        let config = ModelConfig::from_json(&json).with_context(|| format!("in {name}"))?;
+        Ok(Shape { config, json, name })
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ShapeReport {
@@ -92,117 +122,118 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-pub fn run(
-    config_path: &Path,
-    opts: &BenchOptions,
-    device: &Device,
-    mut report: impl FnMut(&ShapeReport),
-) -> Result<()> {
-    let mut config = ModelConfig::load(config_path)?;
-    config.set_labels(["sadness", "joy", "love", "anger", "fear", "surprise"].map(String::from).to_vec());
+/// Times every shape of `opts` on a fresh random model, reporting each as it is done.
+pub fn run(shape: &Shape, opts: &BenchOptions, device: &Device, mut report: impl FnMut(&ShapeReport)) -> Result<()> {
+    let mut config = shape.config.clone();
+    config.set_labels(LABELS.map(String::from).to_vec());
     let vocab = config.arch.sizes().vocab;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for &seq in &opts.seqs {
         reset_peak_rss();
-        let m: LoadedModel = random_classifier(config.clone(), 42, device)?;
-        let mut opt = AdamW::new(m.params.iter(), AdamWConfig::default());
+        let m: LoadedModel = random_classifier(config.clone(), SEED, device)?;
         let batch = synthetic_batch(&mut rng, opts.batch, seq, vocab, device)?;
         let labels: Vec<u32> = (0..opts.batch).map(|_| rng.gen_range(0..config.num_labels() as u32)).collect();
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
-        let dropout = Dropout::train(42);
-        let (mut fwd, mut bwd, mut optim) = (Vec::new(), Vec::new(), Vec::new());
-        let mut kernels = Vec::new();
-        for i in 0..opts.warmup + opts.steps {
-            if i == opts.warmup {
-                crate::model::kernels::profile::enable(opts.profile);
-                crate::model::kernels::profile::take();
-            }
-            let t0 = Instant::now();
-            let loss = cross_entropy(&m.model.forward(&batch, &dropout)?, &labels, None)?;
-            let _: f32 = loss.to_scalar()?;
-            let t1 = Instant::now();
-            let grads = crate::model::backward(&loss)?;
-            let t2 = Instant::now();
-            opt.step(&grads, 2e-5)?;
-            drop(grads);
-            let t3 = Instant::now();
-            if i >= opts.warmup {
-                fwd.push((t1 - t0).as_secs_f64());
-                bwd.push((t2 - t1).as_secs_f64());
-                optim.push((t3 - t2).as_secs_f64());
-            }
-        }
-        if opts.profile {
-            crate::model::kernels::profile::enable(false);
-            let n = opts.steps.max(1) as f64;
-            kernels = crate::model::kernels::profile::take()
-                .into_iter()
-                .map(|(name, s, calls)| KernelTime {
-                    kernel: name.to_string(),
-                    seconds_per_step: s / n,
-                    calls_per_step: calls as f64 / n,
-                })
-                .collect();
-        }
-        let eval = Dropout::inference();
-        let mut eval_t = Vec::new();
-        for i in 0..opts.warmup + opts.steps {
-            let t0 = Instant::now();
-            let _: Vec<Vec<f32>> = m.model.forward(&batch, &eval)?.to_vec2()?;
-            if i >= opts.warmup {
-                eval_t.push(t0.elapsed().as_secs_f64());
-            }
-        }
+        let train = time_training(&m, &batch, &labels, opts)?;
+        let eval_forward_s = median(time_forward(&m, &batch, opts.warmup, opts.steps)?);
         let one = synthetic_batch(&mut rng, 1, seq, vocab, device)?;
-        let mut one_t = Vec::new();
-        for i in 0..opts.warmup + opts.steps.max(5) {
-            let t0 = Instant::now();
-            let _: Vec<Vec<f32>> = m.model.forward(&one, &eval)?.to_vec2()?;
-            if i >= opts.warmup {
-                one_t.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        let steps: Vec<f64> = fwd.iter().zip(&bwd).zip(&optim).map(|((a, b), c)| a + b + c).collect();
-        let eval_forward_s = median(eval_t);
+        let one_text_latency_s = median(time_forward(&m, &one, opts.warmup, opts.steps.max(5))?);
+        let steps: Vec<f64> = train.fwd.iter().zip(&train.bwd).zip(&train.optim).map(|((a, b), c)| a + b + c).collect();
         report(&ShapeReport {
             batch: opts.batch,
             seq,
             train_step_s: median(steps),
-            forward_s: median(fwd),
-            backward_s: median(bwd),
-            optimizer_s: median(optim),
+            forward_s: median(train.fwd),
+            backward_s: median(train.bwd),
+            optimizer_s: median(train.optim),
             eval_forward_s,
             predict_texts_per_s: opts.batch as f64 / eval_forward_s,
-            one_text_latency_s: median(one_t),
+            one_text_latency_s,
             peak_rss_mb: peak_rss_mb(),
             steps: opts.steps,
-            kernels,
+            kernels: train.kernels,
         });
     }
     Ok(())
 }
 
-/// Writes a base-model directory (encoder, no task head) of `config_path`'s shape with random
-/// weights (seed 42) and the tokenizer files of `tokenizer` (a directory or Hub id), for timing
-/// whole training runs. The README it writes says that the weights are random.
-pub fn write_random_model(config_path: &Path, tokenizer: &str, dir: &Path) -> Result<()> {
-    let config = ModelConfig::load(config_path)?;
-    let model = random_classifier(config, 42, &Device::Cpu)?;
-    let source = crate::hub::ModelFiles::resolve(tokenizer)?.source;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let raw = std::fs::read(config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    crate::fsx::write_atomic(&dir.join("config.json"), &raw)?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
-        if let Some(src) = source.get_optional(name)? {
-            let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            crate::fsx::write_atomic(&dir.join(name), &bytes)?;
+/// Seconds of each measured training step's parts, and the kernel profile when asked for.
+struct TrainTimes {
+    fwd: Vec<f64>,
+    bwd: Vec<f64>,
+    optim: Vec<f64>,
+    kernels: Vec<KernelTime>,
+}
+
+/// Training steps (dropout on, AdamW with the seed recipe's settings) on one batch.
+fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOptions) -> Result<TrainTimes> {
+    let recipe = TrainConfig::seed_recipe(DEFAULT_MODEL, Default::default());
+    let mut opt = AdamW::new(m.params.iter(), recipe.adamw());
+    let dropout = Dropout::train(SEED);
+    let mut t = TrainTimes { fwd: Vec::new(), bwd: Vec::new(), optim: Vec::new(), kernels: Vec::new() };
+    for i in 0..opts.warmup + opts.steps {
+        if i == opts.warmup {
+            profile::enable(opts.profile);
+            profile::take();
+        }
+        let t0 = Instant::now();
+        let loss = cross_entropy(&m.model.forward(batch, &dropout)?, labels, None)?;
+        let _: f32 = loss.to_scalar()?;
+        let t1 = Instant::now();
+        let grads = crate::model::backward(&loss)?;
+        let t2 = Instant::now();
+        opt.step(&grads, recipe.learning_rate)?;
+        drop(grads);
+        let t3 = Instant::now();
+        if i >= opts.warmup {
+            t.fwd.push((t1 - t0).as_secs_f64());
+            t.bwd.push((t2 - t1).as_secs_f64());
+            t.optim.push((t3 - t2).as_secs_f64());
         }
     }
+    if opts.profile {
+        profile::enable(false);
+        let n = opts.steps.max(1) as f64;
+        t.kernels = profile::take()
+            .into_iter()
+            .map(|(name, s, calls)| KernelTime {
+                kernel: name.to_string(),
+                seconds_per_step: s / n,
+                calls_per_step: calls as f64 / n,
+            })
+            .collect();
+    }
+    Ok(t)
+}
+
+/// Seconds of each of `runs` inference forward passes (after `warmup` unmeasured ones).
+fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> Result<Vec<f64>> {
+    let eval = Dropout::inference();
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let t0 = Instant::now();
+        let _: Vec<Vec<f32>> = m.model.forward(batch, &eval)?.to_vec2()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// Writes a base-model directory (encoder, no task head) of `shape` with random weights and
+/// the tokenizer files of `tokenizer` (a directory or Hub id), for timing whole training runs.
+/// The README it writes says that the weights are random.
+pub fn write_random_model(shape: &Shape, tokenizer: &str, dir: &Path) -> Result<()> {
+    let model = random_classifier(shape.config.clone(), SEED, &Device::Cpu)?;
+    let source = crate::hub::ModelFiles::resolve(tokenizer)?.source;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsx::write_atomic(&dir.join("config.json"), shape.json.as_bytes())?;
+    crate::hub::copy_tokenizer_files(&source, dir)?;
     let readme = format!(
         "# Random weights (speed work only)\n\nWritten by `emotune bench --write-model`: the shape of `{}`, every \
-         weight drawn at random (seed 42), tokenizer from `{tokenizer}`. It has learned nothing; use it to time \
+         weight drawn at random (seed {SEED}), tokenizer from `{tokenizer}`. It has learned nothing; use it to time \
          training, never as a pretrained model.\n",
-        config_path.display()
+        shape.name
     );
     crate::fsx::write_atomic(&dir.join("README.md"), readme.as_bytes())?;
     // The encoder only, as a pretrained base checkpoint ships: `train` adds a head for its labels.

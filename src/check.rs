@@ -6,7 +6,7 @@
 //! imbalance, texts longer than the model's maximum length.
 
 use crate::data::{self, DataSpec, Dataset, RowProblem};
-use crate::infer::clip;
+use crate::display::clip;
 use crate::tokenize::TextEncoder;
 use anyhow::Result;
 use serde::Serialize;

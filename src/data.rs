@@ -7,6 +7,7 @@
 use crate::hub::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::{Array, RecordBatch};
+use clap::builder::ArgPredicate;
 use hf_hub::RepoType;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -39,6 +40,11 @@ impl Split {
 
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
+    }
+
+    /// The texts, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.examples.iter().map(|e| e.text.as_str()).collect()
     }
 
     /// `file:line` of example `i`.
@@ -116,19 +122,53 @@ impl Sink {
     }
 }
 
-/// What to read and how.
-#[derive(Debug, Clone, Default)]
+/// The dataset the commands read unless told otherwise.
+pub const DEFAULT_DATASET: &str = "dair-ai/emotion";
+
+/// What to read and how (the data flags of `train`, `eval` and `check-data`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct DataSpec {
-    /// A Hub dataset id or a local directory (files named `train.*`, `validation.*`, `test.*`).
+    /// A Hub dataset id or a directory with train.*/validation.*/test.* files (no default when
+    /// --train is given).
+    #[arg(long, default_value = DEFAULT_DATASET, default_value_if("train", ArgPredicate::IsPresent, None))]
     pub dataset: Option<String>,
-    /// Explicit files for each split; they override what `dataset` provides.
+    /// Training file (parquet, csv, tsv, jsonl, or `text;label` lines); overrides the dataset's.
+    #[arg(long)]
     pub train: Option<PathBuf>,
+    /// Validation file.
+    #[arg(long)]
     pub validation: Option<PathBuf>,
+    /// Test file.
+    #[arg(long)]
     pub test: Option<PathBuf>,
+    /// Column (or JSON field) holding the text.
+    #[arg(long, default_value = "text")]
     pub text_column: String,
+    /// Column (or JSON field) holding the label (a name or an integer id).
+    #[arg(long, default_value = "label")]
     pub label_column: String,
-    /// Label names in id order; integer labels index into them, string labels must be among them.
+    /// Label names in id order, comma-separated (default: the dataset's ClassLabel names, else
+    /// the sorted distinct names). Integer labels index into them; named labels must be among them.
+    #[arg(long, value_delimiter = ',')]
     pub label_names: Option<Vec<String>>,
+}
+
+/// A dataset split, by its canonical name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitName {
+    Train,
+    Validation,
+    Test,
+}
+
+impl SplitName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Validation => "validation",
+            SplitName::Test => "test",
+        }
+    }
 }
 
 /// The canonical split of a file or directory name (`train`, `validation`, `test`).

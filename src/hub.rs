@@ -179,6 +179,21 @@ pub fn cache_dir() -> PathBuf {
     Cache::from_env().path().clone()
 }
 
+/// The tokenizer files a model directory carries, when its source has them.
+pub const TOKENIZER_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
+
+/// Copies the [`TOKENIZER_FILES`] that `source` has into `dir` (each written atomically).
+pub fn copy_tokenizer_files(source: &Source, dir: &Path) -> Result<()> {
+    for name in TOKENIZER_FILES {
+        if let Some(src) = source.get_optional(name)? {
+            let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            crate::fsx::write_atomic(&dir.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// The files that make up a model checkpoint.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
@@ -192,7 +207,18 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Resolves `spec` (a directory or a Hub id) to its config, tokenizer and weights.
     pub fn resolve(spec: &str) -> Result<ModelFiles> {
-        let source = Source::parse(spec, RepoType::Model)?;
+        Self::from_source(Source::parse(spec, RepoType::Model)?)
+    }
+
+    /// The model files in directory `dir` (any path, UTF-8 or not).
+    pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
+        if !dir.is_dir() {
+            bail!("{}: no such directory", dir.display());
+        }
+        Self::from_source(Source::Dir(dir.to_path_buf()))
+    }
+
+    fn from_source(source: Source) -> Result<ModelFiles> {
         let config = source.get("config.json")?;
         let tokenizer = source.get("tokenizer.json")?;
         let tokenizer_config = source.get_optional("tokenizer_config.json")?;

@@ -16,12 +16,6 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
-    }
-}
-
 /// Transformers' Trainer exempts biases and LayerNorm weights from weight decay.
 pub fn decays(name: &str) -> bool {
     let lname = name.to_ascii_lowercase();
@@ -37,6 +31,9 @@ pub struct LinearSchedule {
 }
 
 impl LinearSchedule {
+    /// Transformers' name of this schedule (`lr_scheduler_type`).
+    pub const NAME: &'static str = "linear";
+
     /// The learning rate of the optimiser step with 0-based index `step`.
     pub fn lr(&self, step: usize) -> f64 {
         let factor = if step < self.warmup_steps {
@@ -79,10 +76,6 @@ impl AdamW {
             })
             .collect();
         AdamW { cfg, slots, step: 0 }
-    }
-
-    pub fn steps_taken(&self) -> u64 {
-        self.step
     }
 
     /// One update with learning rate `lr`. Every parameter must have a gradient in `grads`.

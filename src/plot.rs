@@ -1,7 +1,7 @@
 //! PNG charts with `plotters`: the confusion matrix. Text uses the bundled DejaVu Sans Mono,
 //! so nothing depends on the fonts a machine has.
 
-use crate::infer::clip;
+use crate::display::clip;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;

@@ -12,6 +12,10 @@ use emotune::model::{cross_entropy, load_classifier, Dropout, LoadedModel};
 use emotune::optim::{check_all_have_grads, AdamW, AdamWConfig, LinearSchedule};
 use emotune::tokenize::Batch;
 
+/// The optimiser of the fixtures' 3 reference steps (their README): betas 0.9/0.999, eps 1e-8,
+/// no weight decay.
+const REFERENCE_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+
 fn load_fixture(name: &str) -> (LoadedModel, Reference, ModelFiles) {
     let dir = fixture(name);
     let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
@@ -90,7 +94,7 @@ fn check_fixture(name: &str) {
     // Three AdamW steps on the same batch, lr 1e-3 decaying linearly to 0 over 3 steps.
     let (m, _, _) = load_fixture(name);
     let sched = LinearSchedule { peak_lr: 1e-3, warmup_steps: 0, total_steps: 3 };
-    let mut opt = AdamW::new(m.params.iter(), AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW);
     let ref_losses: Vec<f32> = r.get("step_losses").to_vec1().unwrap();
     let mut max_step_loss_err = 0f32;
     for (step, ref_loss) in ref_losses.iter().enumerate() {
@@ -170,7 +174,7 @@ fn gradient_clipping_matches_clip_grad_norm() {
     let name = "classifier.weight";
     let p0: Vec<f32> = m.params.get(name).unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
     let g: Vec<f32> = r.get(&format!("grad.{name}")).flatten_all().unwrap().to_vec1().unwrap();
-    let mut opt = AdamW::new(m.params.iter(), AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW);
     let max_norm = ref_norm / 4.0;
     let norm = opt.step_with_clipping(&grads, 1e-3, Some(max_norm)).unwrap();
     assert!((norm - ref_norm).abs() <= 1e-4 * ref_norm, "norm {norm} vs PyTorch's gradients {ref_norm}");
@@ -187,7 +191,7 @@ fn gradient_clipping_matches_clip_grad_norm() {
     for (model, clip) in [(&a, Some(1e9)), (&b, None)] {
         let logits = model.model.forward(&batch, &Dropout::eval()).unwrap();
         let grads = emotune::model::backward(&cross_entropy(&logits, &labels(&r), None).unwrap()).unwrap();
-        let mut opt = AdamW::new(model.params.iter(), AdamWConfig::default());
+        let mut opt = AdamW::new(model.params.iter(), REFERENCE_ADAMW);
         opt.step_with_clipping(&grads, 1e-3, clip).unwrap();
     }
     for (n, v) in a.params.iter() {

@@ -242,8 +242,7 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· add + LayerNorm 2");
         let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
+            *crate::sync::lock(&self.saved) = Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -256,7 +255,7 @@ impl CustomOp2 for EncoderLayerOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
-        let Some(sv) = self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(sv) = crate::sync::lock(&self.saved).clone() else {
             bail!("encoder layer: no activations kept for a backward pass (forward run with Dropout::inference)");
         };
         let (b, s, d, ffn) = self.dims;

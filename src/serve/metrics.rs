@@ -57,46 +57,36 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn observe_request(&self, endpoint: &str, status: u16, took: Duration) {
-        *self.requests.lock().expect("metrics lock").entry((endpoint.to_string(), status)).or_default() += 1;
-        self.latency.lock().expect("metrics lock").observe(LATENCY_BUCKETS, took.as_secs_f64());
+        *crate::sync::lock(&self.requests).entry((endpoint.to_string(), status)).or_default() += 1;
+        crate::sync::lock(&self.latency).observe(LATENCY_BUCKETS, took.as_secs_f64());
     }
 
     pub fn observe_batch(&self, inputs: usize, requests: usize) {
         self.batches.fetch_add(1, Ordering::SeqCst);
-        self.batch_inputs.lock().expect("metrics lock").observe(BATCH_BUCKETS, inputs as f64);
-        self.batch_requests.lock().expect("metrics lock").observe(BATCH_BUCKETS, requests as f64);
+        crate::sync::lock(&self.batch_inputs).observe(BATCH_BUCKETS, inputs as f64);
+        crate::sync::lock(&self.batch_requests).observe(BATCH_BUCKETS, requests as f64);
     }
 
     pub fn observe_inference(&self, took: Duration) {
-        self.inference.lock().expect("metrics lock").observe(LATENCY_BUCKETS, took.as_secs_f64());
+        crate::sync::lock(&self.inference).observe(LATENCY_BUCKETS, took.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str("# HELP emotune_requests_total Requests by endpoint and status code.\n# TYPE emotune_requests_total counter\n");
-        for ((ep, status), n) in self.requests.lock().expect("metrics lock").iter() {
+        for ((ep, status), n) in crate::sync::lock(&self.requests).iter() {
             let _ = writeln!(s, "emotune_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {n}");
         }
         s.push_str("# HELP emotune_request_duration_seconds Time from request to response.\n# TYPE emotune_request_duration_seconds histogram\n");
-        self.latency.lock().expect("metrics lock").render(
-            &mut s,
-            "emotune_request_duration_seconds",
-            "",
-            LATENCY_BUCKETS,
-        );
+        crate::sync::lock(&self.latency).render(&mut s, "emotune_request_duration_seconds", "", LATENCY_BUCKETS);
         s.push_str("# HELP emotune_batch_inputs Inputs per forward batch.\n# TYPE emotune_batch_inputs histogram\n");
-        self.batch_inputs.lock().expect("metrics lock").render(&mut s, "emotune_batch_inputs", "", BATCH_BUCKETS);
+        crate::sync::lock(&self.batch_inputs).render(&mut s, "emotune_batch_inputs", "", BATCH_BUCKETS);
         s.push_str(
             "# HELP emotune_batch_requests Requests merged into one batch.\n# TYPE emotune_batch_requests histogram\n",
         );
-        self.batch_requests.lock().expect("metrics lock").render(&mut s, "emotune_batch_requests", "", BATCH_BUCKETS);
+        crate::sync::lock(&self.batch_requests).render(&mut s, "emotune_batch_requests", "", BATCH_BUCKETS);
         s.push_str("# HELP emotune_inference_duration_seconds Forward time per batch.\n# TYPE emotune_inference_duration_seconds histogram\n");
-        self.inference.lock().expect("metrics lock").render(
-            &mut s,
-            "emotune_inference_duration_seconds",
-            "",
-            LATENCY_BUCKETS,
-        );
+        crate::sync::lock(&self.inference).render(&mut s, "emotune_inference_duration_seconds", "", LATENCY_BUCKETS);
         let _ = writeln!(s, "# HELP emotune_batches_total Forward batches run.\n# TYPE emotune_batches_total counter\nemotune_batches_total {}", self.batches.load(Ordering::SeqCst));
         let _ = writeln!(s, "# HELP emotune_queue_depth Requests waiting for a worker.\n# TYPE emotune_queue_depth gauge\nemotune_queue_depth {}", self.queue_depth.load(Ordering::SeqCst));
         s

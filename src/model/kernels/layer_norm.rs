@@ -284,7 +284,7 @@ impl CustomOp3 for AddLayerNormOp {
         }
         let mask = self.mask.as_deref().map(Vec::as_slice);
         let (y, z) = add_layer_norm_rows(h, r, mask, self.keep_scale, wb.split_at(d), self.eps);
-        *self.sum.lock().expect("add_layer_norm stash") = Some(z);
+        *crate::sync::lock(&self.sum) = Some(z);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -296,7 +296,7 @@ impl CustomOp3 for AddLayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stashed = self.sum.lock().expect("add_layer_norm stash").take();
+        let stashed = crate::sync::lock(&self.sum).take();
         let z = match stashed {
             Some(z) => Tensor::from_vec(z, h.shape(), h.device())?,
             // a second backward pass over the same graph: recompute dropout(h) + residual

@@ -14,7 +14,7 @@ pub fn enable(on: bool) {
 
 /// Seconds and calls per kernel name since the last `take`, in first-seen order; resets.
 pub fn take() -> Vec<(&'static str, f64, u64)> {
-    std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|e| e.into_inner()))
+    std::mem::take(&mut *crate::sync::lock(&TOTALS))
 }
 
 /// Adds the time from its creation to its drop to `name`'s total, when profiling is on.
@@ -41,7 +41,7 @@ impl Drop for Span {
     fn drop(&mut self) {
         if let Some((name, t0)) = self.0 {
             let dt = t0.elapsed().as_secs_f64();
-            let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+            let mut totals = crate::sync::lock(&TOTALS);
             match totals.iter_mut().find(|(n, _, _)| *n == name) {
                 Some(entry) => {
                     entry.1 += dt;

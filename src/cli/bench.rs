@@ -1,0 +1,105 @@
+//! `emotune bench`.
+
+use crate::bench::{BenchOptions, KernelTime, ShapeReport};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The model shape (a config.json; default: distilbert-base-uncased's, built in). Weights
+    /// are random.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Tokens per row; repeat for several shapes (default: 24, 40, 64, 87).
+    #[arg(long)]
+    pub seq: Vec<usize>,
+    /// Measured steps per shape (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Unmeasured warm-up steps per shape.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// One JSON object per shape instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also report the time per training step spent in each fused kernel, and what the forward
+    /// and backward spend outside them (autograd bookkeeping, candle's own ops).
+    #[arg(long)]
+    pub profile: bool,
+    /// Instead of measuring, write a randomly initialised model of --config's shape to this
+    /// directory (with --tokenizer's tokenizer files), to time whole training runs with
+    /// `emotune train --model DIR`. Its weights have learned nothing.
+    #[arg(long, value_name = "DIR")]
+    pub write_model: Option<PathBuf>,
+    /// Where --write-model takes the tokenizer from (a model directory or Hub id).
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2", requires = "write_model")]
+    pub tokenizer: String,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let shape = crate::bench::Shape::load(args.config.as_deref())?;
+    if let Some(dir) = &args.write_model {
+        crate::bench::write_random_model(&shape, &args.tokenizer, dir)?;
+        println!("wrote a randomly initialised model (speed work only) to {}", dir.display());
+        return Ok(());
+    }
+    let seqs = if args.seq.is_empty() { vec![24, 40, 64, 87] } else { args.seq.clone() };
+    if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
+        bail!("--batch, --seq and --steps must be at least 1");
+    }
+    let opts = BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup, profile: args.profile };
+    if !args.json {
+        println!(
+            "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",
+            "batch", "seq", "step s", "fwd s", "bwd s", "optim s", "eval s", "texts/s", "1-text ms", "peak MB"
+        );
+    }
+    crate::bench::run(&shape, &opts, &crate::device::select()?, |r| {
+        if args.json {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
+        } else {
+            print_row(r);
+        }
+    })
+}
+
+fn print_row(r: &ShapeReport) {
+    println!(
+        "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>10.1} | {:>8.0}",
+        r.batch,
+        r.seq,
+        r.train_step_s,
+        r.forward_s,
+        r.backward_s,
+        r.optimizer_s,
+        r.eval_forward_s,
+        r.predict_texts_per_s,
+        r.one_text_latency_s * 1e3,
+        r.peak_rss_mb
+    );
+    if !r.kernels.is_empty() {
+        print_kernel_profile(r);
+    }
+}
+
+fn print_kernel_profile(r: &ShapeReport) {
+    let in_backward = |k: &KernelTime| k.kernel.ends_with("-backward");
+    // Sections within a kernel (named "· ...") are already inside their kernel's time.
+    let sum = |bwd: bool| {
+        r.kernels
+            .iter()
+            .filter(|k| in_backward(k) == bwd && !k.kernel.starts_with('·'))
+            .map(|k| k.seconds_per_step)
+            .sum::<f64>()
+    };
+    println!("      {:<32} {:>9} {:>7}", "kernel (per training step)", "s", "calls");
+    for k in &r.kernels {
+        println!("      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step);
+    }
+    println!("      {:<32} {:>9.3}", "forward outside kernels", r.forward_s - sum(false));
+    println!("      {:<32} {:>9.3}", "backward outside kernels", r.backward_s - sum(true));
+}

@@ -1,0 +1,45 @@
+//! `emotune check-data`.
+
+use crate::data::DataSpec;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct CheckDataArgs {
+    #[command(flatten)]
+    pub data: DataSpec,
+    /// A model whose tokenizer measures the texts (token-length distribution, rows over its
+    /// maximum length).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Maximum length to check against (default: the model's).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// How many instances of each problem to list.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Write the whole report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: CheckDataArgs) -> Result<()> {
+    let encoder = match &args.model {
+        Some(m) => Some(crate::infer::load_text_encoder(m, args.max_length)?),
+        None => None,
+    };
+    let report = crate::check::run(&args.data, encoder.as_ref())?;
+    print!("{}", crate::check::format_report(&report, args.limit));
+    if encoder.is_none() {
+        println!("(pass --model to measure token lengths against a model's maximum length)");
+    }
+    if let Some(path) = &args.json {
+        crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
+        println!("report saved to {}", path.display());
+    }
+    if report.error_count() > 0 {
+        bail!("{} data error(s) found", report.error_count());
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `emotune eval`.
+
+use crate::data::{DataSpec, SplitName};
+use crate::eval::EvalOptions;
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A model directory or a Hub id of a text-classification model.
+    #[arg(long, short)]
+    pub model: String,
+    #[command(flatten)]
+    pub data: DataSpec,
+    /// Which split to evaluate.
+    #[arg(long, value_enum, default_value_t = SplitName::Validation)]
+    pub split: SplitName,
+    /// Evaluate this one file instead of a split of --dataset.
+    #[arg(long, conflicts_with_all = ["dataset", "train", "validation", "test"])]
+    pub file: Option<PathBuf>,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// How many of the highest-loss examples to list.
+    #[arg(long, default_value_t = 10)]
+    pub top_losses: usize,
+    /// Where to save the confusion matrix as a PNG.
+    #[arg(long, default_value = "confusion_matrix.png")]
+    pub plot: PathBuf,
+    /// Write the whole report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let (spec, split) = match &args.file {
+        // One file is read as the test split of a dataset of its own.
+        Some(f) => (DataSpec { dataset: None, test: Some(f.clone()), ..args.data.clone() }, SplitName::Test),
+        None => (args.data.clone(), args.split),
+    };
+    let opts = EvalOptions {
+        split,
+        batch_size: args.batch_size,
+        limit: args.limit,
+        top_losses: args.top_losses,
+        max_length: args.max_length,
+    };
+    let report = crate::eval::run(&args.model, &spec, &opts, &crate::device::select()?)?;
+    print!("{}", crate::eval::format_report(&report));
+    let title = format!("{} · {} ({})", report.split, report.data, report.examples);
+    crate::plot::confusion_matrix_png(&args.plot, &report.labels, &report.metrics.confusion, &title)?;
+    println!("\nconfusion matrix saved to {}", args.plot.display());
+    if let Some(path) = &args.json {
+        crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
+        println!("report saved to {}", path.display());
+    }
+    Ok(())
+}

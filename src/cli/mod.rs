@@ -1,0 +1,77 @@
+//! The `emotune` command line: one file per command, each with its flags and what it runs.
+//! Flags shared by several commands are groups flattened into them ([`crate::data::DataSpec`],
+//! [`crate::train::TrainConfig`]), so every default is written once.
+
+mod bench;
+mod check_data;
+mod eval;
+mod predict;
+mod serve;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "emotune", version, about = "Fine-tune, evaluate and serve emotion classifiers")]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Classify texts given as arguments; prints one JSON line per text.
+    Predict(predict::PredictArgs),
+    /// Fine-tune a model on a labelled dataset (defaults: the seed recipe).
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a model on a labelled split: scores, per-class report, confusion matrix, worst examples.
+    Eval(eval::EvalArgs),
+    /// Check a dataset's integrity: label counts, unusable rows, conflicting labels, leakage,
+    /// duplicates, control characters, token lengths. Exits 1 when it finds errors.
+    CheckData(check_data::CheckDataArgs),
+    /// Serve a model over HTTP (text-embeddings-inference's /predict API, batching, metrics, a page).
+    Serve(serve::ServeArgs),
+    /// Time training steps and inference of a randomly initialised model (speed work only).
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let env = env_logger::Env::default().default_filter_or(format!("emotune={level},warn"));
+    let _ = env_logger::Builder::from_env(env).format_timestamp(None).try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Predict(args) => predict::run(args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::CheckData(args) => check_data::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

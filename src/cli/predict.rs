@@ -1,0 +1,141 @@
+//! `emotune predict`.
+
+use crate::data::InputText;
+use crate::infer::output::{format_predictions_table, prediction_json, ranked_json};
+use crate::infer::{Prediction, Predictor};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A model directory or a Hub id of a text-classification model.
+    #[arg(long, short)]
+    pub model: String,
+    /// Texts to classify (default: --input, else the lines of standard input).
+    pub texts: Vec<String>,
+    /// Read texts from a file: one per line (.txt), JSON lines (.jsonl), CSV/TSV with a header
+    /// or parquet.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// The JSON field or CSV/parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Output: a table on a terminal, JSON lines otherwise (auto), or either explicitly.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+    pub format: OutputFormat,
+    /// Also give the N most probable labels, ranked.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Give every label, ranked (as --top-k with all labels).
+    #[arg(long)]
+    pub all_scores: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Also print the raw logits (`"logits": [...]`, in label-id order).
+    #[arg(long)]
+    pub logits: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Auto,
+    Table,
+    Jsonl,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let inputs = read_inputs(&args)?;
+    let predictor = Predictor::load(&args.model, args.max_length, &crate::device::select()?)?;
+    let valid: Vec<&str> = inputs.iter().filter(|t| !is_empty(t)).map(|t| t.text.as_str()).collect();
+    let preds = predictor.predict(&valid, args.batch_size)?;
+    let truncated = preds.iter().filter(|p| p.truncated).count();
+    if truncated > 0 {
+        let max = predictor.encoder.max_length();
+        log::warn!("{truncated} text(s) were longer than {max} tokens and were truncated to it");
+    }
+    let mut preds = preds.iter();
+    let rows: Vec<(&InputText, Option<&Prediction>)> =
+        inputs.iter().map(|t| (t, if is_empty(t) { None } else { preds.next() })).collect();
+    write_output(&args, &rows, predictor.labels())?;
+    let empty: Vec<String> = inputs.iter().filter(|t| is_empty(t)).map(|t| where_(&args, t.line)).collect();
+    if !empty.is_empty() {
+        let more = if empty.len() > 10 { ", ..." } else { "" };
+        bail!(
+            "{} empty text(s) could not be classified: {}{more}",
+            empty.len(),
+            empty[..empty.len().min(10)].join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn is_empty(t: &InputText) -> bool {
+    t.text.trim().is_empty()
+}
+
+/// The texts from the arguments, `--input` or standard input.
+fn read_inputs(args: &PredictArgs) -> Result<Vec<InputText>> {
+    match (&args.input, args.texts.is_empty()) {
+        (Some(_), false) => bail!("give texts as arguments or --input, not both"),
+        (Some(path), true) => crate::data::read_texts(path, &args.text_column),
+        (None, false) => {
+            Ok(args.texts.iter().enumerate().map(|(i, t)| InputText { line: i + 1, text: t.clone() }).collect())
+        }
+        (None, true) => {
+            if std::io::stdin().is_terminal() {
+                bail!("no texts: give them as arguments, with --input FILE, or on standard input");
+            }
+            crate::data::read_stdin_texts()
+        }
+    }
+}
+
+/// Where input `line` came from, for messages.
+fn where_(args: &PredictArgs, line: usize) -> String {
+    match &args.input {
+        Some(p) => format!("{}:{line}", p.display()),
+        None if args.texts.is_empty() => format!("<stdin>:{line}"),
+        None => format!("text {line}"),
+    }
+}
+
+/// A table or JSON lines on standard output (`None`: an empty input).
+fn write_output(args: &PredictArgs, rows: &[(&InputText, Option<&Prediction>)], labels: &[String]) -> Result<()> {
+    let top_k = if args.all_scores { Some(labels.len()) } else { args.top_k };
+    let table = match args.format {
+        OutputFormat::Table => true,
+        OutputFormat::Jsonl => false,
+        OutputFormat::Auto => std::io::stdout().is_terminal(),
+    };
+    let mut out = std::io::stdout().lock();
+    if table {
+        write!(out, "{}", format_predictions_table(rows, labels, top_k))?;
+        return Ok(());
+    }
+    for (input, p) in rows {
+        let line = match p {
+            Some(p) => {
+                let mut line = prediction_json(&input.text, p, labels);
+                if let Some(k) = top_k {
+                    line["top"] = ranked_json(p, labels, k);
+                }
+                if args.logits {
+                    line["logits"] = serde_json::json!(p.logits);
+                }
+                line
+            }
+            None => serde_json::json!({"text": input.text, "line": input.line, "error": "empty text"}),
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    Ok(())
+}

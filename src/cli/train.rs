@@ -1,0 +1,162 @@
+//! `emotune train`.
+
+use crate::data::DataSpec;
+use crate::display::last_segment;
+use crate::infer::{output::prediction_json, Predictor};
+use crate::train::{format_table, RunControl, TrainConfig, TrainOutcome};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub recipe: TrainConfig,
+    #[command(flatten)]
+    pub data: DataSpec,
+    /// Where to write the fine-tuned model (default: <model>-finetuned-<dataset>).
+    #[arg(long, short)]
+    pub output_dir: Option<PathBuf>,
+    /// After training, classify these texts with the new model (repeatable).
+    #[arg(long = "predict")]
+    pub predict: Vec<String>,
+    /// Continue from a checkpoint: the given one, or the newest in --output-dir.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    pub resume: Option<Option<PathBuf>>,
+    /// Test hook: behave as if interrupted right after this step.
+    #[arg(long, hide = true)]
+    pub stop_after_step: Option<usize>,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut cfg = args.recipe;
+    cfg.output_dir = args.output_dir.unwrap_or_else(|| default_output_dir(&cfg.model, &args.data));
+    let control = RunControl {
+        resume: args.resume.map(|p| p.map_or(crate::train::Resume::Latest, crate::train::Resume::Dir)),
+        stop_after_step: args.stop_after_step,
+    };
+    let _ = ctrlc::set_handler(|| {
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to abort)");
+        if crate::train::stop_requested() {
+            std::process::exit(130);
+        }
+        crate::train::request_stop();
+    });
+    let device = crate::device::select()?;
+    let outcome = crate::train::train_with(&cfg, &args.data, &device, &control)?;
+    println!("{}", format_table(&outcome.rows).trim_end());
+    if let Some(ckpt) = &outcome.interrupted_at {
+        let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        eprintln!(
+            "stopped at step {}/{}; checkpoint {}. Resume with the same arguments plus --resume:\n  emotune {} --resume {}",
+            outcome.steps_done,
+            outcome.total_steps,
+            ckpt.display(),
+            resume_command_line(&args),
+            shlex::try_quote(&ckpt.to_string_lossy()).unwrap_or_default()
+        );
+        std::process::exit(130);
+    }
+    report(&cfg, &outcome);
+    if !args.predict.is_empty() {
+        let predictor = Predictor::from_dir(&outcome.output_dir, cfg.max_length, &device)?;
+        let texts: Vec<&str> = args.predict.iter().map(String::as_str).collect();
+        for (text, p) in texts.iter().zip(predictor.predict(&texts, cfg.eval_batch_size)?) {
+            println!("{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?);
+        }
+    }
+    Ok(())
+}
+
+/// The best epoch and the totals, after the table.
+fn report(cfg: &TrainConfig, outcome: &TrainOutcome) {
+    if let Some(best) = &outcome.best {
+        let r = &outcome.rows[best.row];
+        println!(
+            "best: epoch {:.1} (step {}) by {} = {:.4}{}{}",
+            r.epoch,
+            r.step,
+            cfg.metric_for_best.name(),
+            best.value,
+            if outcome.loaded_best { "; the saved model is that epoch's" } else { "" },
+            if outcome.stopped_early { "; stopped early" } else { "" }
+        );
+    }
+    println!(
+        "\n{} steps in {:.1} s; model written to {}",
+        outcome.steps_done,
+        outcome.wall_seconds,
+        outcome.output_dir.display()
+    );
+}
+
+/// `<model>-finetuned-<dataset>`, from the last path segments (as the Trainer's examples name it).
+fn default_output_dir(model: &str, data: &DataSpec) -> PathBuf {
+    let ds = match (&data.dataset, &data.train) {
+        (Some(d), _) => last_segment(d).to_string(),
+        (None, Some(t)) => t.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned()),
+        (None, None) => "data".into(),
+    };
+    PathBuf::from(format!("{}-finetuned-{ds}", last_segment(model)))
+}
+
+/// `args` (the command line after the program name) without `--resume` and the test hook, quoted
+/// for a POSIX shell: the command to resume an interrupted run.
+fn resume_command_line(args: &[String]) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        if a == "--stop-after-step" || a == "--resume" {
+            if it.peek().is_some_and(|n| !n.starts_with("--")) {
+                it.next();
+            }
+            continue;
+        }
+        if a.starts_with("--stop-after-step=") || a.starts_with("--resume=") {
+            continue;
+        }
+        out.push(a);
+    }
+    shlex::try_join(out).unwrap_or_else(|_| "<arguments with NUL bytes>".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resume_command_line_quotes_for_the_shell_and_drops_resume() {
+        let line = resume_command_line(&args(&[
+            "train",
+            "--model",
+            "my model",
+            "--predict",
+            "it's \"great\"",
+            "--resume",
+            "out/checkpoint-5",
+            "--stop-after-step=3",
+            "--epochs",
+            "2",
+        ]));
+        assert_eq!(line, r#"train --model 'my model' --predict "it's \"great\"" --epochs 2"#);
+        // A shell splits it back into the same words.
+        let words = shlex::split(&line).unwrap();
+        assert_eq!(words, args(&["train", "--model", "my model", "--predict", "it's \"great\"", "--epochs", "2"]));
+        assert_eq!(resume_command_line(&args(&["train", "--resume", "--epochs", "3"])), "train --epochs 3");
+    }
+
+    #[test]
+    fn default_output_dir_names_model_and_dataset() {
+        let data = DataSpec { dataset: Some("dair-ai/emotion".into()), ..Default::default() };
+        assert_eq!(
+            default_output_dir("distilbert-base-uncased", &data),
+            PathBuf::from("distilbert-base-uncased-finetuned-emotion")
+        );
+        let data = DataSpec { train: Some("data/my train.csv".into()), ..Default::default() };
+        assert_eq!(default_output_dir("./models/mini/", &data), PathBuf::from("mini-finetuned-my train"));
+    }
+}

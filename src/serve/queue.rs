@@ -1,0 +1,208 @@
+//! The batching queue between the HTTP handlers and the inference workers: requests wait here
+//! and a worker takes as many whole requests as fit one forward pass under the token budget,
+//! scores them together and answers each with its own rows, in order.
+
+use super::metrics::Metrics;
+use crate::infer::{score, Predictor};
+use crate::sync::{lock, wait};
+use crate::tokenize::Tokenized;
+use anyhow::Result;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// The scores of one request's rows (probabilities, or logits when raw), or the error.
+pub type Reply = Result<Vec<Vec<f32>>, String>;
+
+/// One request's tokenised inputs, waiting for a worker.
+pub struct Job {
+    pub rows: Vec<Tokenized>,
+    pub raw_scores: bool,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Jobs in arrival order, and whether the queue is closed.
+#[derive(Default)]
+pub struct Queue {
+    jobs: Mutex<(VecDeque<Job>, bool)>,
+    ready: Condvar,
+}
+
+fn longest(job: &Job) -> usize {
+    job.rows.iter().map(|r| r.ids.len()).max().unwrap_or(0)
+}
+
+impl Queue {
+    pub fn push(&self, job: Job) {
+        lock(&self.jobs).0.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// No more jobs come; workers finish what is queued and stop.
+    pub fn close(&self) {
+        lock(&self.jobs).1 = true;
+        self.ready.notify_all();
+    }
+
+    /// Waits for work and takes whole jobs, oldest first, while their rows fit `max_tokens`
+    /// together (padded to the longest row). A single job over the budget comes alone. `None`
+    /// once closed and drained.
+    pub fn take_batch(&self, max_tokens: usize) -> Option<Vec<Job>> {
+        let mut guard = lock(&self.jobs);
+        while guard.0.is_empty() {
+            if guard.1 {
+                return None;
+            }
+            guard = wait(&self.ready, guard);
+        }
+        let first = guard.0.pop_front().expect("non-empty");
+        let (mut rows, mut long) = (first.rows.len(), longest(&first));
+        let mut batch = vec![first];
+        while let Some(next) = guard.0.front() {
+            let (n_rows, n_long) = (rows + next.rows.len(), long.max(longest(next)));
+            if n_rows * n_long > max_tokens {
+                break;
+            }
+            (rows, long) = (n_rows, n_long);
+            batch.push(guard.0.pop_front().expect("non-empty"));
+        }
+        Some(batch)
+    }
+}
+
+/// What a worker needs.
+pub struct Worker {
+    pub predictor: Arc<Predictor>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    pub max_tokens: usize,
+    /// Test hook: wait this long before each batch.
+    pub delay: Duration,
+}
+
+impl Worker {
+    /// Runs batches until the queue closes.
+    pub fn run(&self) {
+        while let Some(jobs) = self.queue.take_batch(self.max_tokens) {
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            self.metrics.queue_depth.fetch_sub(jobs.len() as i64, Ordering::SeqCst);
+            let rows: Vec<&Tokenized> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
+            self.metrics.observe_batch(rows.len(), jobs.len());
+            let started = Instant::now();
+            let result = self.score_rows(&rows);
+            self.metrics.observe_inference(started.elapsed());
+            answer(jobs, &result);
+        }
+    }
+
+    /// `(logits, probabilities)` of `rows`; a batch above the budget (one large request) runs
+    /// in budget-sized chunks.
+    fn score_rows(&self, rows: &[&Tokenized]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let p = &self.predictor;
+        let (mut logits, mut probs) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
+        for part in rows.chunks((self.max_tokens / longest).max(1)) {
+            let scores = score(&p.model, &p.encoder, part, &p.device)?;
+            logits.extend(scores.logits);
+            probs.extend(scores.probs);
+        }
+        Ok((logits, probs))
+    }
+}
+
+/// Sends each job the scores of its own rows (they are consecutive in `result`).
+fn answer(jobs: Vec<Job>, result: &Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>) {
+    let mut offset = 0;
+    for job in jobs {
+        let n = job.rows.len();
+        let reply = match result {
+            Ok((logits, probs)) => Ok((if job.raw_scores { logits } else { probs })[offset..offset + n].to_vec()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        offset += n;
+        // The client may have gone away; its answer is simply dropped.
+        let _ = job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n_rows: usize, len: usize, tag: u32) -> (Job, oneshot::Receiver<Reply>) {
+        let rows = (0..n_rows).map(|_| Tokenized { ids: vec![tag; len], type_ids: vec![0; len], truncated: false });
+        let (tx, rx) = oneshot::channel();
+        (Job { rows: rows.collect(), raw_scores: false, reply: tx }, rx)
+    }
+
+    fn tags(batch: &[Job]) -> Vec<u32> {
+        batch.iter().map(|j| j.rows[0].ids[0]).collect()
+    }
+
+    #[test]
+    fn merges_whole_jobs_in_order_under_the_token_budget() {
+        let q = Queue::default();
+        for (tag, (rows, len)) in [(2, 10), (3, 10), (1, 30), (4, 5)].into_iter().enumerate() {
+            q.push(job(rows, len, tag as u32).0);
+        }
+        // 2×10 + 3×10 = 50 tokens fit 60; adding 1×30 would pad 6 rows to 30 = 180.
+        assert_eq!(tags(&q.take_batch(60).unwrap()), [0, 1]);
+        // 1×30, then 5 rows padded to 30 = 150 > 60: alone.
+        assert_eq!(tags(&q.take_batch(60).unwrap()), [2]);
+        assert_eq!(tags(&q.take_batch(60).unwrap()), [3]);
+    }
+
+    #[test]
+    fn a_job_over_the_budget_comes_alone_and_a_closed_queue_drains() {
+        let q = Queue::default();
+        q.push(job(8, 100, 7).0);
+        q.push(job(1, 2, 8).0);
+        q.close();
+        assert_eq!(tags(&q.take_batch(64).unwrap()), [7]);
+        assert_eq!(tags(&q.take_batch(64).unwrap()), [8]);
+        assert!(q.take_batch(64).is_none());
+    }
+
+    #[test]
+    fn a_waiting_worker_wakes_for_a_job() {
+        let q = Arc::new(Queue::default());
+        let taker = {
+            let q = q.clone();
+            std::thread::spawn(move || q.take_batch(100).map(|b| tags(&b)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        q.push(job(1, 3, 5).0);
+        assert_eq!(taker.join().unwrap(), Some(vec![5]));
+    }
+
+    /// Each job gets its own rows' scores, as if it had been scored alone.
+    #[test]
+    fn every_job_gets_its_own_scores() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-distilbert");
+        let predictor = Arc::new(Predictor::from_dir(&dir, None, &candle_core::Device::Cpu).unwrap());
+        let texts = [vec!["i am so happy", "this is awful"], vec!["what a surprise"], vec!["i love you", "scary"]];
+        let (queue, metrics) = (Arc::new(Queue::default()), Arc::new(Metrics::default()));
+        let mut receivers = Vec::new();
+        for t in &texts {
+            let (tx, rx) = oneshot::channel();
+            let rows = predictor.encoder.tokenize(t).unwrap();
+            queue.push(Job { rows, raw_scores: false, reply: tx });
+            receivers.push(rx);
+        }
+        queue.close();
+        let worker = Worker { predictor: predictor.clone(), queue, metrics, max_tokens: 1024, delay: Duration::ZERO };
+        worker.run();
+        for (t, rx) in texts.iter().zip(receivers) {
+            let got = rx.blocking_recv().unwrap().unwrap();
+            let alone: Vec<Vec<f32>> = predictor.predict(t, 8).unwrap().into_iter().map(|p| p.probs).collect();
+            assert_eq!(got.len(), alone.len());
+            for (g, a) in got.iter().zip(&alone) {
+                assert!(g.iter().zip(a).all(|(x, y)| (x - y).abs() < 1e-5), "{g:?} vs {a:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The hyperparameters of a run. Their defaults are the seed recipe, written once: as the
+//! `emotune train` flags' defaults, which [`TrainConfig::seed_recipe`] reads back.
+
+use crate::optim::AdamWConfig;
+use anyhow::{bail, Result};
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The model `emotune train` fine-tunes unless told otherwise.
+pub const DEFAULT_MODEL: &str = "distilbert-base-uncased";
+
+/// Which validation metric picks the best epoch (and drives early stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BestMetric {
+    Loss,
+    Accuracy,
+    F1,
+}
+
+impl BestMetric {
+    pub fn name(self) -> &'static str {
+        match self {
+            BestMetric::Loss => "validation loss",
+            BestMetric::Accuracy => "accuracy",
+            BestMetric::F1 => "F1",
+        }
+    }
+
+    /// Whether `a` is better than `b` by this metric.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            BestMetric::Loss => a < b,
+            _ => a > b,
+        }
+    }
+}
+
+/// Class weights of the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeights {
+    /// Every class weighs 1.
+    None,
+    /// `n_samples / (n_classes * count)`, as scikit-learn's `compute_class_weight("balanced")`.
+    Balanced,
+}
+
+/// The hyperparameters of a run (saved as `training_args.json`, under Transformers' names).
+#[derive(Debug, Clone, Serialize, Deserialize, Args)]
+pub struct TrainConfig {
+    /// The model to fine-tune: a Hub id or a directory.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Where the model is written (set by the caller; `--output-dir` on the command line).
+    #[arg(skip)]
+    pub output_dir: PathBuf,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Training batch size.
+    #[arg(long = "batch-size", visible_alias = "train-batch-size", default_value_t = 64)]
+    pub train_batch_size: usize,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch_size: usize,
+    /// Training epochs.
+    #[arg(long = "epochs", default_value_t = 2)]
+    pub num_train_epochs: usize,
+    /// Stop after this many optimiser steps (overrides --epochs, as in Transformers).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Linear warm-up steps (overrides --warmup-ratio).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of all steps.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Seeds head initialisation, dropout and shuffling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Truncate texts to this many tokens (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N validation/test examples.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Replace a model already in --output-dir.
+    #[arg(long)]
+    pub overwrite_output_dir: bool,
+    /// Also checkpoint every N steps (checkpoints are always written at each epoch end).
+    #[arg(long)]
+    pub save_steps: Option<usize>,
+    /// Keep at most N checkpoints (the best one is always kept).
+    #[arg(long, default_value = "2")]
+    pub save_total_limit: Option<usize>,
+    /// Stop when the best metric has not improved for N evaluations.
+    #[arg(long)]
+    pub early_stopping_patience: Option<usize>,
+    /// The metric that picks the best epoch.
+    #[arg(long, value_enum, default_value_t = BestMetric::Loss)]
+    pub metric_for_best: BestMetric,
+    /// Make the output the best epoch's model (the card and table say which).
+    #[arg(long)]
+    pub load_best_at_end: bool,
+    /// Weigh the loss per class (balanced: inversely to the training counts).
+    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    pub class_weights: ClassWeights,
+    /// Log the mean training loss every N steps (learning curves).
+    #[arg(long, default_value_t = 10)]
+    pub logging_steps: usize,
+    /// Clip the global gradient norm to this before each step, as the Trainer does (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Batch texts of similar length together (less padding; Transformers' group_by_length).
+    #[arg(long)]
+    #[serde(default)]
+    pub group_by_length: bool,
+}
+
+/// Parses nothing but [`TrainConfig`]'s flags, to read their defaults.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: TrainConfig,
+}
+
+impl TrainConfig {
+    /// The seed recipe (the flags' defaults) for `model`, written to `output_dir`.
+    pub fn seed_recipe(model: &str, output_dir: PathBuf) -> TrainConfig {
+        let mut c = Defaults::try_parse_from(["emotune"]).expect("the defaults parse").config;
+        c.model = model.to_string();
+        c.output_dir = output_dir;
+        c
+    }
+
+    /// The gradient-norm limit, `None` when clipping is off (`max_grad_norm` 0, as Transformers).
+    pub fn clip_norm(&self) -> Option<f64> {
+        (self.max_grad_norm > 0.0).then_some(self.max_grad_norm)
+    }
+
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
+            bail!("--learning-rate must be positive");
+        }
+        if self.train_batch_size == 0 || self.eval_batch_size == 0 {
+            bail!("batch sizes must be at least 1");
+        }
+        if self.num_train_epochs == 0 && self.max_steps.is_none() {
+            bail!("--epochs must be at least 1");
+        }
+        if self.max_grad_norm < 0.0 || !self.max_grad_norm.is_finite() {
+            bail!("--max-grad-norm must be positive (0 turns clipping off)");
+        }
+        if self.max_steps == Some(0) || self.save_steps == Some(0) || self.logging_steps == 0 {
+            bail!("--max-steps, --save-steps and --logging-steps must be at least 1");
+        }
+        if self.save_total_limit == Some(0) {
+            bail!("--save-total-limit must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            bail!("--warmup-ratio must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            bail!("Adam betas must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// The fields that must match for a checkpoint to be resumed (everything but where the
+    /// output goes and the keeping of checkpoints).
+    pub fn resume_key(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("serialisable");
+        let m = v.as_object_mut().expect("an object");
+        for k in ["output_dir", "overwrite_output_dir", "save_steps", "save_total_limit"] {
+            m.remove(k);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_recipe_is_the_reference_one() {
+        let c = TrainConfig::seed_recipe(DEFAULT_MODEL, PathBuf::from("out"));
+        assert_eq!((c.learning_rate, c.train_batch_size, c.eval_batch_size), (2e-5, 64, 64));
+        assert_eq!((c.num_train_epochs, c.seed, c.warmup_steps, c.warmup_ratio), (2, 42, 0, 0.0));
+        assert_eq!((c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.weight_decay), (0.9, 0.999, 1e-8, 0.01));
+        assert_eq!((c.clip_norm(), c.save_total_limit, c.logging_steps), (Some(1.0), Some(2), 10));
+        assert_eq!(c.model, "distilbert-base-uncased");
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,237 @@
+//! `emotune train`: fine-tuning with the Trainer's recipe (AdamW, linear schedule, dropout on,
+//! evaluation after every epoch) into a Hugging Face–layout output directory.
+//!
+//! [`config`] holds the hyperparameters and their defaults, [`history`] what a run records,
+//! [`sampler`] the order of the rows, [`trainer`] the loop, [`checkpoint`] and [`output`] what
+//! is written; [`train_with`] puts them together.
+
+pub mod checkpoint;
+pub mod config;
+pub mod history;
+pub mod output;
+pub mod sampler;
+pub mod trainer;
+
+pub use checkpoint::latest_checkpoint;
+pub use config::{BestMetric, ClassWeights, TrainConfig, DEFAULT_MODEL};
+pub use history::{format_table, Best, EpochRow, LogPoint};
+
+use crate::data::{self, DataSpec, Dataset};
+use crate::hub::ModelFiles;
+use crate::infer::text_encoder;
+use crate::model::{load_classifier, load_classifier_fresh_head, LoadedModel, ModelConfig};
+use crate::tokenize::TextEncoder;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use trainer::{Stop, TrainData, Trainer};
+
+/// What a finished (or interrupted) run reports.
+pub struct TrainOutcome {
+    pub rows: Vec<EpochRow>,
+    /// The trained model as it is in memory (identical to what was saved).
+    pub model: LoadedModel,
+    pub encoder: TextEncoder,
+    pub output_dir: PathBuf,
+    pub total_steps: usize,
+    pub steps_done: usize,
+    pub wall_seconds: f64,
+    /// The best evaluation, and whether the saved model is that epoch's.
+    pub best: Option<Best>,
+    pub loaded_best: bool,
+    pub stopped_early: bool,
+    /// Set when the run was interrupted: the checkpoint to resume from.
+    pub interrupted_at: Option<PathBuf>,
+}
+
+/// Which checkpoint to continue from.
+#[derive(Debug, Clone)]
+pub enum Resume {
+    /// The newest complete checkpoint in the output directory.
+    Latest,
+    Dir(PathBuf),
+}
+
+/// How a run is steered from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    pub resume: Option<Resume>,
+    /// Behave as if interrupted right after this global step (for tests).
+    pub stop_after_step: Option<usize>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running training loop to checkpoint and stop after the current step (SIGINT/SIGTERM).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a stop was asked for already (a second interrupt aborts).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Fine-tunes `cfg.model` on the data of `spec` and writes the model to `cfg.output_dir`.
+pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<TrainOutcome> {
+    train_with(cfg, spec, device, &RunControl::default())
+}
+
+/// [`train`], resumable and interruptible.
+pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let resume_dir = resume_dir(cfg, control)?;
+    let dataset = load_dataset(cfg, spec)?;
+    let files = ModelFiles::resolve(&cfg.model)?;
+    let (model, encoder) = load_model(cfg, &files, &dataset, resume_dir.is_none(), device)?;
+    let data = tokenize(&dataset, encoder)?;
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    checkpoint::remove_stale_temporaries(&cfg.output_dir);
+    let mut trainer = Trainer::new(cfg, model, &data, device, resume_dir.as_deref())?;
+    log::info!(
+        "training {} ({} parameters) on {} examples, validating on {}: {} epoch(s), {} steps, batch {}",
+        cfg.model,
+        trainer.model.params.numel(),
+        data.train_rows.len(),
+        data.valid_rows.len(),
+        trainer.epochs,
+        trainer.total_steps(),
+        cfg.train_batch_size
+    );
+    let stop = Stop { requested: &stop_requested, after_step: control.stop_after_step };
+    let interrupted_at = trainer.run(&data, &stop)?;
+    let loaded_best = match interrupted_at {
+        Some(_) => false,
+        None => finish(cfg, &mut trainer, &files, &dataset)?,
+    };
+    let state = trainer.state;
+    Ok(TrainOutcome {
+        rows: state.rows.clone(),
+        model: trainer.model,
+        encoder: data.encoder,
+        output_dir: cfg.output_dir.clone(),
+        total_steps: state.total_steps,
+        steps_done: state.global_step,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        best: state.best.clone(),
+        loaded_best,
+        stopped_early: state.stopped_early,
+        interrupted_at,
+    })
+}
+
+/// The checkpoint to resume from, if any; a fresh run checks the output directory first.
+fn resume_dir(cfg: &TrainConfig, control: &RunControl) -> Result<Option<PathBuf>> {
+    match &control.resume {
+        None => {
+            checkpoint::check_output_dir(&cfg.output_dir, cfg.overwrite_output_dir)?;
+            Ok(None)
+        }
+        Some(Resume::Dir(d)) => Ok(Some(d.clone())),
+        Some(Resume::Latest) => {
+            let latest = latest_checkpoint(&cfg.output_dir)?;
+            let dir = cfg.output_dir.display();
+            latest.map(Some).ok_or_else(|| anyhow!("--resume: {dir} holds no complete checkpoint"))
+        }
+    }
+}
+
+/// The dataset with the `--train-limit`/`--eval-limit` slices applied; train and validation
+/// splits must be there and hold rows.
+fn load_dataset(cfg: &TrainConfig, spec: &DataSpec) -> Result<Dataset> {
+    let mut dataset = data::load(spec)?;
+    if let (Some(n), Some(train)) = (cfg.train_limit, dataset.split_mut("train")) {
+        train.truncate(n);
+    }
+    if let Some(n) = cfg.eval_limit {
+        for s in ["validation", "test"] {
+            if let Some(split) = dataset.split_mut(s) {
+                split.truncate(n);
+            }
+        }
+    }
+    for (split, hint) in
+        [("train", "train.* or pass --train FILE"), ("validation", "validation.* or pass --validation FILE")]
+    {
+        match dataset.split(split) {
+            None => bail!("{}: no {split} split (name a file {hint})", dataset.name),
+            Some(s) if s.is_empty() => bail!("the {} split is empty", s.name),
+            Some(_) => {}
+        }
+    }
+    Ok(dataset)
+}
+
+/// The model to fine-tune with the dataset's labels, and its tokenizer. A checkpoint whose
+/// labels differ from the dataset's gets a new classification head.
+fn load_model(
+    cfg: &TrainConfig,
+    files: &ModelFiles,
+    dataset: &Dataset,
+    fresh_run: bool,
+    device: &Device,
+) -> Result<(LoadedModel, TextEncoder)> {
+    let mut config = ModelConfig::load(&files.config)?;
+    let checkpoint_labels = config.raw.get("id2label").map(|_| config.labels.clone());
+    let reinit_head = checkpoint_labels.as_ref().is_some_and(|l| *l != dataset.labels);
+    if reinit_head && fresh_run {
+        log::warn!(
+            "{}: its labels ({}) differ from the dataset's ({}); the classification head starts afresh",
+            cfg.model,
+            checkpoint_labels.unwrap_or_default().join(", "),
+            dataset.labels.join(", ")
+        );
+    }
+    config.set_labels(dataset.labels.clone());
+    let encoder = text_encoder(files, &config, cfg.max_length)?;
+    let model = if reinit_head {
+        load_classifier_fresh_head(config, &files.weights, cfg.seed, device)?
+    } else {
+        load_classifier(config, &files.weights, cfg.seed, device)?
+    };
+    Ok((model, encoder))
+}
+
+/// The training and validation splits tokenised, with their gold labels.
+fn tokenize(dataset: &Dataset, encoder: TextEncoder) -> Result<TrainData> {
+    let split = |name| dataset.split(name).expect("checked when loading");
+    let (train, valid) = (split("train"), split("validation"));
+    let train_rows = encoder.tokenize(&train.texts())?;
+    let valid_rows = encoder.tokenize(&valid.texts())?;
+    let cut = train_rows.iter().chain(&valid_rows).filter(|r| r.truncated).count();
+    if cut > 0 {
+        log::warn!("{cut} text(s) were longer than {} tokens and were truncated", encoder.max_length());
+    }
+    Ok(TrainData {
+        labels: dataset.labels.clone(),
+        train_gold: train.examples.iter().map(|e| e.label).collect(),
+        valid_gold: valid.examples.iter().map(|e| e.label).collect(),
+        train_rows,
+        valid_rows,
+        encoder,
+    })
+}
+
+/// After the last epoch: the best epoch's weights when asked for, then the output directory.
+/// Returns whether the saved model is the best epoch's.
+fn finish(cfg: &TrainConfig, trainer: &mut Trainer, files: &ModelFiles, dataset: &Dataset) -> Result<bool> {
+    let state = &trainer.state;
+    let best = state.best.as_ref().filter(|_| cfg.load_best_at_end);
+    if let Some(best) = best {
+        let dir = cfg.output_dir.join(&best.checkpoint);
+        trainer.model.params.load_values(&dir.join("model.safetensors"))?;
+        let row = &state.rows[best.row];
+        eprintln!(
+            "loaded the best model: epoch {:.1} (step {}), {} {:.4}",
+            row.epoch,
+            row.step,
+            cfg.metric_for_best.name(),
+            best.value
+        );
+    }
+    output::save_model(&trainer.model, files, dataset, cfg, state, best.map(|b| b.row))?;
+    Ok(best.is_some())
+}

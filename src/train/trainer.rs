@@ -1,0 +1,295 @@
+//! The training loop: epochs of optimiser steps, an evaluation and a checkpoint after each
+//! epoch, checkpoints every `--save-steps` and on interrupt. A step reads like the recipe:
+//! batch → forward → loss → backward → clip → update.
+
+use super::checkpoint::{self, TrainerState};
+use super::config::{BestMetric, ClassWeights, TrainConfig};
+use super::history::{overfitting_warning, Best, EpochRow, LogPoint};
+use super::output::write_metrics;
+use super::sampler;
+use crate::infer::evaluate;
+use crate::metrics;
+use crate::model::{backward, cross_entropy, Dropout, LoadedModel};
+use crate::optim::{AdamW, LinearSchedule};
+use crate::tokenize::{TextEncoder, Tokenized};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The tokenised training and validation rows with their gold label ids.
+pub struct TrainData {
+    pub encoder: TextEncoder,
+    pub labels: Vec<String>,
+    pub train_rows: Vec<Tokenized>,
+    pub train_gold: Vec<usize>,
+    pub valid_rows: Vec<Tokenized>,
+    pub valid_gold: Vec<usize>,
+}
+
+/// How the loop is told to stop early from outside: the interrupt flag or a test hook.
+pub struct Stop<'a> {
+    pub requested: &'a dyn Fn() -> bool,
+    /// Behave as if interrupted right after this global step.
+    pub after_step: Option<usize>,
+}
+
+pub struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    pub model: LoadedModel,
+    opt: AdamW,
+    schedule: LinearSchedule,
+    dropout: Dropout,
+    class_weights: Option<Tensor>,
+    device: Device,
+    pub state: TrainerState,
+    /// The shuffling stream; `state.shuffle_rng` holds it as it was before the current epoch.
+    shuffle_rng: ChaCha8Rng,
+    per_epoch: usize,
+    pub epochs: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer at the start of the run, or where the checkpoint `resume` left it.
+    pub fn new(
+        cfg: &'a TrainConfig,
+        model: LoadedModel,
+        data: &TrainData,
+        device: &Device,
+        resume: Option<&Path>,
+    ) -> Result<Trainer<'a>> {
+        let per_epoch = sampler::steps_per_epoch(data.train_rows.len(), cfg.train_batch_size);
+        let total_steps = cfg.max_steps.unwrap_or(per_epoch * cfg.num_train_epochs);
+        let warmup = match cfg.warmup_steps {
+            0 => (cfg.warmup_ratio * total_steps as f64).ceil() as usize,
+            n => n,
+        };
+        let schedule = LinearSchedule { peak_lr: cfg.learning_rate, warmup_steps: warmup, total_steps };
+        let mut opt = AdamW::new(model.params.iter(), cfg.adamw());
+        let state = match resume {
+            Some(dir) => {
+                let state = checkpoint::load_checkpoint(dir, cfg, &model, &mut opt)?;
+                if state.total_steps != total_steps {
+                    bail!(
+                        "{}: the checkpoint plans {} steps, this run {total_steps}",
+                        dir.display(),
+                        state.total_steps
+                    );
+                }
+                eprintln!("resuming from {} at step {}/{total_steps}", dir.display(), state.global_step);
+                state
+            }
+            None => TrainerState::new(cfg.seed, total_steps),
+        };
+        let class_weights = match cfg.class_weights {
+            ClassWeights::None => None,
+            ClassWeights::Balanced => {
+                let w = sampler::balanced_weights(&data.train_gold, data.labels.len());
+                log::info!("class weights: {w:?}");
+                Some(Tensor::from_vec(w, data.labels.len(), device)?)
+            }
+        };
+        Ok(Trainer {
+            cfg,
+            model,
+            opt,
+            schedule,
+            dropout: Dropout::from_state(state.dropout_rng.clone()),
+            class_weights,
+            device: device.clone(),
+            shuffle_rng: state.shuffle_rng.clone(),
+            state,
+            per_epoch,
+            epochs: total_steps.div_ceil(per_epoch),
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.state.total_steps
+    }
+
+    /// Runs the remaining epochs. Returns the checkpoint it stopped at when interrupted.
+    pub fn run(&mut self, data: &TrainData, stop: &Stop) -> Result<Option<PathBuf>> {
+        while self.state.epoch < self.epochs && !self.state.stopped_early {
+            let lengths: Option<Vec<usize>> =
+                self.cfg.group_by_length.then(|| data.train_rows.iter().map(|r| r.ids.len()).collect());
+            let order = sampler::epoch_order(
+                data.train_rows.len(),
+                &mut self.shuffle_rng,
+                lengths.as_deref(),
+                self.cfg.train_batch_size,
+            );
+            let started = Instant::now();
+            if let Some(dir) = self.train_epoch(&order, data, stop)? {
+                return Ok(Some(dir));
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.end_epoch(data, seconds)?;
+            if (stop.requested)() && self.state.epoch < self.epochs && !self.state.stopped_early {
+                return Ok(Some(self.cfg.output_dir.join(format!("checkpoint-{}", self.state.global_step))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The steps of this epoch not yet done. Returns the checkpoint when interrupted.
+    fn train_epoch(&mut self, order: &[usize], data: &TrainData, stop: &Stop) -> Result<Option<PathBuf>> {
+        let steps = self.steps_this_epoch();
+        let pb = crate::progress::bar(steps as u64, &format!("epoch {}/{}", self.state.epoch + 1, self.epochs));
+        pb.set_position(self.state.batches_done as u64);
+        let (first, started) = (self.state.batches_done, Instant::now());
+        while self.state.batches_done < steps {
+            let b = self.state.batches_done;
+            let batch_size = self.cfg.train_batch_size;
+            let rows = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
+            let loss = self.step(rows, data)?;
+            pb.set_message(format!("loss {loss:.4}"));
+            pb.inc(1);
+            if pb.is_hidden() {
+                let done = self.state.batches_done;
+                crate::progress::report_plain(done - first, steps - first, done, steps, started, loss);
+            }
+            let epoch_end = self.state.batches_done == steps;
+            let interrupted = (stop.requested)() || stop.after_step == Some(self.state.global_step);
+            let periodic = self.cfg.save_steps.is_some_and(|n| self.state.global_step % n == 0);
+            if !epoch_end && (interrupted || periodic) {
+                let dir = self.checkpoint()?;
+                if interrupted {
+                    pb.finish_and_clear();
+                    return Ok(Some(dir));
+                }
+            }
+        }
+        pb.finish_and_clear();
+        Ok(None)
+    }
+
+    fn steps_this_epoch(&self) -> usize {
+        self.per_epoch.min(self.state.total_steps - self.state.epoch * self.per_epoch)
+    }
+
+    /// One optimiser step on the training rows `rows`; returns the loss.
+    fn step(&mut self, rows: &[usize], data: &TrainData) -> Result<f32> {
+        let tokens: Vec<&Tokenized> = rows.iter().map(|&i| &data.train_rows[i]).collect();
+        let batch = data.encoder.batch(&tokens, &self.device)?;
+        let gold: Vec<u32> = rows.iter().map(|&i| data.train_gold[i] as u32).collect();
+        let labels = Tensor::from_vec(gold, rows.len(), &self.device)?;
+        let logits = self.model.model.forward(&batch, &self.dropout)?;
+        let loss = cross_entropy(&logits, &labels, self.class_weights.as_ref())?;
+        let loss_value: f32 = loss.to_scalar()?;
+        let step = self.state.global_step + 1;
+        if !loss_value.is_finite() {
+            bail!("the training loss became {loss_value} at step {step}; lower the learning rate");
+        }
+        let grads = backward(&loss)?;
+        let lr = self.schedule.lr(self.state.global_step);
+        let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
+        if !grad_norm.is_finite() {
+            bail!("the gradient norm became {grad_norm} at step {step}; lower the learning rate");
+        }
+        self.record_step(loss_value, lr);
+        Ok(loss_value)
+    }
+
+    fn record_step(&mut self, loss: f32, lr: f64) {
+        let s = &mut self.state;
+        s.global_step += 1;
+        s.batches_done += 1;
+        s.epoch_loss_sum += loss as f64;
+        s.window_loss_sum += loss as f64;
+        s.window_steps += 1;
+        if s.window_steps == self.cfg.logging_steps {
+            let mean = s.window_loss_sum / s.window_steps as f64;
+            s.log_history.push(LogPoint { step: s.global_step, loss: mean, learning_rate: lr });
+            s.window_loss_sum = 0.0;
+            s.window_steps = 0;
+        }
+    }
+
+    /// Writes a checkpoint of the current state and prunes the old ones.
+    fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.state.dropout_rng = self.dropout.state().expect("training dropout");
+        let dir = checkpoint::save_checkpoint(&self.cfg.output_dir, self.cfg, &self.model, &self.opt, &self.state)?;
+        checkpoint::prune_checkpoints(&self.cfg.output_dir, self.cfg.save_total_limit, self.state.best.as_ref())?;
+        Ok(dir)
+    }
+
+    /// The evaluation after an epoch: a row of the table, the best epoch and early stopping,
+    /// `metrics.jsonl`, and the epoch-end checkpoint.
+    fn end_epoch(&mut self, data: &TrainData, seconds: f64) -> Result<()> {
+        let row = self.evaluate(data)?;
+        eprintln!(
+            "epoch {:.2}: step {}, training loss {:.4}, validation loss {:.4}, accuracy {:.4}, F1 {:.4} ({seconds:.0} s)",
+            row.epoch, row.step, row.training_loss, row.validation_loss, row.accuracy, row.f1
+        );
+        if let Some(warning) = overfitting_warning(&self.state.rows, &row) {
+            eprintln!("{warning}");
+        }
+        let value = metric_value(self.cfg.metric_for_best, &row);
+        self.state.rows.push(row);
+        self.update_best(value);
+        write_metrics(&self.cfg.output_dir.join("metrics.jsonl"), &self.state.rows)?;
+        let s = &mut self.state;
+        s.epoch += 1;
+        s.batches_done = 0;
+        s.epoch_loss_sum = 0.0;
+        s.shuffle_rng = self.shuffle_rng.clone();
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    /// The validation split scored with dropout off.
+    fn evaluate(&self, data: &TrainData) -> Result<EpochRow> {
+        let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating");
+        let (rows, gold) = (&data.valid_rows, &data.valid_gold);
+        let out = evaluate(&self.model, &data.encoder, rows, gold, self.cfg.eval_batch_size, &self.device, |n| {
+            pb.inc(n as u64)
+        })?;
+        pb.finish_and_clear();
+        let report = metrics::report(gold, &out.preds, &data.labels);
+        let steps = self.steps_this_epoch();
+        let epoch = self.state.epoch as f64 + steps as f64 / self.per_epoch as f64;
+        Ok(EpochRow {
+            training_loss: self.state.epoch_loss_sum / steps.max(1) as f64,
+            epoch: (epoch * 100.0).round() / 100.0,
+            step: self.state.global_step,
+            validation_loss: out.loss,
+            accuracy: report.accuracy,
+            f1: report.f1_weighted,
+            f1_macro: report.f1_macro,
+        })
+    }
+
+    /// Records whether the newest row is the best, and stops early when patience ran out.
+    fn update_best(&mut self, value: f64) {
+        let (cfg, s) = (self.cfg, &mut self.state);
+        if s.best.as_ref().is_none_or(|b| cfg.metric_for_best.better(value, b.value)) {
+            let checkpoint = format!("checkpoint-{}", s.global_step);
+            s.best = Some(Best { row: s.rows.len() - 1, value, checkpoint });
+            s.evals_without_improvement = 0;
+        } else {
+            s.evals_without_improvement += 1;
+        }
+        let Some(patience) = cfg.early_stopping_patience else { return };
+        if s.evals_without_improvement >= patience && s.epoch + 1 < self.epochs {
+            let best = s.best.as_ref().expect("set at the first evaluation");
+            eprintln!(
+                "early stopping: {} has not improved for {patience} evaluation(s) (best {:.4} at epoch {:.1})",
+                cfg.metric_for_best.name(),
+                best.value,
+                s.rows[best.row].epoch
+            );
+            s.stopped_early = true;
+        }
+    }
+}
+
+/// The value of `metric` in `row`.
+fn metric_value(metric: BestMetric, row: &EpochRow) -> f64 {
+    match metric {
+        BestMetric::Loss => row.validation_loss,
+        BestMetric::Accuracy => row.accuracy,
+        BestMetric::F1 => row.f1,
+    }
+}
