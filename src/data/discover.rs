@@ -1,0 +1,190 @@
+//! Finding a dataset's split files: in a Hub dataset (through the HF cache) or a directory, by
+//! the dataset card's `configs` when it has them, else by file names; and the label names its
+//! card declares.
+
+use crate::hub::Source;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The canonical split of a file or directory name (`train`, `validation`, `test`).
+pub fn split_of_name(name: &str) -> Option<&'static str> {
+    let stem = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
+    let head: String = stem.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    match head.as_str() {
+        "train" | "training" => Some("train"),
+        "validation" | "valid" | "val" | "dev" | "eval" => Some("validation"),
+        "test" | "testing" => Some("test"),
+        _ => None,
+    }
+}
+
+const DATA_EXTENSIONS: &[&str] = &["parquet", "csv", "tsv", "jsonl", "json", "txt"];
+
+fn is_data_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    DATA_EXTENSIONS.iter().any(|e| lower.ends_with(&format!(".{e}")))
+}
+
+/// What [`discover`] found.
+pub struct Discovered {
+    pub files: Vec<(&'static str, Vec<PathBuf>)>,
+    pub class_names: Option<Vec<String>>,
+    pub config_name: Option<String>,
+}
+
+/// Finds the split files of a Hub dataset or a directory: by the dataset card's `configs`
+/// (the default config) when it has them, else by file names.
+pub fn discover(source: &Source, label_column: &str) -> Result<Discovered> {
+    let listing = source.list_files()?;
+    let card = if listing.iter().any(|f| f == "README.md") {
+        source.get_optional("README.md")?.map(|p| read_card(&p)).transpose()?.flatten()
+    } else {
+        None
+    };
+    let mut chosen: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut config_name = None;
+    let mut class_names = None;
+    if let Some(card) = &card {
+        if let Some((cfg_name, data_files)) = card_config(card) {
+            for (split, patterns) in data_files {
+                let Some(canon) = split_of_name(&split) else { continue };
+                let matched: Vec<String> =
+                    listing.iter().filter(|f| patterns.iter().any(|p| glob_match(p, f))).cloned().collect();
+                chosen.entry(canon).or_default().extend(matched);
+            }
+            class_names = card_class_names(card, cfg_name.as_deref(), label_column);
+            config_name = cfg_name;
+        }
+    }
+    if chosen.is_empty() {
+        for f in listing.iter().filter(|f| is_data_file(f)) {
+            if let Some(split) = split_of_name(f) {
+                chosen.entry(split).or_default().push(f.clone());
+            }
+        }
+    }
+    if chosen.is_empty() {
+        bail!(
+            "{}: found no data files named train.*, validation.* or test.* ({})",
+            source.describe(),
+            DATA_EXTENSIONS.join(", ")
+        );
+    }
+    let mut files = Vec::new();
+    for (split, mut names) in chosen {
+        names.sort();
+        names.dedup();
+        let paths = names.iter().map(|n| source.get(n)).collect::<Result<Vec<_>>>()?;
+        files.push((split, paths));
+    }
+    Ok(Discovered { files, class_names, config_name })
+}
+
+/// The YAML front matter of a dataset card.
+fn read_card(path: &Path) -> Result<Option<serde_yaml::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(rest) = text.strip_prefix("---") else { return Ok(None) };
+    let Some(end) = rest.find("\n---") else { return Ok(None) };
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&rest[..end]).with_context(|| format!("{}: invalid YAML front matter", path.display()))?;
+    Ok(Some(yaml))
+}
+
+/// The default (or first) config of a card: its name and `(split, path patterns)`.
+fn card_config(card: &serde_yaml::Value) -> Option<(Option<String>, Vec<(String, Vec<String>)>)> {
+    let configs = card.get("configs")?.as_sequence()?;
+    let cfg = configs
+        .iter()
+        .find(|c| c.get("default").and_then(serde_yaml::Value::as_bool) == Some(true))
+        .or_else(|| configs.first())?;
+    let name = cfg.get("config_name").and_then(serde_yaml::Value::as_str).map(str::to_string);
+    let mut out = Vec::new();
+    for df in cfg.get("data_files")?.as_sequence()? {
+        let split = df.get("split").and_then(serde_yaml::Value::as_str)?.to_string();
+        let patterns = match df.get("path")? {
+            serde_yaml::Value::String(s) => vec![s.clone()],
+            serde_yaml::Value::Sequence(v) => v.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            _ => continue,
+        };
+        out.push((split, patterns));
+    }
+    Some((name, out))
+}
+
+/// ClassLabel names of `label_column` in the card's `dataset_info` for `config`.
+fn card_class_names(card: &serde_yaml::Value, config: Option<&str>, label_column: &str) -> Option<Vec<String>> {
+    let infos: Vec<&serde_yaml::Value> = match card.get("dataset_info")? {
+        serde_yaml::Value::Sequence(v) => v.iter().collect(),
+        other => vec![other],
+    };
+    let info = infos
+        .iter()
+        .find(|i| i.get("config_name").and_then(serde_yaml::Value::as_str) == config)
+        .or_else(|| infos.first())?;
+    let feature = info
+        .get("features")?
+        .as_sequence()?
+        .iter()
+        .find(|f| f.get("name").and_then(serde_yaml::Value::as_str) == Some(label_column))?;
+    let names = feature.get("dtype")?.get("class_label")?.get("names")?;
+    let map = names.as_mapping()?;
+    let mut pairs: Vec<(usize, String)> = map
+        .iter()
+        .filter_map(|(k, v)| {
+            let id = match k {
+                serde_yaml::Value::String(s) => s.parse().ok()?,
+                serde_yaml::Value::Number(n) => n.as_u64()? as usize,
+                _ => return None,
+            };
+            Some((id, v.as_str()?.to_string()))
+        })
+        .collect();
+    pairs.sort();
+    Some(pairs.into_iter().map(|(_, n)| n).collect())
+}
+
+/// `*` matches any run of characters except `/`, `**` any run at all; everything else is literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some(b'*') => {
+                let (deep, rest) = if p.get(1) == Some(&b'*') { (true, &p[2..]) } else { (false, &p[1..]) };
+                for i in 0..=t.len() {
+                    if go(rest, &t[i..]) {
+                        return true;
+                    }
+                    if i < t.len() && !deep && t[i] == b'/' {
+                        return false;
+                    }
+                }
+                false
+            }
+            Some(&c) => t.first() == Some(&c) && go(&p[1..], &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("split/train-*", "split/train-00000-of-00001.parquet"));
+        assert!(!glob_match("split/train-*", "unsplit/train-00000-of-00001.parquet"));
+        assert!(!glob_match("data/*", "data/a/b.parquet"));
+        assert!(glob_match("data/**", "data/a/b.parquet"));
+    }
+
+    #[test]
+    fn split_names() {
+        assert_eq!(split_of_name("split/train-00000-of-00001.parquet"), Some("train"));
+        assert_eq!(split_of_name("validation.txt"), Some("validation"));
+        assert_eq!(split_of_name("dev.csv"), Some("validation"));
+        assert_eq!(split_of_name("test.jsonl"), Some("test"));
+        assert_eq!(split_of_name("README.md"), None);
+    }
+}

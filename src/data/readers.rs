@@ -1,0 +1,309 @@
+//! The file formats: parquet, CSV/TSV with a header, JSON lines, `text;label` lines and plain
+//! lines of text. Each reader yields rows that remember their line (or parquet row); a row that
+//! cannot be used goes to the [`Sink`], which stops at it or records it.
+//!
+//! Two uses share them: labelled data (a text and a label column; empty texts and labels are
+//! problems, blank lines are skipped) and texts to classify (a text column only; every row is
+//! kept, empty ones too, for the caller to report).
+
+use super::Sink;
+use crate::display::clip;
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::{Array, RecordBatch};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Which columns (or JSON fields) to read: the text, and the label unless only texts are wanted.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub text: &'a str,
+    pub label: Option<&'a str>,
+}
+
+/// A value read from the label column.
+#[derive(Debug, Clone)]
+pub enum RawLabel {
+    Int(i64),
+    Name(String),
+}
+
+#[derive(Debug)]
+pub struct RawRow {
+    pub text: String,
+    /// Always there for labelled data; `None` when only texts are read.
+    pub label: Option<RawLabel>,
+    /// 1-based line (text formats) or row (parquet).
+    pub line: usize,
+}
+
+/// Rows of one file, plus the label names its metadata declares (parquet ClassLabel).
+pub struct RawFile {
+    pub path: PathBuf,
+    pub rows: Vec<RawRow>,
+    pub class_names: Option<Vec<String>>,
+}
+
+/// Reads `path` by its extension (anything else: `text;label` lines, or one text per line).
+pub fn read_file(path: &Path, cols: Columns, sink: &mut Sink) -> Result<RawFile> {
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let (rows, class_names) = match ext.as_str() {
+        "parquet" => read_parquet(path, cols, sink)?,
+        "csv" => (read_delimited(path, b',', cols, sink)?, None),
+        "tsv" => (read_delimited(path, b'\t', cols, sink)?, None),
+        "jsonl" | "json" => (read_jsonl(path, cols, sink)?, None),
+        _ if cols.label.is_some() => (read_semicolon(path, sink)?, None),
+        _ => (read_lines(path, sink)?, None),
+    };
+    Ok(RawFile { path: path.to_path_buf(), rows, class_names })
+}
+
+/// Builds a row from its text and label, or reports why it cannot be one. Texts to classify
+/// (`cols.label` unset) are always rows.
+fn make_row(
+    sink: &mut Sink,
+    cols: Columns,
+    at: (&Path, usize),
+    text: &str,
+    label: Option<RawLabel>,
+) -> Result<Option<RawRow>> {
+    let (path, line) = at;
+    if cols.label.is_none() {
+        return Ok(Some(RawRow { text: text.to_string(), label: None, line }));
+    }
+    if text.trim().is_empty() {
+        let what = if text.is_empty() { "empty text" } else { "whitespace-only text" };
+        sink.row(path, line, what.to_string())?;
+        return Ok(None);
+    }
+    if label.is_none() {
+        sink.row(path, line, "empty label".to_string())?;
+        return Ok(None);
+    }
+    Ok(Some(RawRow { text: text.to_string(), label, line }))
+}
+
+/// A label written as text: an integer id or a name; `None` when empty.
+fn parse_label(s: &str) -> Option<RawLabel> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    Some(match s.parse::<i64>() {
+        Ok(i) => RawLabel::Int(i),
+        Err(_) => RawLabel::Name(s.to_string()),
+    })
+}
+
+/// Lines of `bytes` (from `path`), each checked to be UTF-8 (1-based numbers; a byte-order mark
+/// and the line endings removed). Lines that are not UTF-8 go to `sink` and are left out.
+pub fn utf8_lines(bytes: &[u8], path: &Path, sink: &mut Sink) -> Result<Vec<(usize, String)>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut out = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        match std::str::from_utf8(raw) {
+            Ok(line) => out.push((i + 1, line.to_string())),
+            Err(e) => sink.row(path, i + 1, format!("invalid UTF-8 ({e})"))?,
+        }
+    }
+    if out.last().is_some_and(|(_, l)| l.is_empty()) {
+        out.pop();
+    }
+    Ok(out)
+}
+
+fn file_lines(path: &Path, sink: &mut Sink) -> Result<Vec<(usize, String)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    utf8_lines(&bytes, path, sink)
+}
+
+/// One text per line, empty lines included.
+fn read_lines(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    Ok(file_lines(path, sink)?.into_iter().map(|(line, text)| RawRow { text, label: None, line }).collect())
+}
+
+/// `text;label` lines (the label after the last `;`). Blank lines are skipped.
+fn read_semicolon(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    let cols = Columns { text: "text", label: Some("label") };
+    let mut rows = Vec::new();
+    for (n, line) in file_lines(path, sink)? {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((text, label)) = line.rsplit_once(';') else {
+            let msg = format!("malformed row (expected `text;label`): {:?}", clip(&line, 80));
+            sink.row(path, n, msg)?;
+            continue;
+        };
+        rows.extend(make_row(sink, cols, (path, n), text, parse_label(label))?);
+    }
+    Ok(rows)
+}
+
+/// One JSON line: its text field and, when asked for, its label field.
+fn parse_json_line(line: &str, cols: Columns) -> std::result::Result<(String, Option<RawLabel>), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("malformed JSON: {e}"))?;
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    let field = |name: &str| obj.get(name).ok_or_else(|| format!("missing field {name:?}"));
+    let text = field(cols.text)?.as_str().ok_or_else(|| format!("field {:?} is not a string", cols.text))?;
+    let label = match cols.label.map(field).transpose()? {
+        None => None,
+        Some(Value::Number(x)) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
+        Some(Value::String(s)) => parse_label(s),
+        Some(other) => return Err(format!("label {other} is neither a string nor an integer")),
+    };
+    Ok((text.to_string(), label))
+}
+
+/// JSON lines. Blank lines are skipped in labelled data and empty texts otherwise.
+fn read_jsonl(path: &Path, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    let mut rows = Vec::new();
+    for (n, line) in file_lines(path, sink)? {
+        if line.trim().is_empty() {
+            if cols.label.is_none() {
+                rows.push(RawRow { text: String::new(), label: None, line: n });
+            }
+            continue;
+        }
+        match parse_json_line(&line, cols) {
+            Ok((text, label)) => rows.extend(make_row(sink, cols, (path, n), &text, label)?),
+            Err(msg) => sink.row(path, n, msg)?,
+        }
+    }
+    Ok(rows)
+}
+
+/// CSV or TSV with a header row naming the columns.
+fn read_delimited(path: &Path, delim: u8, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .has_headers(true)
+        .flexible(false)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let header_err = |e: csv::Error| anyhow!("{}:1: cannot read the header: {e}", path.display());
+    let headers = rdr.byte_headers().map_err(header_err)?.clone();
+    let col = |name: &str| -> Result<usize> {
+        headers.iter().position(|h| h == name.as_bytes()).ok_or_else(|| {
+            let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+            anyhow!("{}: no column {name:?} (columns: {})", path.display(), have.join(", "))
+        })
+    };
+    let (ti, li) = (col(cols.text)?, cols.label.map(col).transpose()?);
+    let mut rows = Vec::new();
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                sink.row(path, line, format!("malformed row: {e}"))?;
+                // A broken quote or an unequal field count: the reader can go on after it.
+                if matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }) {
+                    continue;
+                }
+                break;
+            }
+        }
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let label = li.map(|i| std::str::from_utf8(&rec[i])).transpose();
+        match (std::str::from_utf8(&rec[ti]), label) {
+            (Ok(text), Ok(label)) => {
+                rows.extend(make_row(sink, cols, (path, line), text, label.and_then(parse_label))?)
+            }
+            (Err(e), _) | (_, Err(e)) => sink.row(path, line, format!("invalid UTF-8 ({e})"))?,
+        }
+    }
+    Ok(rows)
+}
+
+/// A parquet file, with the ClassLabel names of the label column from its `huggingface`
+/// metadata.
+fn read_parquet(path: &Path, cols: Columns, sink: &mut Sink) -> Result<(Vec<RawRow>, Option<Vec<String>>)> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| anyhow!("{}: not a valid parquet file: {e}", path.display()))?;
+    let class_names = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "huggingface").and_then(|k| k.value.clone()))
+        .and_then(|json| cols.label.and_then(|l| parquet_class_names(&json, l)));
+    let schema = builder.schema().clone();
+    for c in std::iter::once(cols.text).chain(cols.label) {
+        if schema.field_with_name(c).is_err() {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            bail!("{}: no column {c:?} (columns: {})", path.display(), have.join(", "));
+        }
+    }
+    let reader = builder.build().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    let mut base = 0;
+    for batch in reader {
+        let batch: RecordBatch = batch.map_err(|e| anyhow!("{}: reading parquet: {e}", path.display()))?;
+        let column = |c: &str| format!("{}: column {c:?}", path.display());
+        let texts = string_column(&batch, cols.text).with_context(|| column(cols.text))?;
+        let labels = match cols.label {
+            Some(l) => label_column(&batch, l).with_context(|| column(l))?,
+            None => vec![None; texts.len()],
+        };
+        for (i, (t, l)) in texts.iter().zip(labels).enumerate() {
+            let row = base + i + 1;
+            match t {
+                Some(t) => rows.extend(make_row(sink, cols, (path, row), t, l)?),
+                None => sink.row(path, row, "null text".to_string())?,
+            }
+        }
+        base += texts.len();
+    }
+    Ok((rows, class_names))
+}
+
+fn parquet_class_names(json: &str, label_col: &str) -> Option<Vec<String>> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    let names = v.get("info")?.get("features")?.get(label_col)?.get("names")?.as_array()?;
+    names.iter().map(|n| n.as_str().map(str::to_string)).collect()
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+    use arrow_array::cast::AsArray;
+    let col = batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?;
+    let out = match col.data_type() {
+        arrow_schema::DataType::Utf8 => col.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect(),
+        arrow_schema::DataType::LargeUtf8 => col.as_string::<i64>().iter().map(|s| s.map(str::to_string)).collect(),
+        arrow_schema::DataType::Utf8View => col.as_string_view().iter().map(|s| s.map(str::to_string)).collect(),
+        other => bail!("expected a string column, found {other}"),
+    };
+    Ok(out)
+}
+
+fn label_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<RawLabel>>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::DataType as T;
+    let col = batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?;
+    fn ints<P: arrow_array::ArrowPrimitiveType>(a: &dyn Array) -> Vec<Option<RawLabel>>
+    where
+        P::Native: Into<i64>,
+    {
+        a.as_primitive::<P>().iter().map(|v| v.map(|x| RawLabel::Int(x.into()))).collect()
+    }
+    Ok(match col.data_type() {
+        T::Int8 => ints::<Int8Type>(col),
+        T::Int16 => ints::<Int16Type>(col),
+        T::Int32 => ints::<Int32Type>(col),
+        T::Int64 => ints::<Int64Type>(col),
+        T::UInt8 => ints::<UInt8Type>(col),
+        T::UInt16 => ints::<UInt16Type>(col),
+        T::UInt32 => ints::<UInt32Type>(col),
+        T::Utf8 | T::LargeUtf8 | T::Utf8View => {
+            string_column(batch, name)?.into_iter().map(|s| s.map(RawLabel::Name)).collect()
+        }
+        other => bail!("expected integer or string labels, found {other}"),
+    })
+}
