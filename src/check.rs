@@ -11,6 +11,7 @@ use crate::tokenize::TextEncoder;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SplitCounts {
@@ -80,10 +81,30 @@ fn key(text: &str) -> &str {
     text.trim()
 }
 
+/// Checks the data of `spec`; `encoder` measures token lengths when given.
 pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport> {
     let (ds, unusable_rows) = data::load_lenient(spec)?;
-    let counts = ds
-        .splits
+    let (conflicting_labels, leakage, duplicates) = repeated_texts(&ds);
+    let token_lengths = match encoder {
+        Some(enc) => token_lengths(&ds, enc)?,
+        None => Vec::new(),
+    };
+    Ok(CheckReport {
+        data: ds.name.clone(),
+        labels: ds.labels.clone(),
+        counts: counts(&ds),
+        unusable_rows,
+        conflicting_labels,
+        leakage,
+        duplicates,
+        control_characters: control_characters(&ds),
+        max_length: encoder.map(TextEncoder::max_length),
+        token_lengths,
+    })
+}
+
+fn counts(ds: &Dataset) -> Vec<SplitCounts> {
+    ds.splits
         .iter()
         .map(|s| {
             let per_label = ds.counts(s);
@@ -96,8 +117,24 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
                 per_label,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// Every occurrence of `text` listed in `occ` as `(split index, row)`.
+fn group(ds: &Dataset, text: &str, occ: &[(usize, usize)]) -> TextGroup {
+    let occurrences = occ
+        .iter()
+        .map(|&(si, i)| {
+            let s = &ds.splits[si];
+            (s.name.clone(), s.location(i), ds.labels[s.examples[i].label].clone())
+        })
+        .collect();
+    TextGroup { text: text.to_string(), occurrences }
+}
+
+/// Texts found more than once: `(with different labels, in several splits, repeated within a
+/// split)`.
+fn repeated_texts(ds: &Dataset) -> (Vec<TextGroup>, Vec<TextGroup>, Vec<TextGroup>) {
     // Every occurrence of every text, in split order.
     let mut by_text: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
     for (si, s) in ds.splits.iter().enumerate() {
@@ -105,29 +142,14 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
             by_text.entry(key(&e.text)).or_default().push((si, i));
         }
     }
-    let group = |ds: &Dataset, text: &str, occ: &[(usize, usize)]| TextGroup {
-        text: text.to_string(),
-        occurrences: occ
-            .iter()
-            .map(|&(si, i)| {
-                let s = &ds.splits[si];
-                (s.name.clone(), s.location(i), ds.labels[s.examples[i].label].clone())
-            })
-            .collect(),
-    };
     let (mut conflicting_labels, mut leakage, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
-    for (text, occ) in &by_text {
-        if occ.len() < 2 {
-            continue;
-        }
+    for (text, occ) in by_text.iter().filter(|(_, occ)| occ.len() >= 2) {
         let first_label = ds.splits[occ[0].0].examples[occ[0].1].label;
-        let conflicting = occ.iter().any(|&(si, i)| ds.splits[si].examples[i].label != first_label);
-        let cross_split = occ.iter().any(|&(si, _)| si != occ[0].0);
-        if conflicting {
-            conflicting_labels.push(group(&ds, text, occ));
+        if occ.iter().any(|&(si, i)| ds.splits[si].examples[i].label != first_label) {
+            conflicting_labels.push(group(ds, text, occ));
         }
-        if cross_split {
-            leakage.push(group(&ds, text, occ));
+        if occ.iter().any(|&(si, _)| si != occ[0].0) {
+            leakage.push(group(ds, text, occ));
         }
         let mut per_split: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
         for &o in occ {
@@ -135,68 +157,55 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
         }
         let mut splits: Vec<_> = per_split.into_iter().filter(|(_, v)| v.len() > 1).collect();
         splits.sort();
-        for (_, v) in splits {
-            duplicates.push(group(&ds, text, &v));
-        }
+        duplicates.extend(splits.into_iter().map(|(_, v)| group(ds, text, &v)));
     }
+    (conflicting_labels, leakage, duplicates)
+}
 
-    let mut control_characters = Vec::new();
+fn control_characters(ds: &Dataset) -> Vec<Finding> {
+    let mut found = Vec::new();
     for s in &ds.splits {
         for (i, e) in s.examples.iter().enumerate() {
             if let Some(c) = e.text.chars().find(|c| c.is_control() && *c != '\t') {
-                control_characters.push(Finding {
-                    location: s.location(i),
-                    message: format!("control character U+{:04X}", c as u32),
-                });
+                let message = format!("control character U+{:04X}", c as u32);
+                found.push(Finding { location: s.location(i), message });
             }
         }
     }
+    found
+}
 
-    let mut token_lengths = Vec::new();
-    if let Some(enc) = encoder {
-        for s in &ds.splits {
-            let texts: Vec<&str> = s.examples.iter().map(|e| e.text.as_str()).collect();
-            let mut lens = enc.token_lengths(&texts)?;
-            if lens.is_empty() {
-                continue;
-            }
-            let over_max = lens.iter().filter(|&&l| l > enc.max_length()).count();
-            lens.sort_unstable();
-            let pct = |p: f64| lens[((lens.len() - 1) as f64 * p).round() as usize];
-            token_lengths.push(LengthStats {
-                split: s.name.clone(),
-                min: lens[0],
-                mean: lens.iter().sum::<usize>() as f64 / lens.len() as f64,
-                p50: pct(0.5),
-                p90: pct(0.9),
-                p99: pct(0.99),
-                max: *lens.last().expect("non-empty"),
-                over_max,
-            });
+fn token_lengths(ds: &Dataset, enc: &TextEncoder) -> Result<Vec<LengthStats>> {
+    let mut stats = Vec::new();
+    for s in &ds.splits {
+        let mut lens = enc.token_lengths(&s.texts())?;
+        if lens.is_empty() {
+            continue;
         }
+        let over_max = lens.iter().filter(|&&l| l > enc.max_length()).count();
+        lens.sort_unstable();
+        let pct = |p: f64| lens[((lens.len() - 1) as f64 * p).round() as usize];
+        stats.push(LengthStats {
+            split: s.name.clone(),
+            min: lens[0],
+            mean: lens.iter().sum::<usize>() as f64 / lens.len() as f64,
+            p50: pct(0.5),
+            p90: pct(0.9),
+            p99: pct(0.99),
+            max: *lens.last().expect("non-empty"),
+            over_max,
+        });
     }
-
-    Ok(CheckReport {
-        data: ds.name.clone(),
-        labels: ds.labels.clone(),
-        counts,
-        unusable_rows,
-        conflicting_labels,
-        leakage,
-        duplicates,
-        control_characters,
-        max_length: encoder.map(TextEncoder::max_length),
-        token_lengths,
-    })
+    Ok(stats)
 }
 
 fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
     for g in groups.iter().take(limit) {
         let places: Vec<String> = g.occurrences.iter().map(|(sp, loc, l)| format!("{loc} ({sp}, {l})")).collect();
-        s.push_str(&format!("  {:?}\n      {}\n", clip(&g.text, 90), places.join("\n      ")));
+        let _ = writeln!(s, "  {:?}\n      {}", clip(&g.text, 90), places.join("\n      "));
     }
     if groups.len() > limit {
-        s.push_str(&format!("  ... and {} more (all in --json)\n", groups.len() - limit));
+        let _ = writeln!(s, "  ... and {} more (all in --json)", groups.len() - limit);
     }
 }
 
@@ -204,101 +213,117 @@ fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
 /// summary that says what to do.
 pub fn format_report(r: &CheckReport, limit: usize) -> String {
     let mut s = format!("Data: {}   labels: {}\n\n", r.data, r.labels.join(", "));
+    write_counts(&mut s, r);
+    write_token_lengths(&mut s, r);
+    write_problems(&mut s, r, limit);
+    write_summary(&mut s, r);
+    s
+}
+
+fn write_counts(s: &mut String, r: &CheckReport) {
     let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(8);
-    s.push_str(&format!("{:<12}", "split"));
+    let _ = write!(s, "{:<12}", "split");
     for l in &r.labels {
-        s.push_str(&format!(" {:>w$}", clip(l, w)));
+        let _ = write!(s, " {:>w$}", clip(l, w));
     }
-    s.push_str(&format!(" {:>8} {:>10}\n", "total", "imbalance"));
+    let _ = writeln!(s, " {:>8} {:>10}", "total", "imbalance");
     for c in &r.counts {
-        s.push_str(&format!("{:<12}", c.split));
+        let _ = write!(s, "{:<12}", c.split);
         for n in &c.per_label {
-            s.push_str(&format!(" {n:>w$}"));
+            let _ = write!(s, " {n:>w$}");
         }
-        s.push_str(&format!(" {:>8} {:>10.2}\n", c.rows, c.imbalance_ratio));
+        let _ = writeln!(s, " {:>8} {:>10.2}", c.rows, c.imbalance_ratio);
     }
     s.push_str("(imbalance: rows of the largest label / rows of the smallest)\n");
+}
 
-    if !r.token_lengths.is_empty() {
-        s.push_str(&format!(
-            "\nTokens per text (with special tokens; the model accepts {}):\n",
-            r.max_length.unwrap_or(0)
-        ));
-        s.push_str(&format!(
-            "{:<12} {:>5} {:>7} {:>5} {:>5} {:>5} {:>5} {:>9}\n",
-            "split", "min", "mean", "p50", "p90", "p99", "max", "too long"
-        ));
-        for l in &r.token_lengths {
-            s.push_str(&format!(
-                "{:<12} {:>5} {:>7.1} {:>5} {:>5} {:>5} {:>5} {:>9}\n",
-                l.split, l.min, l.mean, l.p50, l.p90, l.p99, l.max, l.over_max
-            ));
-        }
+fn write_token_lengths(s: &mut String, r: &CheckReport) {
+    if r.token_lengths.is_empty() {
+        return;
     }
+    let max = r.max_length.unwrap_or(0);
+    let _ = writeln!(s, "\nTokens per text (with special tokens; the model accepts {max}):");
+    let _ = writeln!(
+        s,
+        "{:<12} {:>5} {:>7} {:>5} {:>5} {:>5} {:>5} {:>9}",
+        "split", "min", "mean", "p50", "p90", "p99", "max", "too long"
+    );
+    for l in &r.token_lengths {
+        let _ = writeln!(
+            s,
+            "{:<12} {:>5} {:>7.1} {:>5} {:>5} {:>5} {:>5} {:>9}",
+            l.split, l.min, l.mean, l.p50, l.p90, l.p99, l.max, l.over_max
+        );
+    }
+}
 
+fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
     let mut section = |title: String, body: String| {
-        s.push_str(&format!("\n{title}\n{body}"));
+        let _ = write!(s, "\n{title}\n{body}");
     };
     if !r.unusable_rows.is_empty() {
         let mut b = String::new();
         for p in r.unusable_rows.iter().take(limit) {
-            b.push_str(&format!("  {p}\n"));
+            let _ = writeln!(b, "  {p}");
         }
         if r.unusable_rows.len() > limit {
-            b.push_str(&format!("  ... and {} more (all in --json)\n", r.unusable_rows.len() - limit));
+            let _ = writeln!(b, "  ... and {} more (all in --json)", r.unusable_rows.len() - limit);
         }
         section(format!("ERROR: {} unusable row(s):", r.unusable_rows.len()), b);
     }
-    if !r.conflicting_labels.is_empty() {
+    let groups = [
+        (&r.conflicting_labels, "ERROR: {} text(s) carry different labels:"),
+        (&r.leakage, "ERROR: {} text(s) appear in more than one split (leakage):"),
+        (&r.duplicates, "warning: {} text(s) are repeated within a split:"),
+    ];
+    for (found, title) in groups.into_iter().filter(|(g, _)| !g.is_empty()) {
         let mut b = String::new();
-        list_groups(&mut b, &r.conflicting_labels, limit);
-        section(format!("ERROR: {} text(s) carry different labels:", r.conflicting_labels.len()), b);
-    }
-    if !r.leakage.is_empty() {
-        let mut b = String::new();
-        list_groups(&mut b, &r.leakage, limit);
-        section(format!("ERROR: {} text(s) appear in more than one split (leakage):", r.leakage.len()), b);
-    }
-    if !r.duplicates.is_empty() {
-        let mut b = String::new();
-        list_groups(&mut b, &r.duplicates, limit);
-        section(format!("warning: {} text(s) are repeated within a split:", r.duplicates.len()), b);
+        list_groups(&mut b, found, limit);
+        section(title.replace("{}", &found.len().to_string()), b);
     }
     if !r.control_characters.is_empty() {
         let mut b = String::new();
         for f in r.control_characters.iter().take(limit) {
-            b.push_str(&format!("  {}: {}\n", f.location, f.message));
+            let _ = writeln!(b, "  {}: {}", f.location, f.message);
         }
         section(format!("warning: {} text(s) contain control characters:", r.control_characters.len()), b);
     }
+}
 
+fn write_summary(s: &mut String, r: &CheckReport) {
     s.push_str("\nSummary: ");
     if r.error_count() == 0 && r.warning_count() == 0 {
         s.push_str("no problems found.\n");
-        return s;
+        return;
     }
-    s.push_str(&format!("{} error(s), {} warning(s).\n", r.error_count(), r.warning_count()));
-    if !r.unusable_rows.is_empty() {
-        s.push_str("- Fix or remove the unusable rows at the lines listed; training stops at the first of them.\n");
-    }
-    if !r.conflicting_labels.is_empty() {
-        s.push_str("- Decide the right label for each text with several labels and keep one row.\n");
-    }
-    if !r.leakage.is_empty() {
-        s.push_str("- Remove texts shared between splits from validation/test, or evaluation overstates accuracy.\n");
-    }
-    if !r.duplicates.is_empty() {
-        s.push_str("- Duplicates within a split weigh those texts more; deduplicate unless intended.\n");
+    let _ = writeln!(s, "{} error(s), {} warning(s).", r.error_count(), r.warning_count());
+    let advice = [
+        (
+            !r.unusable_rows.is_empty(),
+            "Fix or remove the unusable rows at the lines listed; training stops at the first of them.",
+        ),
+        (
+            !r.conflicting_labels.is_empty(),
+            "Decide the right label for each text with several labels and keep one row.",
+        ),
+        (
+            !r.leakage.is_empty(),
+            "Remove texts shared between splits from validation/test, or evaluation overstates accuracy.",
+        ),
+        (!r.duplicates.is_empty(), "Duplicates within a split weigh those texts more; deduplicate unless intended."),
+    ];
+    for (_, a) in advice.iter().filter(|(applies, _)| *applies) {
+        let _ = writeln!(s, "- {a}");
     }
     let over: usize = r.token_lengths.iter().map(|l| l.over_max).sum();
     if over > 0 {
-        s.push_str(&format!("- {over} text(s) exceed the model's maximum length and will be truncated.\n"));
+        let _ = writeln!(s, "- {over} text(s) exceed the model's maximum length and will be truncated.");
     }
     if let Some(c) = r.counts.iter().find(|c| c.imbalance_ratio > 3.0) {
-        s.push_str(&format!(
-            "- The {} split is imbalanced ({:.1}:1); consider class weights and read per-class scores, not just accuracy.\n",
+        let _ = writeln!(
+            s,
+            "- The {} split is imbalanced ({:.1}:1); consider class weights and read per-class scores, not just accuracy.",
             c.split, c.imbalance_ratio
-        ));
+        );
     }
-    s
 }

@@ -20,7 +20,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 /// run starts part-way), `pos` of `total` is the position in the epoch.
 pub fn report_plain(done_now: usize, todo_now: usize, pos: usize, total: usize, since: Instant, loss: f32) {
     let every = (total / 10).max(1);
-    if pos % every != 0 && pos != total {
+    if !pos.is_multiple_of(every) && pos != total {
         return;
     }
     let per_step = since.elapsed().as_secs_f64() / done_now.max(1) as f64;

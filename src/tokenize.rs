@@ -75,7 +75,7 @@ impl TextEncoder {
             let cfg: Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
             if let Some(n) = cfg.get("model_max_length").and_then(Value::as_f64) {
-                if n >= 1.0 && n < 1e9 {
+                if (1.0..1e9).contains(&n) {
                     model_max = model_max.min(n as usize);
                 }
             }

@@ -232,6 +232,7 @@ fn sigterm_lets_in_flight_requests_finish() {
             .set("Content-Type", "application/json")
             .send_string("{\"inputs\": \"i feel calm\"}")
             .map(|r| r.status())
+            .map_err(|e| e.to_string())
     });
     std::thread::sleep(Duration::from_millis(200));
     let status = s.terminate();

@@ -222,7 +222,7 @@ fn check_data_passes_clean_data() {
 fn bench_writes_a_random_base_model_that_trains() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("random-tiny");
-    let tiny = common::fixture("tiny-distilbert");
+    let tiny = fixture("tiny-distilbert");
     let o = emotune(
         &[
             "bench",

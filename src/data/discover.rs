@@ -91,8 +91,11 @@ fn read_card(path: &Path) -> Result<Option<serde_yaml::Value>> {
     Ok(Some(yaml))
 }
 
+/// A split name and the path patterns of its files, from a card's `data_files`.
+type DataFiles = (String, Vec<String>);
+
 /// The default (or first) config of a card: its name and `(split, path patterns)`.
-fn card_config(card: &serde_yaml::Value) -> Option<(Option<String>, Vec<(String, Vec<String>)>)> {
+fn card_config(card: &serde_yaml::Value) -> Option<(Option<String>, Vec<DataFiles>)> {
     let configs = card.get("configs")?.as_sequence()?;
     let cfg = configs
         .iter()

@@ -287,7 +287,7 @@ fn label_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<RawLabel>>
     use arrow_array::types::*;
     use arrow_schema::DataType as T;
     let col = batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?;
-    fn ints<P: arrow_array::ArrowPrimitiveType>(a: &dyn Array) -> Vec<Option<RawLabel>>
+    fn ints<P: ArrowPrimitiveType>(a: &dyn Array) -> Vec<Option<RawLabel>>
     where
         P::Native: Into<i64>,
     {

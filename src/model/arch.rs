@@ -60,7 +60,7 @@ pub trait SequenceClassifier: Send + Sync {
 
 /// Multi-head attention needs a width divisible by the number of heads.
 pub fn check_heads(hidden: usize, heads: usize) -> Result<()> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         bail!("config.json: hidden size {hidden} is not divisible by the number of heads {heads}");
     }
     Ok(())

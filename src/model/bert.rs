@@ -61,8 +61,8 @@ mod defaults {
     pub fn position_embedding_type() -> String {
         "absolute".into()
     }
-    pub fn parsed_activation() -> super::Activation {
-        super::Activation::Gelu
+    pub fn parsed_activation() -> crate::model::nn::Activation {
+        crate::model::nn::Activation::Gelu
     }
 }
 

@@ -74,8 +74,8 @@ mod defaults {
     pub fn initializer_range() -> f64 {
         0.02
     }
-    pub fn parsed_activation() -> super::Activation {
-        super::Activation::Gelu
+    pub fn parsed_activation() -> crate::model::nn::Activation {
+        crate::model::nn::Activation::Gelu
     }
 }
 

@@ -10,8 +10,8 @@
 //! Built from the kernels of [`super::kernels`], with the whole backward written out. Why one
 //! node: candle's autograd gives every node's every input a zero-filled gradient and then adds
 //! the node's contribution to it, a fresh tensor each time. Per layer that is ten nodes with
-//! activations of up to `tokens × 3072` floats: about a third of a second of every DistilBERT
-//! step at 64 × 40 tokens went there (`emotune bench --profile`, "backward outside kernels").
+//! activations of up to `tokens × 3072` floats, a large share of the backward pass (see
+//! `emotune bench --profile`, "backward outside kernels", and the README's speed section).
 //! Here the layer's intermediate gradients live in buffers the backward reuses and updates in
 //! place (the GELU's gradient, the residual sums), and the weight gradients are written once.
 //!

@@ -3,7 +3,7 @@
 //! scores them together and answers each with its own rows, in order.
 
 use super::metrics::Metrics;
-use crate::infer::{score, Predictor};
+use crate::infer::{score, Predictor, Scores};
 use crate::sync::{lock, wait};
 use crate::tokenize::Tokenized;
 use anyhow::Result;
@@ -99,28 +99,28 @@ impl Worker {
         }
     }
 
-    /// `(logits, probabilities)` of `rows`; a batch above the budget (one large request) runs
-    /// in budget-sized chunks.
-    fn score_rows(&self, rows: &[&Tokenized]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    /// The scores of `rows`; a batch above the budget (one large request) runs in budget-sized
+    /// chunks.
+    fn score_rows(&self, rows: &[&Tokenized]) -> Result<Scores> {
         let p = &self.predictor;
-        let (mut logits, mut probs) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        let mut all = Scores::default();
         let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
         for part in rows.chunks((self.max_tokens / longest).max(1)) {
             let scores = score(&p.model, &p.encoder, part, &p.device)?;
-            logits.extend(scores.logits);
-            probs.extend(scores.probs);
+            all.logits.extend(scores.logits);
+            all.probs.extend(scores.probs);
         }
-        Ok((logits, probs))
+        Ok(all)
     }
 }
 
 /// Sends each job the scores of its own rows (they are consecutive in `result`).
-fn answer(jobs: Vec<Job>, result: &Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>) {
+fn answer(jobs: Vec<Job>, result: &Result<Scores>) {
     let mut offset = 0;
     for job in jobs {
         let n = job.rows.len();
         let reply = match result {
-            Ok((logits, probs)) => Ok((if job.raw_scores { logits } else { probs })[offset..offset + n].to_vec()),
+            Ok(s) => Ok((if job.raw_scores { &s.logits } else { &s.probs })[offset..offset + n].to_vec()),
             Err(e) => Err(format!("{e:#}")),
         };
         offset += n;

@@ -152,7 +152,7 @@ impl<'a> Trainer<'a> {
             }
             let epoch_end = self.state.batches_done == steps;
             let interrupted = (stop.requested)() || stop.after_step == Some(self.state.global_step);
-            let periodic = self.cfg.save_steps.is_some_and(|n| self.state.global_step % n == 0);
+            let periodic = self.cfg.save_steps.is_some_and(|n| self.state.global_step.is_multiple_of(n));
             if !epoch_end && (interrupted || periodic) {
                 let dir = self.checkpoint()?;
                 if interrupted {

@@ -2,10 +2,11 @@
 //! q/k/v projection: scores, masked softmax, dropout and the weighted sum; the backward
 //! recomputes the probabilities instead of keeping them.
 
+use super::buffer::{as_uninit, f32_slice, filled};
 use super::dropout::optional_keep_mask;
 use super::linear::gemm_strided;
+use super::profile;
 use super::simd::{fast_exp, lane_dot, lane_sum, simd_dispatch};
-use super::{as_uninit, f32_slice, filled, profile};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

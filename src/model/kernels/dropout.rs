@@ -1,7 +1,8 @@
 //! Inverted dropout as `torch.nn.Dropout`, with its keep mask drawn from a seeded ChaCha8 stream
 //! (one `u32` per element, in order) and kept as bytes for the backward pass.
 
-use super::{f32_slice, filled, profile, ELEMS_PER_CHUNK};
+use super::buffer::{f32_slice, filled, ELEMS_PER_CHUNK};
+use super::profile;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;

@@ -1,8 +1,9 @@
 //! The exact (erf) GELU, `x Φ(x)`, as `torch.nn.GELU()`: forward, in-place forward (inference)
 //! and backward, with the loops dispatched to AVX-512 where the CPU has it.
 
+use super::buffer::{f32_slice, filled, ELEMS_PER_CHUNK};
+use super::profile;
 use super::simd::{fast_erf, fast_exp, simd_dispatch};
-use super::{f32_slice, filled, profile, ELEMS_PER_CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

@@ -2,9 +2,10 @@
 //! node: `LayerNorm(dropout(h) + residual)`. Forward and backward (the input gradient and the
 //! weight and bias column sums) side by side.
 
+use super::buffer::{f32_slice, filled, ROWS_PER_CHUNK};
 use super::dropout::{optional_keep_mask, DropoutOp};
+use super::profile;
 use super::simd::{lane_dot, lane_sum};
-use super::{f32_slice, filled, profile, ROWS_PER_CHUNK};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

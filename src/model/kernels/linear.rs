@@ -1,7 +1,8 @@
 //! The fused linear layer `x Wᵀ + b` (one autograd node; the backward gives dx, dW and db in
 //! one pass), and the gemm wrappers the other kernels and the fused encoder layer share.
 
-use super::{f32_slice, filled, profile, ROWS_PER_CHUNK};
+use super::buffer::{f32_slice, filled, ROWS_PER_CHUNK};
+use super::profile;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

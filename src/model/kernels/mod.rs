@@ -13,6 +13,7 @@
 //! results are bitwise the same on any number of threads.
 
 mod attention;
+mod buffer;
 mod dropout;
 mod gelu;
 mod layer_norm;
@@ -22,6 +23,7 @@ mod simd;
 
 pub use attention::attention;
 pub(crate) use attention::AttentionOp;
+pub(crate) use buffer::{as_uninit, f32_slice, filled};
 pub use dropout::{dropout, keep_mask};
 pub(crate) use dropout::{dropped, optional_keep_mask};
 pub use gelu::gelu_erf;
@@ -32,43 +34,11 @@ pub use linear::linear;
 pub(crate) use linear::{column_sums, linear_into, matmul_into, weight_grad_into};
 pub use simd::{fast_erf, fast_exp};
 
-use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
-use std::mem::MaybeUninit;
-
-/// Rows per parallel work item.
-const ROWS_PER_CHUNK: usize = 16;
-/// Elements per parallel work item for element-wise kernels.
-const ELEMS_PER_CHUNK: usize = 1 << 14;
+use candle_core::Tensor;
 
 /// True where the fused kernels apply (they are written for contiguous f32 on the CPU).
 pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
-}
-
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { bail!("{what}: expected float32 input") };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{what}: input must be contiguous"),
-    }
-}
-
-/// Allocates `n` floats without zeroing them and lets `fill` write every one.
-pub(crate) fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(n);
-    fill(&mut v.spare_capacity_mut()[..n]);
-    // SAFETY: every caller's `fill` writes all `n` elements: a full element-wise map over its
-    // input, or gemm calls with `accumulate = false` that together cover the whole output.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// An initialised slice seen as possibly-uninitialised (same layout), for writers that accept
-/// both.
-pub(crate) fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the writers only store
-    // initialised values through it.
-    unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 #[cfg(test)]
