@@ -258,3 +258,29 @@ fn functions_and_files_stay_readable() {
     let layer = std::fs::read_to_string(src().join("model/layer.rs")).unwrap();
     assert!(functions(&layer).iter().any(|(name, _, len)| name == "bwd" && *len > MAX_FUNCTION_LINES));
 }
+
+/// The README's layout table names every top-level file and folder of `src/` and every file of
+/// `src/model/`, so that it keeps matching the tree.
+#[test]
+fn the_readme_layout_names_every_room() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Layout").expect("a Layout section");
+    let end = readme[start..].find("\n## ").map_or(readme.len(), |i| start + i);
+    let layout = &readme[start..end];
+    let mut missing = Vec::new();
+    for (dir, prefix) in [(src(), ""), (src().join("model"), "model/")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let shown = match path.is_dir() {
+                true => format!("{prefix}{name}/"),
+                false if name.ends_with(".rs") => format!("{prefix}{name}"),
+                false => continue,
+            };
+            if !layout.contains(&shown) && !["lib.rs", "main.rs", "mod.rs"].contains(&name.as_str()) {
+                missing.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README's layout does not mention: {}", missing.join(", "));
+}

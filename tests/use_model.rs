@@ -268,3 +268,31 @@ fn bench_writes_a_random_base_model_that_trains() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(trained.join("model.safetensors").exists());
 }
+
+/// Without --config, bench times the built-in distilbert-base-uncased shape, from any directory.
+#[test]
+fn bench_has_the_distilbert_base_shape_built_in() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["bench", "--batch", "2", "--seq", "8", "--steps", "1", "--warmup", "0", "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim()).unwrap();
+    assert_eq!((r["batch"].as_u64(), r["seq"].as_u64()), (Some(2), Some(8)));
+    assert!(r["train_step_s"].as_f64().unwrap() > 0.0);
+}
+
+/// `predict --input` reads a parquet file's text column like the other formats.
+#[test]
+fn predict_reads_parquet_input() {
+    let snapshots = hf_home().join("hub/datasets--dair-ai--emotion/snapshots");
+    let snapshot = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+    let parquet = snapshot.join("split/validation-00000-of-00001.parquet");
+    let o = emotune(&["predict", "-m", &model(), "--input", parquet.to_str().unwrap(), "--format", "jsonl"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 2000, "one line per validation row");
+    assert!(lines[0]["text"].as_str().is_some_and(|t| !t.is_empty()) && lines[0]["label"].is_string());
+}
