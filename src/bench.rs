@@ -123,7 +123,12 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Times every shape of `opts` on a fresh random model, reporting each as it is done.
-pub fn run(shape: &Shape, opts: &BenchOptions, device: &Device, mut report: impl FnMut(&ShapeReport)) -> Result<()> {
+pub fn run(
+    shape: &Shape,
+    opts: &BenchOptions,
+    device: &Device,
+    mut report: impl FnMut(&ShapeReport) -> Result<()>,
+) -> Result<()> {
     let mut config = shape.config.clone();
     config.set_labels(LABELS.map(String::from).to_vec());
     let vocab = config.arch.sizes().vocab;
@@ -152,7 +157,7 @@ pub fn run(shape: &Shape, opts: &BenchOptions, device: &Device, mut report: impl
             peak_rss_mb: peak_rss_mb(),
             steps: opts.steps,
             kernels: train.kernels,
-        });
+        })?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! imbalance, texts longer than the model's maximum length.
 
 use crate::data::{self, DataSpec, Dataset, RowProblem};
-use crate::display::clip;
+use crate::display::{clip, escape, label, labels, LABEL_CHARS};
 use crate::tokenize::TextEncoder;
 use anyhow::Result;
 use serde::Serialize;
@@ -201,8 +201,9 @@ fn token_lengths(ds: &Dataset, enc: &TextEncoder) -> Result<Vec<LengthStats>> {
 
 fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
     for g in groups.iter().take(limit) {
-        let places: Vec<String> = g.occurrences.iter().map(|(sp, loc, l)| format!("{loc} ({sp}, {l})")).collect();
-        let _ = writeln!(s, "  {:?}\n      {}", clip(&g.text, 90), places.join("\n      "));
+        let places: Vec<String> =
+            g.occurrences.iter().map(|(sp, loc, l)| format!("{} ({sp}, {})", escape(loc), label(l))).collect();
+        let _ = writeln!(s, "  \"{}\"\n      {}", clip(&g.text, 90), places.join("\n      "));
     }
     if groups.len() > limit {
         let _ = writeln!(s, "  ... and {} more (all in --json)", groups.len() - limit);
@@ -212,7 +213,7 @@ fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
 /// The report for a person: counts, then each kind of problem with where to find it, then a
 /// summary that says what to do.
 pub fn format_report(r: &CheckReport, limit: usize) -> String {
-    let mut s = format!("Data: {}   labels: {}\n\n", r.data, r.labels.join(", "));
+    let mut s = format!("Data: {}   labels: {}\n\n", escape(&r.data), labels(&r.labels));
     write_counts(&mut s, r);
     write_token_lengths(&mut s, r);
     write_problems(&mut s, r, limit);
@@ -221,7 +222,7 @@ pub fn format_report(r: &CheckReport, limit: usize) -> String {
 }
 
 fn write_counts(s: &mut String, r: &CheckReport) {
-    let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(8);
+    let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).clamp(8, LABEL_CHARS);
     let _ = write!(s, "{:<12}", "split");
     for l in &r.labels {
         let _ = write!(s, " {:>w$}", clip(l, w));
@@ -264,7 +265,7 @@ fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
     if !r.unusable_rows.is_empty() {
         let mut b = String::new();
         for p in r.unusable_rows.iter().take(limit) {
-            let _ = writeln!(b, "  {p}");
+            let _ = writeln!(b, "  {}", escape(&p.to_string()));
         }
         if r.unusable_rows.len() > limit {
             let _ = writeln!(b, "  ... and {} more (all in --json)", r.unusable_rows.len() - limit);
@@ -284,7 +285,7 @@ fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
     if !r.control_characters.is_empty() {
         let mut b = String::new();
         for f in r.control_characters.iter().take(limit) {
-            let _ = writeln!(b, "  {}: {}", f.location, f.message);
+            let _ = writeln!(b, "  {}: {}", escape(&f.location), f.message);
         }
         section(format!("warning: {} text(s) contain control characters:", r.control_characters.len()), b);
     }

@@ -2,7 +2,7 @@
 //! per-class report, confusion matrix (printed and as a PNG) and the highest-loss examples.
 
 use crate::data::{self, DataSpec, Dataset, SplitName};
-use crate::display::clip;
+use crate::display::{clip, escape, label};
 use crate::infer::{evaluate, Predictor};
 use crate::metrics::{self, Report};
 use anyhow::{bail, Result};
@@ -56,8 +56,9 @@ fn label_map(ds: &Dataset, model_labels: &[String]) -> Result<Vec<usize>> {
         .map(|l| {
             index.get(l.as_str()).copied().ok_or_else(|| {
                 anyhow::anyhow!(
-                    "the data's label {l:?} is not a label of the model ({}); give --label-names to name the data's labels",
-                    model_labels.join(", ")
+                    "the data's label \"{}\" is not a label of the model ({}); give --label-names to name the data's labels",
+                    label(l),
+                    crate::display::labels(model_labels)
                 )
             })
         })
@@ -135,38 +136,39 @@ fn row_normalized(confusion: &[Vec<usize>]) -> Vec<Vec<f64>> {
 /// The report as text: scores, per-class table, confusion matrix (counts and rates), worst
 /// examples.
 pub fn format_report(r: &EvalReport) -> String {
-    let mut s = format!("{} on {} ({} split, {} examples)\n\n", r.model, r.data, r.split, r.examples);
+    let (model, data) = (escape(&r.model), escape(&r.data));
+    let mut s = format!("{model} on {data} ({} split, {} examples)\n\n", r.split, r.examples);
     let m = &r.metrics;
     let _ = writeln!(
         s,
         "loss {:.4}   accuracy {:.4}   F1 weighted {:.4}   F1 macro {:.4}\n",
         r.loss, m.accuracy, m.f1_weighted, m.f1_macro
     );
-    let w = r.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(9);
+    let names: Vec<String> = r.labels.iter().map(|l| label(l)).collect();
+    let w = names.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(9);
     let _ = writeln!(s, "{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}", "", "precision", "recall", "f1-score", "support");
-    for c in &m.per_class {
-        let _ =
-            writeln!(s, "{:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}", c.label, c.precision, c.recall, c.f1, c.support);
+    for (c, name) in m.per_class.iter().zip(&names) {
+        let _ = writeln!(s, "{name:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}", c.precision, c.recall, c.f1, c.support);
     }
     s.push_str("\nconfusion matrix (rows: true label, columns: predicted)\n");
     let cw = w.max(8);
     let header: String = r.labels.iter().map(|l| format!("{:>cw$}", clip(l, cw))).collect::<Vec<_>>().join(" ");
     let _ = writeln!(s, "{:<w$}  {header}", "");
-    for (l, row) in r.labels.iter().zip(&m.confusion) {
+    for (l, row) in names.iter().zip(&m.confusion) {
         let cells: String = row.iter().map(|c| format!("{c:>cw$}")).collect::<Vec<_>>().join(" ");
         let _ = writeln!(s, "{l:<w$}  {cells}");
     }
     s.push_str("\nrow-normalised (recall per true label)\n");
     let _ = writeln!(s, "{:<w$}  {header}", "");
-    for (l, row) in r.labels.iter().zip(&r.confusion_normalized) {
+    for (l, row) in names.iter().zip(&r.confusion_normalized) {
         let cells: String = row.iter().map(|c| format!("{c:>cw$.3}")).collect::<Vec<_>>().join(" ");
         let _ = writeln!(s, "{l:<w$}  {cells}");
     }
     if !r.highest_loss.is_empty() {
         let _ = writeln!(s, "\n{} highest-loss examples", r.highest_loss.len());
         for e in &r.highest_loss {
-            let (loss, gold, pred, at, text) = (e.loss, &e.gold, &e.predicted, &e.location, clip(&e.text, 100));
-            let _ = writeln!(s, "  loss {loss:>7.3}  gold {gold:<w$} predicted {pred:<w$} {at}  {text}");
+            let (gold, pred, at, text) = (label(&e.gold), label(&e.predicted), escape(&e.location), clip(&e.text, 100));
+            let _ = writeln!(s, "  loss {:>7.3}  gold {gold:<w$} predicted {pred:<w$} {at}  {text}", e.loss);
         }
     }
     s

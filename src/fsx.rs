@@ -39,3 +39,63 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }
+
+/// Checks that `path` is a regular file (following symlinks), with the precise reason when it is
+/// not: missing, a directory, a FIFO, a device, a symlink loop, unreadable.
+pub fn check_regular_file(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("{}: no such file", path.display()),
+        Err(e) => anyhow::bail!("{}: cannot read it: {e}", path.display()),
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() { "a directory" } else { special_kind(&kind) };
+    anyhow::bail!("{}: is {what}, not a regular file", path.display())
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regular_file_check_says_what_the_path_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = |p: &Path| check_regular_file(p).unwrap_err().to_string();
+        assert!(msg(&dir.path().join("missing.txt")).ends_with("no such file"));
+        assert!(msg(dir.path()).contains("is a directory"));
+        assert!(msg(Path::new("/dev/null")).contains("character device"));
+        let a = dir.path().join("a");
+        std::os::unix::fs::symlink(dir.path().join("b"), &a).unwrap();
+        std::os::unix::fs::symlink(&a, dir.path().join("b")).unwrap();
+        assert!(msg(&a).contains("symbolic links"), "{}", msg(&a));
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(msg(&fifo).contains("FIFO"));
+        std::fs::write(dir.path().join("ok.txt"), "x").unwrap();
+        check_regular_file(&dir.path().join("ok.txt")).unwrap();
+    }
+}

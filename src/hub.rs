@@ -63,7 +63,12 @@ impl Source {
         match self {
             Source::Dir(dir) => {
                 let p = dir.join(file);
-                Ok(p.is_file().then_some(p))
+                if std::fs::symlink_metadata(&p).is_err() {
+                    return Ok(None);
+                }
+                // It is there: a directory, FIFO or broken link in its place is an error that says so.
+                crate::fsx::check_regular_file(&p)?;
+                Ok(Some(p))
             }
             Source::Hub { id, kind } => {
                 let repo = Repo::with_revision(id.clone(), *kind, "main".to_string());

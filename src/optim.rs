@@ -140,6 +140,11 @@ impl AdamW {
         Ok(())
     }
 
+    /// The first parameter whose moments hold a NaN or an infinity, if any.
+    pub fn first_non_finite_moment(&self) -> Option<&str> {
+        self.slots.iter().find(|s| !s.m.iter().chain(&s.v).all(|x| x.is_finite())).map(|s| s.name.as_str())
+    }
+
     /// Writes the moments and the step count (a checkpoint's `optimizer.safetensors`).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         let mut entries = Vec::with_capacity(2 * self.slots.len());

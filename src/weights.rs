@@ -2,7 +2,7 @@
 //! creating missing classification heads, and saving them back.
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -71,6 +71,24 @@ impl ParamStore {
             var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
         }
         Ok(())
+    }
+
+    /// The first parameter holding a NaN or an infinity, if any.
+    pub fn first_non_finite(&self) -> Result<Option<&str>> {
+        for (name, var) in &self.entries {
+            let (storage, layout) = var.storage_and_layout();
+            let finite = match (&*storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => v[a..b].iter().all(|x| x.is_finite()),
+                _ => {
+                    let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                    v.iter().all(|x| x.is_finite())
+                }
+            };
+            if !finite {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 
     /// Writes `model.safetensors`-style output atomically.
@@ -147,6 +165,8 @@ pub struct WeightLoader {
     created: Vec<String>,
     /// Create the task head (names outside the base model) afresh even if the file has one.
     fresh_head: bool,
+    /// Every parameter must be in the file: nothing is initialised (for inference).
+    trained_only: bool,
 }
 
 impl WeightLoader {
@@ -178,7 +198,15 @@ impl WeightLoader {
             store: ParamStore::default(),
             created: Vec::new(),
             fresh_head: false,
+            trained_only: false,
         }
+    }
+
+    /// Refuses to initialise any parameter: a checkpoint used for prediction must hold its
+    /// trained head.
+    pub fn trained_only(mut self) -> WeightLoader {
+        self.trained_only = true;
+        self
     }
 
     /// Ignores the checkpoint's task head (e.g. when the label set changes): every parameter
@@ -222,47 +250,57 @@ impl WeightLoader {
         let skip = self.fresh_head && !name.starts_with(&self.prefix);
         let found = if skip { None } else { self.find(name) };
         let tensor = match found {
-            Some(stored) => {
-                let (dtype, file_shape) = self.available[&stored].clone();
-                if file_shape != shape {
-                    bail!(
-                        "{}: tensor {stored} has shape {file_shape:?}, but the config implies {shape:?}",
-                        self.describe()
-                    );
-                }
-                self.used.insert(stored.clone());
-                let st = SafeTensors::deserialize(&self.bytes)?;
-                let view = st.tensor(&stored)?;
-                let data =
-                    to_f32(view.data(), dtype).with_context(|| format!("{}: tensor {stored}", self.describe()))?;
-                Tensor::from_vec(data, shape, &self.device)?
-            }
-            None => match init {
-                Init::Required => bail!(
-                    "{}: missing tensor {name} (the checkpoint does not match the config's architecture)",
-                    self.describe()
-                ),
-                Init::Normal(std) => {
-                    self.created.push(name.to_string());
-                    let n: usize = shape.iter().product();
-                    let dist = Normal::new(0.0f32, std as f32).map_err(|e| anyhow!("{e}"))?;
-                    let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng)).collect();
-                    Tensor::from_vec(v, shape, &self.device)?
-                }
-                Init::Zeros => {
-                    self.created.push(name.to_string());
-                    Tensor::zeros(shape, DType::F32, &self.device)?
-                }
-                Init::Ones => {
-                    self.created.push(name.to_string());
-                    Tensor::ones(shape, DType::F32, &self.device)?
-                }
-            },
+            Some(stored) => self.load_stored(&stored, shape)?,
+            None => self.create(name, shape, init)?,
         };
         let var = Var::from_tensor(&tensor)?;
         let t = var.as_tensor().clone();
         self.store.push(name.to_string(), var);
         Ok(t)
+    }
+
+    /// The tensor `stored` of the file, checked to have `shape` and finite values.
+    fn load_stored(&mut self, stored: &str, shape: &[usize]) -> Result<Tensor> {
+        let (dtype, file_shape) = self.available[stored].clone();
+        if file_shape != shape {
+            bail!("{}: tensor {stored} has shape {file_shape:?}, but the config implies {shape:?}", self.describe());
+        }
+        self.used.insert(stored.to_string());
+        let st = SafeTensors::deserialize(&self.bytes)?;
+        let view = st.tensor(stored)?;
+        let data = to_f32(view.data(), dtype).with_context(|| format!("{}: tensor {stored}", self.describe()))?;
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            bail!(
+                "{}: tensor {stored} holds {bad} NaN or infinite value(s); the checkpoint is broken",
+                self.describe()
+            );
+        }
+        Ok(Tensor::from_vec(data, shape, &self.device)?)
+    }
+
+    /// A parameter the checkpoint lacks, initialised as `init` says (or an error).
+    fn create(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let file = self.describe();
+        let tensor = match init {
+            Init::Required => {
+                bail!("{file}: missing tensor {name} (the checkpoint does not match the config's architecture)")
+            }
+            _ if self.trained_only => bail!(
+                "{file}: missing tensor {name}: the checkpoint has no trained classification head (a base model, \
+                 or its head was removed); fine-tune it with `emotune train` before predicting with it"
+            ),
+            Init::Normal(std) => {
+                let n: usize = shape.iter().product();
+                let dist = Normal::new(0.0f32, std as f32).map_err(|e| anyhow!("{e}"))?;
+                let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng)).collect();
+                Tensor::from_vec(v, shape, &self.device)?
+            }
+            Init::Zeros => Tensor::zeros(shape, DType::F32, &self.device)?,
+            Init::Ones => Tensor::ones(shape, DType::F32, &self.device)?,
+        };
+        self.created.push(name.to_string());
+        Ok(tensor)
     }
 
     /// Finishes loading: reports what was created and what in the file was not used.

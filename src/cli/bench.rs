@@ -3,6 +3,7 @@
 use crate::bench::{BenchOptions, KernelTime, ShapeReport};
 use anyhow::{bail, Result};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -42,9 +43,10 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let shape = crate::bench::Shape::load(args.config.as_deref())?;
+    let mut out = std::io::stdout().lock();
     if let Some(dir) = &args.write_model {
         crate::bench::write_random_model(&shape, &args.tokenizer, dir)?;
-        println!("wrote a randomly initialised model (speed work only) to {}", dir.display());
+        writeln!(out, "wrote a randomly initialised model (speed work only) to {}", dir.display())?;
         return Ok(());
     }
     let seqs = if args.seq.is_empty() { vec![24, 40, 64, 87] } else { args.seq.clone() };
@@ -53,22 +55,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let opts = BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup, profile: args.profile };
     if !args.json {
-        println!(
+        writeln!(
+            out,
             "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",
             "batch", "seq", "step s", "fwd s", "bwd s", "optim s", "eval s", "texts/s", "1-text ms", "peak MB"
-        );
+        )?;
     }
     crate::bench::run(&shape, &opts, &crate::device::select()?, |r| {
         if args.json {
-            println!("{}", serde_json::to_string(r).expect("serialisable"));
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
         } else {
-            print_row(r);
+            print_row(&mut out, r)?;
         }
+        Ok(())
     })
 }
 
-fn print_row(r: &ShapeReport) {
-    println!(
+fn print_row(out: &mut impl Write, r: &ShapeReport) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>10.1} | {:>8.0}",
         r.batch,
         r.seq,
@@ -80,13 +85,14 @@ fn print_row(r: &ShapeReport) {
         r.predict_texts_per_s,
         r.one_text_latency_s * 1e3,
         r.peak_rss_mb
-    );
+    )?;
     if !r.kernels.is_empty() {
-        print_kernel_profile(r);
+        print_kernel_profile(out, r)?;
     }
+    Ok(())
 }
 
-fn print_kernel_profile(r: &ShapeReport) {
+fn print_kernel_profile(out: &mut impl Write, r: &ShapeReport) -> std::io::Result<()> {
     let in_backward = |k: &KernelTime| k.kernel.ends_with("-backward");
     // Sections within a kernel (named "· ...") are already inside their kernel's time.
     let sum = |bwd: bool| {
@@ -96,10 +102,10 @@ fn print_kernel_profile(r: &ShapeReport) {
             .map(|k| k.seconds_per_step)
             .sum::<f64>()
     };
-    println!("      {:<32} {:>9} {:>7}", "kernel (per training step)", "s", "calls");
+    writeln!(out, "      {:<32} {:>9} {:>7}", "kernel (per training step)", "s", "calls")?;
     for k in &r.kernels {
-        println!("      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step);
+        writeln!(out, "      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step)?;
     }
-    println!("      {:<32} {:>9.3}", "forward outside kernels", r.forward_s - sum(false));
-    println!("      {:<32} {:>9.3}", "backward outside kernels", r.backward_s - sum(true));
+    writeln!(out, "      {:<32} {:>9.3}", "forward outside kernels", r.forward_s - sum(false))?;
+    writeln!(out, "      {:<32} {:>9.3}", "backward outside kernels", r.backward_s - sum(true))
 }

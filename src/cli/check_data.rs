@@ -3,6 +3,7 @@
 use crate::data::DataSpec;
 use anyhow::{bail, Result};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -30,13 +31,14 @@ pub fn run(args: CheckDataArgs) -> Result<()> {
         None => None,
     };
     let report = crate::check::run(&args.data, encoder.as_ref())?;
-    print!("{}", crate::check::format_report(&report, args.limit));
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", crate::check::format_report(&report, args.limit))?;
     if encoder.is_none() {
-        println!("(pass --model to measure token lengths against a model's maximum length)");
+        writeln!(out, "(pass --model to measure token lengths against a model's maximum length)")?;
     }
     if let Some(path) = &args.json {
         crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
-        println!("report saved to {}", path.display());
+        writeln!(out, "report saved to {}", path.display())?;
     }
     if report.error_count() > 0 {
         bail!("{} data error(s) found", report.error_count());

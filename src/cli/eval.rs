@@ -4,6 +4,7 @@ use crate::data::{DataSpec, SplitName};
 use crate::eval::EvalOptions;
 use anyhow::Result;
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -52,13 +53,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_length: args.max_length,
     };
     let report = crate::eval::run(&args.model, &spec, &opts, &crate::device::select()?)?;
-    print!("{}", crate::eval::format_report(&report));
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", crate::eval::format_report(&report))?;
     let title = format!("{} · {} ({})", report.split, report.data, report.examples);
     crate::plot::confusion_matrix_png(&args.plot, &report.labels, &report.metrics.confusion, &title)?;
-    println!("\nconfusion matrix saved to {}", args.plot.display());
+    writeln!(out, "\nconfusion matrix saved to {}", args.plot.display())?;
     if let Some(path) = &args.json {
         crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
-        println!("report saved to {}", path.display());
+        writeln!(out, "report saved to {}", path.display())?;
     }
     Ok(())
 }

@@ -47,11 +47,19 @@ pub fn main() -> i32 {
     init_logging(cli.verbose, cli.quiet);
     match run(cli) {
         Ok(()) => 0,
+        // The reader of our output went away (`emotune predict ... | head`): stop quietly, as
+        // ripgrep does.
+        Err(e) if is_broken_pipe(&e) => 0,
+        // Messages quote data and configs; what reaches the terminal is escaped.
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::display::escape(&format!("{e:#}")));
             1
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -6,6 +6,7 @@ use crate::infer::{output::prediction_json, Predictor};
 use crate::train::{format_table, RunControl, TrainConfig, TrainOutcome};
 use anyhow::Result;
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -44,7 +45,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     let device = crate::device::select()?;
     let outcome = crate::train::train_with(&cfg, &args.data, &device, &control)?;
-    println!("{}", format_table(&outcome.rows).trim_end());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;
     if let Some(ckpt) = &outcome.interrupted_at {
         let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
         eprintln!(
@@ -57,22 +59,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
         std::process::exit(130);
     }
-    report(&cfg, &outcome);
+    report(&mut out, &cfg, &outcome)?;
     if !args.predict.is_empty() {
         let predictor = Predictor::from_dir(&outcome.output_dir, cfg.max_length, &device)?;
         let texts: Vec<&str> = args.predict.iter().map(String::as_str).collect();
         for (text, p) in texts.iter().zip(predictor.predict(&texts, cfg.eval_batch_size)?) {
-            println!("{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?);
+            writeln!(out, "{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?)?;
         }
     }
     Ok(())
 }
 
 /// The best epoch and the totals, after the table.
-fn report(cfg: &TrainConfig, outcome: &TrainOutcome) {
+fn report(out: &mut impl Write, cfg: &TrainConfig, outcome: &TrainOutcome) -> std::io::Result<()> {
     if let Some(best) = &outcome.best {
         let r = &outcome.rows[best.row];
-        println!(
+        writeln!(
+            out,
             "best: epoch {:.1} (step {}) by {} = {:.4}{}{}",
             r.epoch,
             r.step,
@@ -80,14 +83,15 @@ fn report(cfg: &TrainConfig, outcome: &TrainOutcome) {
             best.value,
             if outcome.loaded_best { "; the saved model is that epoch's" } else { "" },
             if outcome.stopped_early { "; stopped early" } else { "" }
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "\n{} steps in {:.1} s; model written to {}",
         outcome.steps_done,
         outcome.wall_seconds,
         outcome.output_dir.display()
-    );
+    )
 }
 
 /// `<model>-finetuned-<dataset>`, from the last path segments (as the Trainer's examples name it).

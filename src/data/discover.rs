@@ -75,10 +75,26 @@ pub fn discover(source: &Source, label_column: &str) -> Result<Discovered> {
     for (split, mut names) in chosen {
         names.sort();
         names.dedup();
+        check_one_format(source, split, &names)?;
         let paths = names.iter().map(|n| source.get(n)).collect::<Result<Vec<_>>>()?;
         files.push((split, paths));
     }
     Ok(Discovered { files, class_names, config_name })
+}
+
+/// A split read from files of two formats (`train.txt` beside `train.csv`) is most likely a
+/// mistake: refuse it, naming them. Shards of one format (`train-00000-of-00002.parquet`, ...)
+/// are fine.
+fn check_one_format(source: &Source, split: &str, names: &[String]) -> Result<()> {
+    let ext = |n: &String| Path::new(n).extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if names.iter().any(|n| ext(n) != ext(&names[0])) {
+        bail!(
+            "{}: the {split} split would be read from files of different formats ({}); keep one of them",
+            source.describe(),
+            names.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The YAML front matter of a dataset card.

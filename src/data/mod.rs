@@ -11,6 +11,7 @@ mod readers;
 
 pub use discover::{glob_match, split_of_name};
 
+use crate::display::{label, labels as show_labels};
 use crate::hub::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::ArgPredicate;
@@ -251,7 +252,7 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     }
     let mut seen = HashSet::new();
     if let Some(l) = labels.iter().find(|l| !seen.insert(*l)) {
-        bail!("label name {l:?} is given twice");
+        bail!("label name \"{}\" is given twice", label(l));
     }
     let splits =
         raw.into_iter().map(|(split, files)| build_split(split, files, &labels, sink)).collect::<Result<_>>()?;
@@ -272,14 +273,18 @@ fn build_split(name: &str, files: Vec<RawFile>, labels: &[String], sink: &mut Si
                 RawLabel::Int(i) if *i >= 0 && (*i as usize) < labels.len() => *i as usize,
                 RawLabel::Int(i) => {
                     let msg =
-                        format!("label {i} is out of range (the {} labels are {})", labels.len(), labels.join(", "));
+                        format!("label {i} is out of range (the {} labels are {})", labels.len(), show_labels(labels));
                     sink.row(&f.path, row.line, msg)?;
                     continue;
                 }
                 RawLabel::Name(n) => match index.get(n.as_str()) {
                     Some(&id) => id,
                     None => {
-                        let msg = format!("label {n:?} is not among the training labels ({})", labels.join(", "));
+                        let msg = format!(
+                            "label \"{}\" is not among the training labels ({})",
+                            label(n),
+                            show_labels(labels)
+                        );
                         sink.row(&f.path, row.line, msg)?;
                         continue;
                     }
@@ -291,7 +296,12 @@ fn build_split(name: &str, files: Vec<RawFile>, labels: &[String], sink: &mut Si
     }
     if s.is_empty() {
         let files: Vec<String> = s.files.iter().map(|p| p.display().to_string()).collect();
-        bail!("the {name} split ({}) has no rows", files.join(", "));
+        let msg = format!("the {name} split ({}) has no usable rows", files.join(", "));
+        if sink.strict {
+            bail!("{msg}");
+        }
+        // Reading leniently, the rows' problems are reported; so is the empty split.
+        sink.problems.push(RowProblem { file: s.files.first().cloned().unwrap_or_default(), line: 0, message: msg });
     }
     Ok(s)
 }
@@ -304,8 +314,9 @@ fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
         for (i, e) in s.examples.iter().enumerate() {
             if !in_train.contains(&e.label) {
                 let msg = format!(
-                    "label {:?} occurs in the {} split but never in the training split",
-                    ds.labels[e.label], s.name
+                    "label \"{}\" occurs in the {} split but never in the training split",
+                    label(&ds.labels[e.label]),
+                    s.name
                 );
                 sink.row(&s.files[s.file_of[i]], e.line, msg)?;
             }
@@ -313,6 +324,10 @@ fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
     }
     Ok(())
 }
+
+/// Integer labels without declared names number their classes `0..=max`; a larger id than this
+/// is a typo or not a label at all.
+const MAX_INTEGER_LABELS: i64 = 100_000;
 
 /// Label names when nothing declares them: sorted distinct names (as `datasets`'
 /// `class_encode_column` does), or `0..=max` for integer labels.
@@ -328,6 +343,14 @@ fn infer_label_names(train: &[RawFile]) -> Result<Vec<String>> {
                 Some(RawLabel::Int(i)) => {
                     if *i < 0 {
                         bail!("{}:{}: negative label {i}", f.path.display(), r.line);
+                    }
+                    if *i >= MAX_INTEGER_LABELS {
+                        bail!(
+                            "{}:{}: label id {i} would make {} classes; give --label-names for integer labels this large",
+                            f.path.display(),
+                            r.line,
+                            *i as u64 + 1
+                        );
                     }
                     max_int = Some(max_int.map_or(*i, |m| m.max(*i)));
                 }

@@ -43,19 +43,28 @@ pub struct RawFile {
     pub class_names: Option<Vec<String>>,
 }
 
-/// Reads `path` by its extension (anything else: `text;label` lines, or one text per line).
+/// The extensions of the formats read, for messages (a file without one is read as `.txt`).
+pub const EXTENSIONS: &[&str] = &["parquet", "csv", "tsv", "jsonl", "json", "txt"];
+
+/// Reads `path` by its extension: `.txt` (or none) holds `text;label` lines, or one text per
+/// line when only texts are read. Anything but a regular file, and an unknown extension, is
+/// an error that says so.
 pub fn read_file(path: &Path, cols: Columns, sink: &mut Sink) -> Result<RawFile> {
-    if !path.is_file() {
-        bail!("{}: no such file", path.display());
-    }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    crate::fsx::check_regular_file(path)?;
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     let (rows, class_names) = match ext.as_str() {
         "parquet" => read_parquet(path, cols, sink)?,
         "csv" => (read_delimited(path, b',', cols, sink)?, None),
         "tsv" => (read_delimited(path, b'\t', cols, sink)?, None),
         "jsonl" | "json" => (read_jsonl(path, cols, sink)?, None),
-        _ if cols.label.is_some() => (read_semicolon(path, sink)?, None),
-        _ => (read_lines(path, sink)?, None),
+        "txt" | "" if cols.label.is_some() => (read_semicolon(path, sink)?, None),
+        "txt" | "" => (read_lines(path, sink)?, None),
+        other => bail!(
+            "{}: unsupported file type .{} (supported: .{})",
+            path.display(),
+            clip(other, 20),
+            EXTENSIONS.join(", .")
+        ),
     };
     Ok(RawFile { path: path.to_path_buf(), rows, class_names })
 }
@@ -153,7 +162,9 @@ fn parse_json_line(line: &str, cols: Columns) -> std::result::Result<(String, Op
         None => None,
         Some(Value::Number(x)) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
         Some(Value::String(s)) => parse_label(s),
-        Some(other) => return Err(format!("label {other} is neither a string nor an integer")),
+        Some(other) => {
+            return Err(format!("label {} is neither a string nor an integer", clip(&other.to_string(), 80)))
+        }
     };
     Ok((text.to_string(), label))
 }
@@ -189,7 +200,7 @@ fn read_delimited(path: &Path, delim: u8, cols: Columns, sink: &mut Sink) -> Res
     let col = |name: &str| -> Result<usize> {
         headers.iter().position(|h| h == name.as_bytes()).ok_or_else(|| {
             let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
-            anyhow!("{}: no column {name:?} (columns: {})", path.display(), have.join(", "))
+            anyhow!("{}: no column {name:?} (columns: {})", path.display(), crate::display::labels(&have))
         })
     };
     let (ti, li) = (col(cols.text)?, cols.label.map(col).transpose()?);
@@ -271,8 +282,17 @@ fn parquet_class_names(json: &str, label_col: &str) -> Option<Vec<String>> {
 }
 
 fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+    strings(batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?.as_ref())
+}
+
+/// The values of a string column, plain or dictionary-encoded (as pyarrow writes categoricals).
+fn strings(col: &dyn Array) -> Result<Vec<Option<String>>> {
     use arrow_array::cast::AsArray;
-    let col = batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?;
+    if let Some(dict) = col.as_any_dictionary_opt() {
+        let values = strings(dict.values().as_ref())?;
+        let keys = dict.normalized_keys();
+        return Ok((0..col.len()).map(|i| if col.is_null(i) { None } else { values[keys[i]].clone() }).collect());
+    }
     let out = match col.data_type() {
         arrow_schema::DataType::Utf8 => col.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect(),
         arrow_schema::DataType::LargeUtf8 => col.as_string::<i64>().iter().map(|s| s.map(str::to_string)).collect(),
@@ -301,7 +321,7 @@ fn label_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<RawLabel>>
         T::UInt8 => ints::<UInt8Type>(col),
         T::UInt16 => ints::<UInt16Type>(col),
         T::UInt32 => ints::<UInt32Type>(col),
-        T::Utf8 | T::LargeUtf8 | T::Utf8View => {
+        T::Utf8 | T::LargeUtf8 | T::Utf8View | T::Dictionary(..) => {
             string_column(batch, name)?.into_iter().map(|s| s.map(RawLabel::Name)).collect()
         }
         other => bail!("expected integer or string labels, found {other}"),

@@ -5,16 +5,14 @@
 pub mod output;
 
 use crate::hub::ModelFiles;
-use crate::model::{load_classifier, log_softmax_last_dim, softmax_last_dim, Dropout, LoadedModel, ModelConfig};
+use crate::model::{
+    load_trained_classifier, log_softmax_last_dim, softmax_last_dim, Dropout, LoadedModel, ModelConfig,
+};
 use crate::tokenize::{TextEncoder, Tokenized};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use serde_json::Value;
 use std::path::Path;
-
-/// Seeds the head of a base model (a checkpoint without a classification head), drawn as the
-/// seed recipe's training run would draw it; such a model predicts at random and says so.
-const UNTRAINED_HEAD_SEED: u64 = 42;
 
 /// Builds the tokenizer of a resolved model.
 pub fn text_encoder(files: &ModelFiles, config: &ModelConfig, max_length: Option<usize>) -> Result<TextEncoder> {
@@ -68,10 +66,10 @@ impl Predictor {
     fn open(files: ModelFiles, name: &str, max_length: Option<usize>, device: &Device) -> Result<Predictor> {
         let config = ModelConfig::load(&files.config)?;
         if config.raw.get("id2label").is_none() {
-            log::warn!("{name}: config.json has no id2label; this is a base model and its head is untrained");
+            log::warn!("{name}: config.json has no id2label; the labels are called LABEL_0, LABEL_1, ...");
         }
         let encoder = text_encoder(&files, &config, max_length)?;
-        let model = load_classifier(config, &files.weights, UNTRAINED_HEAD_SEED, device)?;
+        let model = load_trained_classifier(config, &files.weights, device)?;
         Ok(Predictor { model, encoder, device: device.clone() })
     }
 

@@ -3,7 +3,7 @@
 
 use super::{ranked, Prediction};
 use crate::data::InputText;
-use crate::display::clip;
+use crate::display::{clip, label, LABEL_CHARS};
 use serde_json::{Map, Value};
 use std::fmt::Write;
 
@@ -34,7 +34,7 @@ pub fn format_predictions_table(
 ) -> String {
     const WIDTH: usize = 60;
     let clip = |s: &str| clip(&s.replace(['\n', '\r', '\t'], " "), WIDTH);
-    let label_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
+    let label_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).clamp(5, LABEL_CHARS);
     let mut s = format!("{:<WIDTH$}  {:<label_w$}  {:>6}", "text", "label", "score");
     if top_k.is_some() {
         s.push_str("  ranked");
@@ -43,10 +43,16 @@ pub fn format_predictions_table(
     for (input, p) in rows {
         match p {
             Some(p) => {
-                let _ = write!(s, "{:<WIDTH$}  {:<label_w$}  {:>6.3}", clip(&input.text), labels[p.label_id], p.score);
+                let _ = write!(
+                    s,
+                    "{:<WIDTH$}  {:<label_w$}  {:>6.3}",
+                    clip(&input.text),
+                    label(&labels[p.label_id]),
+                    p.score
+                );
                 if let Some(k) = top_k {
                     let ranked: Vec<String> =
-                        ranked(p, k).into_iter().map(|i| format!("{} {:.3}", labels[i], p.probs[i])).collect();
+                        ranked(p, k).into_iter().map(|i| format!("{} {:.3}", label(&labels[i]), p.probs[i])).collect();
                     let _ = write!(s, "  {}", ranked.join(", "));
                 }
             }

@@ -108,5 +108,14 @@ fn parse_labels(raw: &Map<String, Value>) -> Result<Vec<String>> {
     if pairs.is_empty() {
         bail!("config.json: id2label is empty");
     }
+    let mut first_id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (id, name) in &pairs {
+        if let Some(earlier) = first_id.insert(name, *id) {
+            bail!(
+                "config.json: id2label gives \"{}\" to ids {earlier} and {id}; label names must be distinct",
+                crate::display::label(name)
+            );
+        }
+    }
     Ok(pairs.into_iter().map(|(_, n)| n).collect())
 }

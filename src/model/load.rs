@@ -23,6 +23,13 @@ pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &
     build_classifier(config, WeightLoader::open(weights, prefix, seed, device)?)
 }
 
+/// The classifier of a fine-tuned checkpoint, for prediction: every parameter, the task head
+/// included, must be in `weights` (nothing is drawn at random).
+pub fn load_trained_classifier(config: ModelConfig, weights: &Path, device: &Device) -> Result<LoadedModel> {
+    let prefix = config.arch.weight_prefix();
+    build_classifier(config, WeightLoader::open(weights, prefix, 0, device)?.trained_only())
+}
+
 /// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
 /// (for fine-tuning on a different label set).
 pub fn load_classifier_fresh_head(

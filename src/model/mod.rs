@@ -15,7 +15,7 @@ pub mod registry;
 pub use arch::{Architecture, Encoded, SequenceClassifier, Sizes};
 pub use config::ModelConfig;
 pub use layer::backward;
-pub use load::{load_classifier, load_classifier_fresh_head, random_classifier, LoadedModel};
+pub use load::{load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier, LoadedModel};
 pub use nn::{
     activate, attention_bias, cross_entropy, log_softmax_last_dim, softmax_last_dim, Activation, Dropout, Embedding,
     LayerNorm, Linear, SelfAttention,

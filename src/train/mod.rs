@@ -79,8 +79,18 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
     train_with(cfg, spec, device, &RunControl::default())
 }
 
-/// [`train`], resumable and interruptible.
+/// [`train`], resumable and interruptible. A run that fails leaves no output directory behind
+/// when it created it and wrote no checkpoint there.
 pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {
+    let created_dir = !cfg.output_dir.exists();
+    let result = run(cfg, spec, device, control);
+    if result.is_err() && created_dir && latest_checkpoint(&cfg.output_dir).ok().flatten().is_none() {
+        let _ = std::fs::remove_dir_all(&cfg.output_dir);
+    }
+    result
+}
+
+fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {
     cfg.validate()?;
     let started = Instant::now();
     let resume_dir = resume_dir(cfg, control)?;
@@ -181,8 +191,8 @@ fn load_model(
         log::warn!(
             "{}: its labels ({}) differ from the dataset's ({}); the classification head starts afresh",
             cfg.model,
-            checkpoint_labels.unwrap_or_default().join(", "),
-            dataset.labels.join(", ")
+            crate::display::labels(&checkpoint_labels.unwrap_or_default()),
+            crate::display::labels(&dataset.labels)
         );
     }
     config.set_labels(dataset.labels.clone());
@@ -207,6 +217,7 @@ fn tokenize(dataset: &Dataset, encoder: TextEncoder) -> Result<TrainData> {
     }
     Ok(TrainData {
         labels: dataset.labels.clone(),
+        train_locations: (0..train.len()).map(|i| train.location(i)).collect(),
         train_gold: train.examples.iter().map(|e| e.label).collect(),
         valid_gold: valid.examples.iter().map(|e| e.label).collect(),
         train_rows,
@@ -232,6 +243,7 @@ fn finish(cfg: &TrainConfig, trainer: &mut Trainer, files: &ModelFiles, dataset:
             best.value
         );
     }
+    trainer.check_finite()?;
     output::save_model(&trainer.model, files, dataset, cfg, state, best.map(|b| b.row))?;
     Ok(best.is_some())
 }

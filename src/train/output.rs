@@ -41,6 +41,7 @@ pub fn save_model(
     crate::hub::copy_tokenizer_files(&files.source, dir)?;
     write_json_atomic(&dir.join("training_args.json"), &serde_json::to_value(cfg)?)?;
     write_json_atomic(&dir.join("trainer_state.json"), &serde_json::to_value(state)?)?;
+    write_metrics(&dir.join("metrics.jsonl"), &state.rows)?;
     let card = crate::card::model_card(cfg, dataset, &model.config, model.params.numel(), &state.rows, best_row);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
     model.params.save(&weights)?;

@@ -5,7 +5,6 @@
 use super::checkpoint::{self, TrainerState};
 use super::config::{BestMetric, ClassWeights, TrainConfig};
 use super::history::{overfitting_warning, Best, EpochRow, LogPoint};
-use super::output::write_metrics;
 use super::sampler;
 use crate::infer::evaluate;
 use crate::metrics;
@@ -18,12 +17,18 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// A loss above this many times `ln(labels)` (the loss of a uniform guess) means the run has
+/// diverged: a model that learns stays far below it.
+const DIVERGED_LOSS_FACTOR: f64 = 100.0;
+
 /// The tokenised training and validation rows with their gold label ids.
 pub struct TrainData {
     pub encoder: TextEncoder,
     pub labels: Vec<String>,
     pub train_rows: Vec<Tokenized>,
     pub train_gold: Vec<usize>,
+    /// `file:line` of each training row, for messages.
+    pub train_locations: Vec<String>,
     pub valid_rows: Vec<Tokenized>,
     pub valid_gold: Vec<usize>,
 }
@@ -178,18 +183,56 @@ impl<'a> Trainer<'a> {
         let logits = self.model.model.forward(&batch, &self.dropout)?;
         let loss = cross_entropy(&logits, &labels, self.class_weights.as_ref())?;
         let loss_value: f32 = loss.to_scalar()?;
-        let step = self.state.global_step + 1;
-        if !loss_value.is_finite() {
-            bail!("the training loss became {loss_value} at step {step}; lower the learning rate");
+        let limit = DIVERGED_LOSS_FACTOR * (data.labels.len().max(2) as f64).ln();
+        if !loss_value.is_finite() || loss_value as f64 > limit {
+            let what = format!("the training loss became {loss_value} (a model that learns stays below {limit:.0})");
+            return Err(self.diverged(&what, rows, data));
         }
         let grads = backward(&loss)?;
         let lr = self.schedule.lr(self.state.global_step);
         let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
         if !grad_norm.is_finite() {
-            bail!("the gradient norm became {grad_norm} at step {step}; lower the learning rate");
+            return Err(self.diverged(&format!("the gradient norm became {grad_norm}"), rows, data));
         }
         self.record_step(loss_value, lr);
         Ok(loss_value)
+    }
+
+    /// The error of a run that diverged in the step on `rows`: where, on which rows, what to do.
+    fn diverged(&self, what: &str, rows: &[usize], data: &TrainData) -> anyhow::Error {
+        let s = &self.state;
+        let at: Vec<&str> = rows.iter().take(3).map(|&i| data.train_locations[i].as_str()).collect();
+        anyhow::anyhow!(
+            "training diverged at step {} (epoch {}, batch {} of {}, rows {}{}): {what}; lower --learning-rate \
+             (now {}), raise --warmup-ratio or keep --max-grad-norm on. Nothing in {} was replaced.",
+            s.global_step + 1,
+            s.epoch + 1,
+            s.batches_done + 1,
+            self.steps_this_epoch(),
+            crate::display::escape(&at.join(", ")),
+            if rows.len() > 3 { ", ..." } else { "" },
+            self.cfg.learning_rate,
+            self.cfg.output_dir.display()
+        )
+    }
+
+    /// Fails when the weights or the optimiser state hold a NaN or an infinity: such a state is
+    /// never written.
+    pub fn check_finite(&self) -> Result<()> {
+        let broken = match self.model.params.first_non_finite()? {
+            Some(name) => Some(format!("parameter {name}")),
+            None => self.opt.first_non_finite_moment().map(|name| format!("the optimiser moments of {name}")),
+        };
+        match broken {
+            Some(what) => bail!(
+                "training diverged by step {}: {what} holds NaN or infinite values; lower --learning-rate (now {}). \
+                 Nothing in {} was replaced.",
+                self.state.global_step,
+                self.cfg.learning_rate,
+                self.cfg.output_dir.display()
+            ),
+            None => Ok(()),
+        }
     }
 
     fn record_step(&mut self, loss: f32, lr: f64) {
@@ -209,14 +252,15 @@ impl<'a> Trainer<'a> {
 
     /// Writes a checkpoint of the current state and prunes the old ones.
     fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.check_finite()?;
         self.state.dropout_rng = self.dropout.state().expect("training dropout");
         let dir = checkpoint::save_checkpoint(&self.cfg.output_dir, self.cfg, &self.model, &self.opt, &self.state)?;
         checkpoint::prune_checkpoints(&self.cfg.output_dir, self.cfg.save_total_limit, self.state.best.as_ref())?;
         Ok(dir)
     }
 
-    /// The evaluation after an epoch: a row of the table, the best epoch and early stopping,
-    /// `metrics.jsonl`, and the epoch-end checkpoint.
+    /// The evaluation after an epoch: a row of the table, the best epoch and early stopping, and
+    /// the epoch-end checkpoint.
     fn end_epoch(&mut self, data: &TrainData, seconds: f64) -> Result<()> {
         let row = self.evaluate(data)?;
         eprintln!(
@@ -229,7 +273,6 @@ impl<'a> Trainer<'a> {
         let value = metric_value(self.cfg.metric_for_best, &row);
         self.state.rows.push(row);
         self.update_best(value);
-        write_metrics(&self.cfg.output_dir.join("metrics.jsonl"), &self.state.rows)?;
         let s = &mut self.state;
         s.epoch += 1;
         s.batches_done = 0;
