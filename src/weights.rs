@@ -316,7 +316,7 @@ impl WeightLoader {
             if is_pretraining_or_buffer(name) {
                 log::debug!("{file}: ignoring {name} (pretraining head or buffer)");
             } else {
-                log::warn!("{file}: unused tensor {name}");
+                log::warn!("{file}: unused tensor {}", crate::display::clip(name, 200));
             }
         }
         Ok(self.store)

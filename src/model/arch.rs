@@ -22,17 +22,23 @@ pub struct Sizes {
     pub max_positions: usize,
 }
 
-/// One architecture's parsed `config.json`: what it is and how to build it.
-pub trait Architecture: std::fmt::Debug + Send + Sync {
+/// What an architecture is called and how its checkpoints are laid out.
+#[derive(Debug)]
+pub struct Names {
     /// `model_type` in `config.json` (`"distilbert"`).
-    fn model_type(&self) -> &'static str;
+    pub model_type: &'static str,
     /// The Transformers class of its sequence classifier (`architectures` in a saved config).
-    fn classifier_class(&self) -> &'static str;
+    pub classifier_class: &'static str,
     /// The prefix of the encoder's weight names (`"distilbert."`); checkpoints of a bare base
     /// model store the names without it, and every name outside it belongs to the task head.
-    fn weight_prefix(&self) -> &'static str;
+    pub weight_prefix: &'static str,
     /// Whether the encoder reads segment ids (`token_type_ids`).
-    fn uses_token_types(&self) -> bool;
+    pub token_types: bool,
+}
+
+/// One architecture's parsed `config.json`: what it is and how to build it.
+pub trait Architecture: std::fmt::Debug + Send + Sync {
+    fn names(&self) -> &'static Names;
     fn sizes(&self) -> Sizes;
     /// The standard deviation of Transformers' `_init_weights` for new weights.
     fn initializer_range(&self) -> f64;
@@ -48,6 +54,24 @@ pub struct Encoded {
     pub hidden: Tensor,
     /// `pooler_output [batch, hidden]`, for architectures with a pooler.
     pub pooled: Option<Tensor>,
+}
+
+impl dyn Architecture {
+    pub fn model_type(&self) -> &'static str {
+        self.names().model_type
+    }
+
+    pub fn classifier_class(&self) -> &'static str {
+        self.names().classifier_class
+    }
+
+    pub fn weight_prefix(&self) -> &'static str {
+        self.names().weight_prefix
+    }
+
+    pub fn uses_token_types(&self) -> bool {
+        self.names().token_types
+    }
 }
 
 /// A built classifier.

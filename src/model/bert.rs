@@ -2,7 +2,7 @@
 //! its pooler and `BertForSequenceClassification`, with weights named as in the Hugging Face
 //! checkpoint: `bert.embeddings.*`, `bert.encoder.layer.{i}.*`, `bert.pooler.dense`, `classifier`.
 
-use super::arch::{check_heads, Architecture, Encoded, SequenceClassifier, Sizes};
+use super::arch::{check_heads, Architecture, Encoded, Names, SequenceClassifier, Sizes};
 use super::layer;
 use super::nn::{activate, attention_bias, Activation, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
 use crate::tokenize::Batch;
@@ -80,21 +80,16 @@ pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
     Ok(Box::new(c))
 }
 
+const NAMES: Names = Names {
+    model_type: "bert",
+    classifier_class: "BertForSequenceClassification",
+    weight_prefix: "bert.",
+    token_types: true,
+};
+
 impl Architecture for BertConfig {
-    fn model_type(&self) -> &'static str {
-        "bert"
-    }
-
-    fn classifier_class(&self) -> &'static str {
-        "BertForSequenceClassification"
-    }
-
-    fn weight_prefix(&self) -> &'static str {
-        "bert."
-    }
-
-    fn uses_token_types(&self) -> bool {
-        true
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
 
     fn sizes(&self) -> Sizes {

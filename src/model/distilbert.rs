@@ -2,7 +2,7 @@
 //! `DistilBertForSequenceClassification`, with weights named as in the Hugging Face checkpoint:
 //! `distilbert.embeddings.*`, `distilbert.transformer.layer.{i}.*`, `pre_classifier`, `classifier`.
 
-use super::arch::{check_heads, Architecture, Encoded, SequenceClassifier, Sizes};
+use super::arch::{check_heads, Architecture, Encoded, Names, SequenceClassifier, Sizes};
 use super::layer;
 use super::nn::{activate, attention_bias, Activation, Dropout, Embedding, LayerNorm, Linear, SelfAttention};
 use crate::tokenize::Batch;
@@ -91,21 +91,16 @@ pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
     Ok(Box::new(c))
 }
 
+const NAMES: Names = Names {
+    model_type: "distilbert",
+    classifier_class: "DistilBertForSequenceClassification",
+    weight_prefix: "distilbert.",
+    token_types: false,
+};
+
 impl Architecture for DistilBertConfig {
-    fn model_type(&self) -> &'static str {
-        "distilbert"
-    }
-
-    fn classifier_class(&self) -> &'static str {
-        "DistilBertForSequenceClassification"
-    }
-
-    fn weight_prefix(&self) -> &'static str {
-        "distilbert."
-    }
-
-    fn uses_token_types(&self) -> bool {
-        false
+    fn names(&self) -> &'static Names {
+        &NAMES
     }
 
     fn sizes(&self) -> Sizes {

@@ -12,7 +12,7 @@ pub mod load;
 pub mod nn;
 pub mod registry;
 
-pub use arch::{Architecture, Encoded, SequenceClassifier, Sizes};
+pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
 pub use config::ModelConfig;
 pub use layer::backward;
 pub use load::{load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier, LoadedModel};
