@@ -328,6 +328,8 @@ fn is_pretraining_or_buffer(name: &str) -> bool {
         || name.starts_with("vocab_transform.")
         || name.starts_with("vocab_layer_norm.")
         || name.starts_with("cls.")
+        || name.starts_with("lm_head.")
+        || name.contains("pooler.")
         || name.ends_with("position_ids")
 }
 

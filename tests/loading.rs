@@ -90,3 +90,23 @@ fn missing_encoder_tensor_is_an_error() {
     let err = load_classifier(config, &p, 0, &Device::Cpu).err().expect("loading should fail");
     assert!(format!("{err:#}").contains("missing tensor bert.encoder.layer.1.attention.self.value.bias"), "{err:#}");
 }
+
+/// A bare `RobertaModel` checkpoint (no `roberta.` prefix, a pooler, an MLM head, no
+/// classification head) loads its encoder and gets a fresh RoBERTa head.
+#[test]
+fn bare_roberta_model_loads_with_a_new_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let orig = original("tiny-roberta");
+    let mut out: HashMap<String, Tensor> =
+        orig.iter().filter_map(|(k, v)| k.strip_prefix("roberta.").map(|k| (k.to_string(), v.clone()))).collect();
+    let zeros = |n: usize| Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    out.insert("pooler.dense.bias".into(), zeros(32));
+    out.insert("lm_head.bias".into(), zeros(2000));
+    let weights = dir.path().join("model.safetensors");
+    candle_core::safetensors::save(&out, &weights).unwrap();
+    let m = load("tiny-roberta", &weights, 42);
+    let name = "roberta.encoder.layer.1.output.dense.weight";
+    assert_eq!(max_abs_diff(&param(&m, name), &orig[name]), 0.0);
+    assert_eq!(max_abs(&param(&m, "classifier.out_proj.bias")), 0.0);
+    assert!(max_abs_diff(&param(&m, "classifier.dense.weight"), &orig["classifier.dense.weight"]) > 0.0);
+}

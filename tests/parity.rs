@@ -128,6 +128,16 @@ fn tiny_bert_matches_pytorch() {
 }
 
 #[test]
+fn tiny_roberta_matches_pytorch() {
+    check_fixture("tiny-roberta");
+}
+
+#[test]
+fn tiny_xlm_roberta_matches_pytorch() {
+    check_fixture("tiny-xlm-roberta");
+}
+
+#[test]
 fn minilm_encoder_matches_pytorch() {
     use_shared_cache();
     let files = ModelFiles::resolve("sentence-transformers/all-MiniLM-L6-v2").unwrap();

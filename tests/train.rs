@@ -111,6 +111,16 @@ fn trains_tiny_bert_through_the_cli() {
 }
 
 #[test]
+fn trains_tiny_roberta_through_the_cli() {
+    check_run("tiny-roberta", "RobertaForSequenceClassification");
+}
+
+#[test]
+fn trains_tiny_xlm_roberta_through_the_cli() {
+    check_run("tiny-xlm-roberta", "XLMRobertaForSequenceClassification");
+}
+
+#[test]
 fn same_seed_same_bits() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));

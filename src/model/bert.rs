@@ -39,7 +39,7 @@ pub struct BertConfig {
     pub position_embedding_type: String,
     /// Parsed from `hidden_act` (checked when the config is read).
     #[serde(skip, default = "defaults::parsed_activation")]
-    act: Activation,
+    pub(crate) act: Activation,
 }
 
 mod defaults {
@@ -68,7 +68,13 @@ mod defaults {
 
 /// Reads and checks a BERT `config.json` (the registry's entry point).
 pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
-    let mut c: BertConfig = serde_json::from_value(config.clone()).context("config.json: invalid BERT config")?;
+    Ok(Box::new(read_config(config, "BERT")?))
+}
+
+/// BERT's fields of a `config.json` of architecture `what`, checked (RoBERTa reads them too).
+pub(crate) fn read_config(config: &Value, what: &str) -> Result<BertConfig> {
+    let mut c: BertConfig =
+        serde_json::from_value(config.clone()).with_context(|| format!("config.json: invalid {what} config"))?;
     if c.position_embedding_type != "absolute" {
         bail!(
             "config.json: position_embedding_type {:?} is not supported (only \"absolute\")",
@@ -77,7 +83,7 @@ pub fn parse_config(config: &Value) -> Result<Box<dyn Architecture>> {
     }
     c.act = Activation::parse(&c.hidden_act, "hidden_act")?;
     check_heads(c.hidden_size, c.num_attention_heads)?;
-    Ok(Box::new(c))
+    Ok(c)
 }
 
 const NAMES: Names = Names {
@@ -120,7 +126,8 @@ impl Architecture for BertConfig {
     }
 }
 
-pub struct BertLayer {
+/// One post-LayerNorm encoder layer, under BERT's weight names (RoBERTa's are the same).
+pub(crate) struct BertLayer {
     attention: SelfAttention,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -131,8 +138,9 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    fn load(wl: &mut WeightLoader, p: &str, c: &BertConfig, activation: Activation) -> Result<Self> {
+    pub(crate) fn load(wl: &mut WeightLoader, p: &str, c: &BertConfig) -> Result<Self> {
         let d = c.hidden_size;
+        let activation = c.act;
         let attention = SelfAttention {
             q: Linear::load(wl, &format!("{p}.attention.self.query"), d, d)?,
             k: Linear::load(wl, &format!("{p}.attention.self.key"), d, d)?,
@@ -152,7 +160,7 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout) -> Result<Tensor> {
         if layer::applies(x, self.activation) {
             let parts = layer::LayerParts {
                 attention: &self.attention,
@@ -188,7 +196,6 @@ pub struct BertModel {
 
 impl BertModel {
     pub fn load(wl: &mut WeightLoader, c: &BertConfig) -> Result<Self> {
-        let activation = c.act;
         let d = c.hidden_size;
         let p = "bert";
         let word_embeddings = Embedding::load(wl, &format!("{p}.embeddings.word_embeddings"), c.vocab_size, d)?;
@@ -198,7 +205,7 @@ impl BertModel {
             Embedding::load(wl, &format!("{p}.embeddings.token_type_embeddings"), c.type_vocab_size, d)?;
         let layer_norm = LayerNorm::load(wl, &format!("{p}.embeddings.LayerNorm"), d, c.layer_norm_eps)?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| BertLayer::load(wl, &format!("{p}.encoder.layer.{i}"), c, activation))
+            .map(|i| BertLayer::load(wl, &format!("{p}.encoder.layer.{i}"), c))
             .collect::<Result<Vec<_>>>()?;
         // Like Transformers, a checkpoint without a pooler gets a freshly initialised one.
         let pooler = Linear::load_head(wl, &format!("{p}.pooler.dense"), d, d, c.initializer_range)?;

@@ -11,6 +11,8 @@ pub mod layer;
 pub mod load;
 pub mod nn;
 pub mod registry;
+pub mod roberta;
+pub mod xlm_roberta;
 
 pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
 pub use config::ModelConfig;

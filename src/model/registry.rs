@@ -2,14 +2,19 @@
 //! here.
 
 use super::arch::Architecture;
-use super::{bert, distilbert};
+use super::{bert, distilbert, roberta, xlm_roberta};
 use anyhow::{bail, Result};
 use serde_json::Value;
 
 /// Parses a whole `config.json` object into an architecture.
 type Parse = fn(&Value) -> Result<Box<dyn Architecture>>;
 
-const ARCHITECTURES: &[(&str, Parse)] = &[("distilbert", distilbert::parse_config), ("bert", bert::parse_config)];
+const ARCHITECTURES: &[(&str, Parse)] = &[
+    ("distilbert", distilbert::parse_config),
+    ("bert", bert::parse_config),
+    ("roberta", roberta::parse_config),
+    ("xlm-roberta", xlm_roberta::parse_config),
+];
 
 /// The architecture of `config` (a `config.json` object) by its `model_type`.
 pub fn parse(model_type: &str, config: &Value) -> Result<Box<dyn Architecture>> {
