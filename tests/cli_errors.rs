@@ -76,9 +76,12 @@ fn hub_id_not_in_offline_cache() {
 fn unsupported_model_type() {
     let dir = copy_fixture("tiny-bert");
     edit_config(dir.path(), |c| {
-        c.insert("model_type".into(), "roberta".into());
+        c.insert("model_type".into(), "gpt2".into());
     });
-    assert_fails_with(&predict(dir.path(), &["i feel fine"]), "unsupported model_type \"roberta\"");
+    assert_fails_with(
+        &predict(dir.path(), &["i feel fine"]),
+        "unsupported model_type \"gpt2\" (supported: distilbert, bert, roberta, xlm-roberta)",
+    );
 }
 
 #[test]

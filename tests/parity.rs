@@ -7,8 +7,9 @@ use candle_core::{Device, Tensor};
 use common::*;
 use emotune::hub::ModelFiles;
 use emotune::infer::text_encoder;
+use emotune::model::task::loss;
 use emotune::model::ModelConfig;
-use emotune::model::{cross_entropy, load_classifier, Dropout, LoadedModel};
+use emotune::model::{cross_entropy, load_classifier, Dropout, LoadedModel, Targets, Task};
 use emotune::optim::{check_all_have_grads, AdamW, AdamWConfig, LinearSchedule};
 use emotune::tokenize::Batch;
 
@@ -41,6 +42,14 @@ fn labels(r: &Reference) -> Tensor {
     r.get("labels").to_dtype(candle_core::DType::U32).unwrap()
 }
 
+/// The reference labels as the model's task reads them: ids, or multi-hot rows.
+fn targets(r: &Reference, task: Task) -> Targets {
+    match task {
+        Task::SingleLabel => Targets::Ids(labels(r)),
+        Task::MultiLabel => Targets::MultiHot(r.get("labels").to_dtype(candle_core::DType::F32).unwrap()),
+    }
+}
+
 /// Tokenising the reference texts with our encoder gives PyTorch's ids and mask.
 fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
     let enc = text_encoder(files, &model.config, None).unwrap();
@@ -60,20 +69,24 @@ fn check_fixture(name: &str) {
     let with_types = m.config.arch.uses_token_types();
     check_tokens(&m, &files, &r);
     let batch = reference_batch(&r, with_types);
-    let y = labels(&r);
+    let y = targets(&r, m.config.task);
     let eval = Dropout::eval();
 
-    // Logits and loss.
+    // Logits, loss and (multi-label) the sigmoid probabilities.
     let logits = m.model.forward(&batch, &eval).unwrap();
-    let loss = cross_entropy(&logits, &y, None).unwrap();
+    if m.config.task == Task::MultiLabel {
+        let e_probs = max_abs_diff(&m.config.task.probabilities(&logits).unwrap(), r.get("probs"));
+        assert!(e_probs <= 1e-6, "probs err {e_probs}");
+    }
+    let loss_value = loss(&logits, &y, None).unwrap();
     let e_logits = max_abs_diff(&logits, r.get("logits"));
-    let e_loss = max_abs_diff(&loss.reshape(1).unwrap(), r.get("loss"));
+    let e_loss = max_abs_diff(&loss_value.reshape(1).unwrap(), r.get("loss"));
     println!("{name}: logits max abs err {e_logits:.3e}, loss err {e_loss:.3e}");
     assert!(e_logits <= 1e-5, "logits err {e_logits}");
     assert!(e_loss <= 1e-5, "loss err {e_loss}");
 
     // Every parameter has a gradient, and it matches.
-    let grads = emotune::model::backward(&loss).unwrap();
+    let grads = emotune::model::backward(&loss_value).unwrap();
     check_all_have_grads(m.params.iter(), &grads).unwrap();
     let ref_grads: Vec<&String> = r.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
     assert_eq!(ref_grads.len(), m.params.len(), "parameter count differs from PyTorch's");
@@ -99,7 +112,7 @@ fn check_fixture(name: &str) {
     let mut max_step_loss_err = 0f32;
     for (step, ref_loss) in ref_losses.iter().enumerate() {
         let logits = m.model.forward(&batch, &eval).unwrap();
-        let loss = cross_entropy(&logits, &y, None).unwrap();
+        let loss = loss(&logits, &y, None).unwrap();
         let l: f32 = loss.to_scalar().unwrap();
         max_step_loss_err = max_step_loss_err.max((l - ref_loss).abs());
         let grads = emotune::model::backward(&loss).unwrap();
@@ -125,6 +138,11 @@ fn tiny_distilbert_matches_pytorch() {
 #[test]
 fn tiny_bert_matches_pytorch() {
     check_fixture("tiny-bert");
+}
+
+#[test]
+fn tiny_bert_multilabel_matches_pytorch() {
+    check_fixture("tiny-bert-multilabel");
 }
 
 #[test]

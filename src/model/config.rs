@@ -4,6 +4,7 @@
 
 use super::arch::Architecture;
 use super::registry;
+use super::task::Task;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -14,19 +15,15 @@ pub struct ModelConfig {
     pub arch: Box<dyn Architecture>,
     /// Label names in id order (`id2label`); Transformers' `LABEL_0, LABEL_1` when absent.
     pub labels: Vec<String>,
-    pub problem_type: Option<String>,
+    /// From `problem_type`: one label per text, or several.
+    pub task: Task,
     /// Every field of the file, so that saving keeps what it came with.
     pub raw: Map<String, Value>,
 }
 
 impl Clone for ModelConfig {
     fn clone(&self) -> Self {
-        ModelConfig {
-            arch: self.arch.clone_box(),
-            labels: self.labels.clone(),
-            problem_type: self.problem_type.clone(),
-            raw: self.raw.clone(),
-        }
+        ModelConfig { arch: self.arch.clone_box(), labels: self.labels.clone(), task: self.task, raw: self.raw.clone() }
     }
 }
 
@@ -48,13 +45,8 @@ impl ModelConfig {
             .ok_or_else(|| anyhow!("config.json: missing field \"model_type\""))?;
         let arch = registry::parse(model_type, &Value::Object(raw.clone()))?;
         let labels = parse_labels(&raw)?;
-        let problem_type = raw.get("problem_type").and_then(Value::as_str).map(str::to_string);
-        if let Some(pt) = &problem_type {
-            if pt != "single_label_classification" {
-                bail!("config.json: problem_type {pt:?} is not supported (only single_label_classification)");
-            }
-        }
-        Ok(ModelConfig { arch, labels, problem_type, raw })
+        let task = Task::from_problem_type(raw.get("problem_type").and_then(Value::as_str))?;
+        Ok(ModelConfig { arch, labels, task, raw })
     }
 
     pub fn model_type(&self) -> &'static str {
@@ -81,7 +73,7 @@ impl ModelConfig {
             self.labels.iter().enumerate().map(|(i, l)| (l.clone(), Value::from(i))).collect();
         m.insert("id2label".into(), Value::Object(id2label));
         m.insert("label2id".into(), Value::Object(label2id));
-        m.insert("problem_type".into(), Value::String("single_label_classification".into()));
+        m.insert("problem_type".into(), Value::String(self.task.problem_type().into()));
         Value::Object(m)
     }
 }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod nn;
 pub mod registry;
 pub mod roberta;
+pub mod task;
 pub mod xlm_roberta;
 
 pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
@@ -19,6 +20,7 @@ pub use config::ModelConfig;
 pub use layer::backward;
 pub use load::{load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier, LoadedModel};
 pub use nn::{
-    activate, attention_bias, cross_entropy, log_softmax_last_dim, softmax_last_dim, Activation, Dropout, Embedding,
-    LayerNorm, Linear, SelfAttention,
+    activate, attention_bias, log_softmax_last_dim, softmax_last_dim, Activation, Dropout, Embedding, LayerNorm,
+    Linear, SelfAttention,
 };
+pub use task::{bce_with_logits, cross_entropy, Targets, Task};

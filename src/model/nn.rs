@@ -1,5 +1,5 @@
 //! The layers the encoders share (linear, LayerNorm, embeddings, self-attention, dropout,
-//! activations) and the loss.
+//! activations).
 //!
 //! Every operation is differentiable with candle's autograd. On the CPU in float32 each layer
 //! runs as a fused kernel of [`super::kernels`]; elsewhere it is composed from candle's
@@ -211,20 +211,6 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
-}
-
-/// Mean cross-entropy of `logits [n, c]` against `labels [n]` (u32), optionally weighted per
-/// class as `torch.nn.CrossEntropyLoss(weight=...)` does (weighted mean).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: Option<&Tensor>) -> Result<Tensor> {
-    let logp = log_softmax_last_dim(logits)?;
-    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-    match class_weights {
-        None => Ok(picked.mean_all()?.neg()?),
-        Some(w) => {
-            let wi = w.index_select(labels, 0)?;
-            Ok((picked.mul(&wi)?.sum_all()? / wi.sum_all()?)?.neg()?)
-        }
-    }
 }
 
 /// The additive attention bias `[batch, 1, 1, seq]`: 0 where attended, the lowest float where
