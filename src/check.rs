@@ -120,13 +120,18 @@ fn counts(ds: &Dataset) -> Vec<SplitCounts> {
         .collect()
 }
 
+/// An example's labels as a report shows them (`joy+love` for several).
+fn label_set(ds: &Dataset, e: &data::Example) -> String {
+    e.labels.iter().map(|&l| ds.labels[l].as_str()).collect::<Vec<_>>().join("+")
+}
+
 /// Every occurrence of `text` listed in `occ` as `(split index, row)`.
 fn group(ds: &Dataset, text: &str, occ: &[(usize, usize)]) -> TextGroup {
     let occurrences = occ
         .iter()
         .map(|&(si, i)| {
             let s = &ds.splits[si];
-            (s.name.clone(), s.location(i), ds.labels[s.examples[i].label].clone())
+            (s.name.clone(), s.location(i), label_set(ds, &s.examples[i]))
         })
         .collect();
     TextGroup { text: text.to_string(), occurrences }
@@ -144,8 +149,12 @@ fn repeated_texts(ds: &Dataset) -> (Vec<TextGroup>, Vec<TextGroup>, Vec<TextGrou
     }
     let (mut conflicting_labels, mut leakage, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
     for (text, occ) in by_text.iter().filter(|(_, occ)| occ.len() >= 2) {
-        let first_label = ds.splits[occ[0].0].examples[occ[0].1].label;
-        if occ.iter().any(|&(si, i)| ds.splits[si].examples[i].label != first_label) {
+        let set = |&(si, i): &(usize, usize)| {
+            let mut l = ds.splits[si].examples[i].labels.clone();
+            l.sort_unstable();
+            l
+        };
+        if occ.iter().any(|o| set(o) != set(&occ[0])) {
             conflicting_labels.push(group(ds, text, occ));
         }
         if occ.iter().any(|&(si, _)| si != occ[0].0) {

@@ -4,7 +4,8 @@
 use crate::data::{self, DataSpec, Dataset, SplitName};
 use crate::display::{clip, escape, label};
 use crate::infer::{evaluate, Predictor};
-use crate::metrics::{self, Report};
+use crate::metrics::{self, MultiLabelReport, Report};
+use crate::model::Task;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::Serialize;
@@ -30,10 +31,15 @@ pub struct EvalReport {
     pub examples: usize,
     pub loss: f64,
     pub labels: Vec<String>,
-    #[serde(flatten)]
-    pub metrics: Report,
+    /// The scores of a single-label model.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Report>,
     /// `confusion` divided by each row's total (gold label), as `normalize="true"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub confusion_normalized: Vec<Vec<f64>>,
+    /// The scores of a multi-label model, at its thresholds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabelReport>,
     pub highest_loss: Vec<LossExample>,
 }
 
@@ -71,17 +77,20 @@ pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) ->
     let (ds, split) = load_split(spec, opts)?;
     let map = label_map(&ds, predictor.labels())?;
     let labels = predictor.labels().to_vec();
-    let gold: Vec<usize> = split.examples.iter().map(|e| map[e.label]).collect();
+    let gold: Vec<Vec<usize>> = split.examples.iter().map(|e| e.labels.iter().map(|&l| map[l]).collect()).collect();
+    if predictor.task() == Task::SingleLabel && ds.multi_label {
+        bail!("{}: the data has several labels per text, but {model} is a single-label model", ds.name);
+    }
     let rows = predictor.encoder.tokenize(&split.texts())?;
     let cut = rows.iter().filter(|r| r.truncated).count();
     if cut > 0 {
         log::warn!("{cut} text(s) were longer than {} tokens and were truncated", predictor.encoder.max_length());
     }
     let pb = crate::progress::bar(rows.len() as u64, "evaluating");
-    let out =
-        evaluate(&predictor.model, &predictor.encoder, &rows, &gold, opts.batch_size, device, |n| pb.inc(n as u64))?;
+    let (p, thresholds) = (&predictor, &predictor.thresholds);
+    let out = evaluate(&p.model, &p.encoder, &rows, &gold, thresholds, opts.batch_size, device, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
-    let report = metrics::report(&gold, &out.preds, &labels);
+    let names = |ids: &[usize]| ids.iter().map(|&l| labels[l].as_str()).collect::<Vec<_>>().join("+");
     let mut order: Vec<usize> = (0..gold.len()).collect();
     order.sort_by(|&a, &b| out.losses[b].total_cmp(&out.losses[a]).then(a.cmp(&b)));
     let highest_loss = order
@@ -90,22 +99,33 @@ pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) ->
         .map(|i| LossExample {
             location: split.location(i),
             text: split.examples[i].text.clone(),
-            gold: labels[gold[i]].clone(),
-            predicted: labels[out.preds[i]].clone(),
+            gold: names(&gold[i]),
+            predicted: names(&out.preds[i]),
             loss: out.losses[i],
         })
         .collect();
-    Ok(EvalReport {
+    let mut report = EvalReport {
         model: model.to_string(),
         data: ds.name.clone(),
         split: opts.split.as_str().to_string(),
         examples: gold.len(),
         loss: out.loss,
         labels,
-        confusion_normalized: row_normalized(&report.confusion),
-        metrics: report,
+        metrics: None,
+        confusion_normalized: Vec::new(),
+        multi_label: None,
         highest_loss,
-    })
+    };
+    match predictor.task() {
+        Task::SingleLabel => {
+            let (g, p): (Vec<usize>, Vec<usize>) = gold.iter().zip(&out.preds).map(|(g, p)| (g[0], p[0])).unzip();
+            let r = metrics::report(&g, &p, &report.labels);
+            report.confusion_normalized = row_normalized(&r.confusion);
+            report.metrics = Some(r);
+        }
+        Task::MultiLabel => report.multi_label = Some(metrics::multilabel_report(&gold, &out.preds, &report.labels)),
+    }
+    Ok(report)
 }
 
 /// The dataset and its split `opts.split`, cut to `opts.limit` examples.
@@ -138,18 +158,44 @@ fn row_normalized(confusion: &[Vec<usize>]) -> Vec<Vec<f64>> {
 pub fn format_report(r: &EvalReport) -> String {
     let (model, data) = (escape(&r.model), escape(&r.data));
     let mut s = format!("{model} on {data} ({} split, {} examples)\n\n", r.split, r.examples);
-    let m = &r.metrics;
+    let names: Vec<String> = r.labels.iter().map(|l| label(l)).collect();
+    let w = names.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(9);
+    if let Some(m) = &r.metrics {
+        write_single_label(&mut s, r, m, &names, w);
+    }
+    if let Some(m) = &r.multi_label {
+        let _ = writeln!(
+            s,
+            "loss {:.4}   micro F1 {:.4}   macro F1 {:.4}   weighted F1 {:.4}   samples F1 {:.4}   exact match {:.4}\n",
+            r.loss, m.f1_micro, m.f1_macro, m.f1_weighted, m.f1_samples, m.subset_accuracy
+        );
+        write_per_class(&mut s, &m.per_class, &names, w);
+    }
+    if !r.highest_loss.is_empty() {
+        let _ = writeln!(s, "\n{} highest-loss examples", r.highest_loss.len());
+        for e in &r.highest_loss {
+            let (gold, pred, at, text) = (label(&e.gold), label(&e.predicted), escape(&e.location), clip(&e.text, 100));
+            let _ = writeln!(s, "  loss {:>7.3}  gold {gold:<w$} predicted {pred:<w$} {at}  {text}", e.loss);
+        }
+    }
+    s
+}
+
+fn write_per_class(s: &mut String, per_class: &[metrics::ClassScores], names: &[String], w: usize) {
+    let _ = writeln!(s, "{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}", "", "precision", "recall", "f1-score", "support");
+    for (c, name) in per_class.iter().zip(names) {
+        let _ = writeln!(s, "{name:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}", c.precision, c.recall, c.f1, c.support);
+    }
+}
+
+/// Scores, per-class table and the confusion matrix (counts and rates) of a single-label model.
+fn write_single_label(s: &mut String, r: &EvalReport, m: &Report, names: &[String], w: usize) {
     let _ = writeln!(
         s,
         "loss {:.4}   accuracy {:.4}   F1 weighted {:.4}   F1 macro {:.4}\n",
         r.loss, m.accuracy, m.f1_weighted, m.f1_macro
     );
-    let names: Vec<String> = r.labels.iter().map(|l| label(l)).collect();
-    let w = names.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(9);
-    let _ = writeln!(s, "{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}", "", "precision", "recall", "f1-score", "support");
-    for (c, name) in m.per_class.iter().zip(&names) {
-        let _ = writeln!(s, "{name:<w$}  {:>9.4}  {:>9.4}  {:>9.4}  {:>7}", c.precision, c.recall, c.f1, c.support);
-    }
+    write_per_class(s, &m.per_class, names, w);
     s.push_str("\nconfusion matrix (rows: true label, columns: predicted)\n");
     let cw = w.max(8);
     let header: String = r.labels.iter().map(|l| format!("{:>cw$}", clip(l, cw))).collect::<Vec<_>>().join(" ");
@@ -164,12 +210,4 @@ pub fn format_report(r: &EvalReport) -> String {
         let cells: String = row.iter().map(|c| format!("{c:>cw$.3}")).collect::<Vec<_>>().join(" ");
         let _ = writeln!(s, "{l:<w$}  {cells}");
     }
-    if !r.highest_loss.is_empty() {
-        let _ = writeln!(s, "\n{} highest-loss examples", r.highest_loss.len());
-        for e in &r.highest_loss {
-            let (gold, pred, at, text) = (label(&e.gold), label(&e.predicted), escape(&e.location), clip(&e.text, 100));
-            let _ = writeln!(s, "  loss {:>7.3}  gold {gold:<w$} predicted {pred:<w$} {at}  {text}", e.loss);
-        }
-    }
-    s
 }

@@ -72,6 +72,69 @@ pub fn report(gold: &[usize], pred: &[usize], labels: &[String]) -> Report {
     Report { accuracy: ratio(correct, total), f1_weighted, f1_macro, per_class, confusion, total }
 }
 
+/// The scores of multi-label predictions, with scikit-learn's definitions for a label-indicator
+/// matrix (`f1_score(average=...)`, `accuracy_score`; an undefined ratio counts as 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiLabelReport {
+    pub f1_micro: f64,
+    /// The mean over every label.
+    pub f1_macro: f64,
+    pub f1_weighted: f64,
+    /// The mean over texts of each text's F1.
+    pub f1_samples: f64,
+    /// Exact match: the texts whose predicted label set is the gold one.
+    pub subset_accuracy: f64,
+    pub per_class: Vec<ClassScores>,
+    pub total: usize,
+}
+
+/// Scores the label sets `pred` against `gold` (label ids below `labels.len()`).
+pub fn multilabel_report(gold: &[Vec<usize>], pred: &[Vec<usize>], labels: &[String]) -> MultiLabelReport {
+    assert_eq!(gold.len(), pred.len(), "gold and predicted row counts differ");
+    let k = labels.len();
+    let (mut tp, mut gold_n, mut pred_n) = (vec![0usize; k], vec![0usize; k], vec![0usize; k]);
+    let (mut exact, mut samples) = (0usize, 0f64);
+    for (g, p) in gold.iter().zip(pred) {
+        let hit = g.iter().filter(|l| p.contains(l)).count();
+        for &l in g {
+            gold_n[l] += 1;
+        }
+        for &l in p {
+            pred_n[l] += 1;
+            if g.contains(&l) {
+                tp[l] += 1;
+            }
+        }
+        exact += usize::from(hit == g.len() && hit == p.len());
+        samples += ratio(2 * hit, g.len() + p.len());
+    }
+    let per_class: Vec<ClassScores> = (0..k)
+        .map(|c| ClassScores {
+            label: labels[c].clone(),
+            precision: ratio(tp[c], pred_n[c]),
+            recall: ratio(tp[c], gold_n[c]),
+            f1: ratio(2 * tp[c], gold_n[c] + pred_n[c]),
+            support: gold_n[c],
+        })
+        .collect();
+    let support: usize = gold_n.iter().sum();
+    let (all_tp, all_pred): (usize, usize) = (tp.iter().sum(), pred_n.iter().sum());
+    let total = gold.len();
+    MultiLabelReport {
+        f1_micro: ratio(2 * all_tp, support + all_pred),
+        f1_macro: if k == 0 { 0.0 } else { per_class.iter().map(|c| c.f1).sum::<f64>() / k as f64 },
+        f1_weighted: if support == 0 {
+            0.0
+        } else {
+            per_class.iter().map(|c| c.f1 * c.support as f64).sum::<f64>() / support as f64
+        },
+        f1_samples: if total == 0 { 0.0 } else { samples / total as f64 },
+        subset_accuracy: ratio(exact, total),
+        per_class,
+        total,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +164,25 @@ mod tests {
         // a: p=1/2, r=1, f1=2/3; b: 0; c absent from both.
         assert!((r.f1_macro - (2.0 / 3.0) / 2.0).abs() < 1e-12);
         assert!((r.f1_weighted - (2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
+
+    /// Numbers from scikit-learn 1.x (`f1_score` with each average, `accuracy_score`,
+    /// `precision_recall_fscore_support`) on the same indicator matrices.
+    #[test]
+    fn multilabel_scores_match_scikit_learn() {
+        let gold = vec![vec![0, 2], vec![1], vec![2], vec![], vec![0, 1, 3]];
+        let pred = vec![vec![0], vec![1, 2], vec![2], vec![3], vec![0, 1]];
+        let labels: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+        let r = multilabel_report(&gold, &pred, &labels);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(r.f1_micro, 0.7142857142857143), "{}", r.f1_micro);
+        assert!(close(r.f1_macro, 0.5), "{}", r.f1_macro);
+        assert!(close(r.f1_weighted, 0.7142857142857143), "{}", r.f1_weighted);
+        assert!(close(r.f1_samples, 0.6266666666666666), "{}", r.f1_samples);
+        assert!(close(r.subset_accuracy, 0.2));
+        let f1: Vec<f64> = r.per_class.iter().map(|c| c.f1).collect();
+        assert_eq!(f1, [1.0, 1.0, 0.5, 0.0, 0.0]);
+        let support: Vec<usize> = r.per_class.iter().map(|c| c.support).collect();
+        assert_eq!(support, [2, 2, 2, 1, 0]);
     }
 }

@@ -84,6 +84,37 @@ pub fn confusion_matrix_png(path: &Path, labels: &[String], counts: &[Vec<usize>
     })
 }
 
+/// Per-label F1 of a multi-label model as horizontal bars, labels in id order.
+pub fn per_label_f1_png(path: &Path, labels: &[String], f1: &[f64], title: &str) -> Result<()> {
+    let height = 90 + 24 * labels.len() as u32;
+    render_atomic(path, (760, height), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0f64..1f64, (0..labels.len()).into_segmented())
+            .map_err(err)?;
+        let name = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => labels.get(*i).map_or(String::new(), |l| clip(l, 20)),
+            SegmentValue::Last => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .x_desc("F1")
+            .y_labels(labels.len())
+            .y_label_formatter(&name)
+            .label_style((FAMILY, 13))
+            .draw()
+            .map_err(err)?;
+        let bars = f1.iter().enumerate().map(|(i, &v)| {
+            Rectangle::new([(0.0, SegmentValue::Exact(i)), (v, SegmentValue::Exact(i + 1))], BLUE.mix(0.6).filled())
+        });
+        chart.draw_series(bars).map_err(err)?;
+        Ok(())
+    })
+}
+
 /// Learning curves: training loss per logging step with validation loss per evaluation (left),
 /// validation accuracy and F1 per evaluation (right).
 pub fn learning_curves_png(path: &Path, log: &[crate::train::LogPoint], rows: &[crate::train::EpochRow]) -> Result<()> {

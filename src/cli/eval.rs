@@ -31,7 +31,8 @@ pub struct EvalArgs {
     /// How many of the highest-loss examples to list.
     #[arg(long, default_value_t = 10)]
     pub top_losses: usize,
-    /// Where to save the confusion matrix as a PNG.
+    /// Where to save the confusion matrix (single-label) or the per-label F1 chart (multi-label)
+    /// as a PNG.
     #[arg(long, default_value = "confusion_matrix.png")]
     pub plot: PathBuf,
     /// Write the whole report as JSON to this file.
@@ -56,8 +57,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", crate::eval::format_report(&report))?;
     let title = format!("{} · {} ({})", report.split, report.data, report.examples);
-    crate::plot::confusion_matrix_png(&args.plot, &report.labels, &report.metrics.confusion, &title)?;
-    writeln!(out, "\nconfusion matrix saved to {}", args.plot.display())?;
+    if let Some(m) = &report.metrics {
+        crate::plot::confusion_matrix_png(&args.plot, &report.labels, &m.confusion, &title)?;
+        writeln!(out, "\nconfusion matrix saved to {}", args.plot.display())?;
+    }
+    if let Some(m) = &report.multi_label {
+        let f1: Vec<f64> = m.per_class.iter().map(|c| c.f1).collect();
+        crate::plot::per_label_f1_png(&args.plot, &report.labels, &f1, &title)?;
+        writeln!(out, "\nper-label F1 chart saved to {}", args.plot.display())?;
+    }
     if let Some(path) = &args.json {
         crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
         writeln!(out, "report saved to {}", path.display())?;

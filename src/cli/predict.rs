@@ -3,6 +3,7 @@
 use crate::data::InputText;
 use crate::infer::output::{format_predictions_table, prediction_json, ranked_json};
 use crate::infer::{Prediction, Predictor};
+use crate::model::Task;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::{IsTerminal, Write};
@@ -65,7 +66,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut preds = preds.iter();
     let rows: Vec<(&InputText, Option<&Prediction>)> =
         inputs.iter().map(|t| (t, if is_empty(t) { None } else { preds.next() })).collect();
-    write_output(&args, &rows, predictor.labels())?;
+    write_output(&args, &rows, predictor.labels(), predictor.task())?;
     let empty: Vec<String> = inputs.iter().filter(|t| is_empty(t)).map(|t| where_(&args, t.line)).collect();
     if !empty.is_empty() {
         let more = if empty.len() > 10 { ", ..." } else { "" };
@@ -109,7 +110,12 @@ fn where_(args: &PredictArgs, line: usize) -> String {
 }
 
 /// A table or JSON lines on standard output (`None`: an empty input).
-fn write_output(args: &PredictArgs, rows: &[(&InputText, Option<&Prediction>)], labels: &[String]) -> Result<()> {
+fn write_output(
+    args: &PredictArgs,
+    rows: &[(&InputText, Option<&Prediction>)],
+    labels: &[String],
+    task: Task,
+) -> Result<()> {
     let top_k = if args.all_scores { Some(labels.len()) } else { args.top_k };
     let table = match args.format {
         OutputFormat::Table => true,
@@ -118,13 +124,13 @@ fn write_output(args: &PredictArgs, rows: &[(&InputText, Option<&Prediction>)], 
     };
     let mut out = std::io::stdout().lock();
     if table {
-        write!(out, "{}", format_predictions_table(rows, labels, top_k))?;
+        write!(out, "{}", format_predictions_table(rows, labels, top_k, task))?;
         return Ok(());
     }
     for (input, p) in rows {
         let line = match p {
             Some(p) => {
-                let mut line = prediction_json(&input.text, p, labels);
+                let mut line = prediction_json(&input.text, p, labels, task);
                 if let Some(k) = top_k {
                     line["top"] = ranked_json(p, labels, k);
                 }

@@ -64,7 +64,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let predictor = Predictor::from_dir(&outcome.output_dir, cfg.max_length, &device)?;
         let texts: Vec<&str> = args.predict.iter().map(String::as_str).collect();
         for (text, p) in texts.iter().zip(predictor.predict(&texts, cfg.eval_batch_size)?) {
-            writeln!(out, "{}", serde_json::to_string(&prediction_json(text, &p, predictor.labels()))?)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&prediction_json(text, &p, predictor.labels(), predictor.task()))?
+            )?;
         }
     }
     Ok(())

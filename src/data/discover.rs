@@ -31,7 +31,13 @@ pub struct Discovered {
     pub files: Vec<(&'static str, Vec<PathBuf>)>,
     pub class_names: Option<Vec<String>>,
     pub config_name: Option<String>,
+    /// The names came from a `labels.txt` beside the files (then CSV/TSV files have no header).
+    pub names_file: bool,
 }
+
+/// The file that names the labels of headerless data, one per line in id order (as the
+/// original GoEmotions release has it).
+const NAMES_FILE: &str = "labels.txt";
 
 /// Finds the split files of a Hub dataset or a directory: by the dataset card's `configs`
 /// (the default config) when it has them, else by file names.
@@ -57,8 +63,13 @@ pub fn discover(source: &Source, label_column: &str) -> Result<Discovered> {
             config_name = cfg_name;
         }
     }
+    let mut names_file = false;
     if chosen.is_empty() {
-        for f in listing.iter().filter(|f| is_data_file(f)) {
+        if listing.iter().any(|f| f == NAMES_FILE) && class_names.is_none() {
+            class_names = Some(read_names_file(&source.get(NAMES_FILE)?)?);
+            names_file = true;
+        }
+        for f in listing.iter().filter(|f| is_data_file(f) && f.as_str() != NAMES_FILE) {
             if let Some(split) = split_of_name(f) {
                 chosen.entry(split).or_default().push(f.clone());
             }
@@ -79,7 +90,7 @@ pub fn discover(source: &Source, label_column: &str) -> Result<Discovered> {
         let paths = names.iter().map(|n| source.get(n)).collect::<Result<Vec<_>>>()?;
         files.push((split, paths));
     }
-    Ok(Discovered { files, class_names, config_name })
+    Ok(Discovered { files, class_names, config_name, names_file })
 }
 
 /// A split read from files of two formats (`train.txt` beside `train.csv`) is most likely a
@@ -95,6 +106,16 @@ fn check_one_format(source: &Source, split: &str, names: &[String]) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Label names, one per line (blank lines ignored).
+fn read_names_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    if names.is_empty() {
+        bail!("{}: names no labels", path.display());
+    }
+    Ok(names)
 }
 
 /// The YAML front matter of a dataset card.
@@ -146,7 +167,9 @@ fn card_class_names(card: &serde_yaml::Value, config: Option<&str>, label_column
         .as_sequence()?
         .iter()
         .find(|f| f.get("name").and_then(serde_yaml::Value::as_str) == Some(label_column))?;
-    let names = feature.get("dtype")?.get("class_label")?.get("names")?;
+    // `dtype: class_label:` for one label, `sequence: class_label:` for a list of them.
+    let class_label = feature.get("dtype").or_else(|| feature.get("sequence"))?.get("class_label")?;
+    let names = class_label.get("names")?;
     let map = names.as_mapping()?;
     let mut pairs: Vec<(usize, String)> = map
         .iter()

@@ -24,9 +24,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Example {
     pub text: String,
-    pub label: usize,
+    /// Label ids: exactly one in single-label data, one or more (distinct) in multi-label data.
+    pub labels: Vec<usize>,
     /// 1-based line (text formats) or row (parquet) in `file`.
     pub line: usize,
+}
+
+impl Example {
+    /// The label of single-label data (the first label otherwise).
+    pub fn label(&self) -> usize {
+        self.labels[0]
+    }
 }
 
 /// The rows of one split.
@@ -75,6 +83,8 @@ pub struct Dataset {
     pub config_name: Option<String>,
     pub labels: Vec<String>,
     pub splits: Vec<Split>,
+    /// Whether a text may carry several labels (the label column holds lists).
+    pub multi_label: bool,
 }
 
 impl Dataset {
@@ -89,8 +99,8 @@ impl Dataset {
     /// Examples per label id in one split.
     pub fn counts(&self, split: &Split) -> Vec<usize> {
         let mut c = vec![0; self.labels.len()];
-        for e in &split.examples {
-            c[e.label] += 1;
+        for &l in split.examples.iter().flat_map(|e| &e.labels) {
+            c[l] += 1;
         }
         c
     }
@@ -158,6 +168,9 @@ pub struct DataSpec {
     /// the sorted distinct names). Integer labels index into them; named labels must be among them.
     #[arg(long, value_delimiter = ',')]
     pub label_names: Option<Vec<String>>,
+    /// Splits a label cell into several labels (multi-label CSV/TSV/`text;label` data), e.g. ','.
+    #[arg(long)]
+    pub label_separator: Option<String>,
 }
 
 /// A dataset split, by its canonical name.
@@ -199,6 +212,8 @@ struct Found {
     files: BTreeMap<&'static str, Vec<PathBuf>>,
     card_names: Option<Vec<String>>,
     config_name: Option<String>,
+    /// The label names came from a `labels.txt` beside headerless CSV/TSV files.
+    headerless: bool,
 }
 
 /// The split files of `spec`: the dataset's, with explicit `--train/--validation/--test` files
@@ -210,13 +225,13 @@ fn find_files(spec: &DataSpec) -> Result<Found> {
         .clone()
         .or_else(|| explicit.iter().find_map(|(_, p)| p.as_ref()).map(|p| p.display().to_string()))
         .ok_or_else(|| anyhow!("no data: give --dataset (a Hub id or a directory) or data files"))?;
-    let mut found = Found { name, files: BTreeMap::new(), card_names: None, config_name: None };
+    let mut found = Found { name, files: BTreeMap::new(), card_names: None, config_name: None, headerless: false };
     if let Some(ds) = &spec.dataset {
         if Path::new(ds).is_file() {
             bail!("{ds} is a file: pass it as --train (and --validation/--test) instead of --dataset");
         }
         let d = discover::discover(&Source::parse(ds, RepoType::Dataset)?, &spec.label_column)?;
-        (found.card_names, found.config_name) = (d.class_names, d.config_name);
+        (found.card_names, found.config_name, found.headerless) = (d.class_names, d.config_name, d.names_file);
         found.files.extend(d.files);
     }
     for (split, p) in explicit {
@@ -232,7 +247,11 @@ fn find_files(spec: &DataSpec) -> Result<Found> {
 
 fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     let found = find_files(spec)?;
-    let cols = Columns { text: &spec.text_column, label: Some(&spec.label_column) };
+    // A names file beside headerless files is the layout of the original GoEmotions release:
+    // text, then comma-separated label ids.
+    let separator = spec.label_separator.as_deref().or(found.headerless.then_some(","));
+    let cols =
+        Columns { text: &spec.text_column, label: Some(&spec.label_column), separator, header: !found.headerless };
     let mut raw: Vec<(&'static str, Vec<RawFile>)> = Vec::new();
     for split in ["train", "validation", "test"] {
         if let Some(paths) = found.files.get(split) {
@@ -254,44 +273,31 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     if let Some(l) = labels.iter().find(|l| !seen.insert(*l)) {
         bail!("label name \"{}\" is given twice", label(l));
     }
+    let multi_label = separator.is_some()
+        || raw.iter().flat_map(|(_, fs)| fs).flat_map(|f| &f.rows).any(|r| matches!(r.label, Some(RawLabel::List(_))));
     let splits =
         raw.into_iter().map(|(split, files)| build_split(split, files, &labels, sink)).collect::<Result<_>>()?;
-    let ds = Dataset { name: found.name, config_name: found.config_name, labels, splits };
+    let ds = Dataset { name: found.name, config_name: found.config_name, labels, splits, multi_label };
     check_labels_seen_in_train(&ds, sink)?;
     Ok(ds)
 }
 
 /// The split `name` from its files' rows, with the labels mapped to ids (a label out of range
-/// or not among `labels` is a row problem).
+/// or not among `labels`, a row without labels and a label given twice in a row are row
+/// problems).
 fn build_split(name: &str, files: Vec<RawFile>, labels: &[String], sink: &mut Sink) -> Result<Split> {
     let index: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
     let mut s = Split { name: name.to_string(), files: Vec::new(), examples: Vec::new(), file_of: Vec::new() };
     for (fi, f) in files.into_iter().enumerate() {
         s.files.push(f.path.clone());
         for row in f.rows {
-            let id = match row.label.as_ref().expect("labelled data has labels") {
-                RawLabel::Int(i) if *i >= 0 && (*i as usize) < labels.len() => *i as usize,
-                RawLabel::Int(i) => {
-                    let msg =
-                        format!("label {i} is out of range (the {} labels are {})", labels.len(), show_labels(labels));
-                    sink.row(&f.path, row.line, msg)?;
-                    continue;
+            match label_ids(row.label.as_ref().expect("labelled data has labels"), labels, &index) {
+                Ok(ids) => {
+                    s.examples.push(Example { text: row.text, labels: ids, line: row.line });
+                    s.file_of.push(fi);
                 }
-                RawLabel::Name(n) => match index.get(n.as_str()) {
-                    Some(&id) => id,
-                    None => {
-                        let msg = format!(
-                            "label \"{}\" is not among the training labels ({})",
-                            label(n),
-                            show_labels(labels)
-                        );
-                        sink.row(&f.path, row.line, msg)?;
-                        continue;
-                    }
-                },
-            };
-            s.examples.push(Example { text: row.text, label: id, line: row.line });
-            s.file_of.push(fi);
+                Err(msg) => sink.row(&f.path, row.line, msg)?,
+            }
         }
     }
     if s.is_empty() {
@@ -306,16 +312,44 @@ fn build_split(name: &str, files: Vec<RawFile>, labels: &[String], sink: &mut Si
     Ok(s)
 }
 
+/// The ids of a row's label (or labels), or why they cannot be used.
+fn label_ids(
+    raw: &RawLabel,
+    labels: &[String],
+    index: &HashMap<&str, usize>,
+) -> std::result::Result<Vec<usize>, String> {
+    let id = |l: &RawLabel| match l {
+        RawLabel::Int(i) if *i >= 0 && (*i as usize) < labels.len() => Ok(*i as usize),
+        RawLabel::Int(i) => {
+            Err(format!("label {i} is out of range (the {} labels are {})", labels.len(), show_labels(labels)))
+        }
+        RawLabel::Name(n) => index.get(n.as_str()).copied().ok_or_else(|| {
+            format!("label \"{}\" is not among the training labels ({})", label(n), show_labels(labels))
+        }),
+        RawLabel::List(_) => Err("a list of labels inside a list".to_string()),
+    };
+    let RawLabel::List(items) = raw else { return Ok(vec![id(raw)?]) };
+    if items.is_empty() {
+        return Err("no label (a text needs at least one)".to_string());
+    }
+    let ids = items.iter().map(id).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    if let Some(dup) = ids.iter().find(|i| !seen.insert(**i)) {
+        return Err(format!("label \"{}\" is given twice in one row", label(&labels[*dup])));
+    }
+    Ok(ids)
+}
+
 /// A label that appears in validation or test but never in train cannot be learned.
 fn check_labels_seen_in_train(ds: &Dataset, sink: &mut Sink) -> Result<()> {
     let Some(train) = ds.split("train") else { return Ok(()) };
-    let in_train: HashSet<usize> = train.examples.iter().map(|e| e.label).collect();
+    let in_train: HashSet<usize> = train.examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
     for s in ds.splits.iter().filter(|s| s.name != "train") {
         for (i, e) in s.examples.iter().enumerate() {
-            if !in_train.contains(&e.label) {
+            if let Some(&l) = e.labels.iter().find(|l| !in_train.contains(l)) {
                 let msg = format!(
                     "label \"{}\" occurs in the {} split but never in the training split",
-                    label(&ds.labels[e.label]),
+                    label(&ds.labels[l]),
                     s.name
                 );
                 sink.row(&s.files[s.file_of[i]], e.line, msg)?;
@@ -336,25 +370,26 @@ fn infer_label_names(train: &[RawFile]) -> Result<Vec<String>> {
     let mut max_int: Option<i64> = None;
     for f in train {
         for r in &f.rows {
-            match &r.label {
-                Some(RawLabel::Name(n)) => {
-                    names.insert(n.clone());
-                }
-                Some(RawLabel::Int(i)) => {
-                    if *i < 0 {
-                        bail!("{}:{}: negative label {i}", f.path.display(), r.line);
+            let flat: Vec<&RawLabel> = match &r.label {
+                Some(RawLabel::List(items)) => items.iter().collect(),
+                Some(other) => vec![other],
+                None => Vec::new(),
+            };
+            for l in flat {
+                match l {
+                    RawLabel::Name(n) => {
+                        names.insert(n.clone());
                     }
-                    if *i >= MAX_INTEGER_LABELS {
-                        bail!(
-                            "{}:{}: label id {i} would make {} classes; give --label-names for integer labels this large",
-                            f.path.display(),
-                            r.line,
-                            *i as u64 + 1
-                        );
-                    }
-                    max_int = Some(max_int.map_or(*i, |m| m.max(*i)));
+                    RawLabel::Int(i) if *i < 0 => bail!("{}:{}: negative label {i}", f.path.display(), r.line),
+                    RawLabel::Int(i) if *i >= MAX_INTEGER_LABELS => bail!(
+                        "{}:{}: label id {i} would make {} classes; give --label-names for integer labels this large",
+                        f.path.display(),
+                        r.line,
+                        *i as u64 + 1
+                    ),
+                    RawLabel::Int(i) => max_int = Some(max_int.map_or(*i, |m| m.max(*i))),
+                    RawLabel::List(_) => {}
                 }
-                None => {}
             }
         }
     }
@@ -378,7 +413,7 @@ pub struct InputText {
 /// reports them); malformed rows and invalid UTF-8 are errors naming the line.
 pub fn read_texts(path: &Path, text_col: &str) -> Result<Vec<InputText>> {
     let mut sink = Sink { strict: true, problems: Vec::new() };
-    let file = readers::read_file(path, Columns { text: text_col, label: None }, &mut sink)?;
+    let file = readers::read_file(path, Columns::text(text_col), &mut sink)?;
     Ok(file.rows.into_iter().map(|r| InputText { line: r.line, text: r.text }).collect())
 }
 

@@ -18,6 +18,27 @@ use std::path::{Path, PathBuf};
 pub struct Columns<'a> {
     pub text: &'a str,
     pub label: Option<&'a str>,
+    /// Splits a label cell into several labels (multi-label data in CSV/TSV/`text;label`).
+    pub separator: Option<&'a str>,
+    /// Whether CSV/TSV files start with a header; without one the text is the first column and
+    /// the label the second (the original GoEmotions files).
+    pub header: bool,
+}
+
+impl<'a> Columns<'a> {
+    /// Just the text column, of a file with a header.
+    pub fn text(text: &'a str) -> Columns<'a> {
+        Columns { text, label: None, separator: None, header: true }
+    }
+
+    /// The label column among `have`: the one asked for, or `labels` when the default `label`
+    /// is missing (the name Hugging Face multi-label datasets use).
+    fn label_among(&self, have: &[&str]) -> Option<&'a str> {
+        match self.label {
+            Some("label") if !have.contains(&"label") && have.contains(&"labels") => Some("labels"),
+            other => other,
+        }
+    }
 }
 
 /// A value read from the label column.
@@ -25,6 +46,8 @@ pub struct Columns<'a> {
 pub enum RawLabel {
     Int(i64),
     Name(String),
+    /// Several labels of one text (a JSON or parquet list, or a cell split by the separator).
+    List(Vec<RawLabel>),
 }
 
 #[derive(Debug)]
@@ -57,7 +80,7 @@ pub fn read_file(path: &Path, cols: Columns, sink: &mut Sink) -> Result<RawFile>
         "csv" => (read_delimited(path, b',', cols, sink)?, None),
         "tsv" => (read_delimited(path, b'\t', cols, sink)?, None),
         "jsonl" | "json" => (read_jsonl(path, cols, sink)?, None),
-        "txt" | "" if cols.label.is_some() => (read_semicolon(path, sink)?, None),
+        "txt" | "" if cols.label.is_some() => (read_semicolon(path, cols.separator, sink)?, None),
         "txt" | "" => (read_lines(path, sink)?, None),
         other => bail!(
             "{}: unsupported file type .{} (supported: .{})",
@@ -94,15 +117,37 @@ fn make_row(
     Ok(Some(RawRow { text: text.to_string(), label, line }))
 }
 
-/// A label written as text: an integer id or a name; `None` when empty.
-fn parse_label(s: &str) -> Option<RawLabel> {
+/// A label written as text: an integer id or a name, or with `separator` a list of them; `None`
+/// when empty.
+fn parse_label(s: &str, separator: Option<&str>) -> Option<RawLabel> {
     let s = s.trim();
     if s.is_empty() {
         return None;
     }
+    if let Some(sep) = separator {
+        return Some(RawLabel::List(s.split(sep).filter_map(|part| parse_label(part, None)).collect()));
+    }
     Some(match s.parse::<i64>() {
         Ok(i) => RawLabel::Int(i),
         Err(_) => RawLabel::Name(s.to_string()),
+    })
+}
+
+/// A JSON label: an integer id, a name, or a list of them.
+fn json_label(v: &Value, separator: Option<&str>) -> std::result::Result<Option<RawLabel>, String> {
+    Ok(match v {
+        Value::Number(x) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
+        Value::String(s) => parse_label(s, separator),
+        Value::Array(items) => Some(RawLabel::List(
+            items
+                .iter()
+                .map(|i| json_label(i, None))
+                .filter_map(|l| l.transpose())
+                .collect::<std::result::Result<_, _>>()?,
+        )),
+        other => {
+            return Err(format!("label {} is neither a string, an integer nor a list", clip(&other.to_string(), 80)))
+        }
     })
 }
 
@@ -134,9 +179,10 @@ fn read_lines(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
     Ok(file_lines(path, sink)?.into_iter().map(|(line, text)| RawRow { text, label: None, line }).collect())
 }
 
-/// `text;label` lines (the label after the last `;`). Blank lines are skipped.
-fn read_semicolon(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
-    let cols = Columns { text: "text", label: Some("label") };
+/// `text;label` lines (the label after the last `;`, split by `separator` when given). Blank
+/// lines are skipped.
+fn read_semicolon(path: &Path, separator: Option<&str>, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    let cols = Columns { text: "text", label: Some("label"), separator: None, header: true };
     let mut rows = Vec::new();
     for (n, line) in file_lines(path, sink)? {
         if line.is_empty() {
@@ -147,7 +193,7 @@ fn read_semicolon(path: &Path, sink: &mut Sink) -> Result<Vec<RawRow>> {
             sink.row(path, n, msg)?;
             continue;
         };
-        rows.extend(make_row(sink, cols, (path, n), text, parse_label(label))?);
+        rows.extend(make_row(sink, cols, (path, n), text, parse_label(label, separator))?);
     }
     Ok(rows)
 }
@@ -158,13 +204,10 @@ fn parse_json_line(line: &str, cols: Columns) -> std::result::Result<(String, Op
     let obj = v.as_object().ok_or("expected a JSON object")?;
     let field = |name: &str| obj.get(name).ok_or_else(|| format!("missing field {name:?}"));
     let text = field(cols.text)?.as_str().ok_or_else(|| format!("field {:?} is not a string", cols.text))?;
-    let label = match cols.label.map(field).transpose()? {
+    let have: Vec<&str> = obj.keys().map(String::as_str).collect();
+    let label = match cols.label_among(&have).map(field).transpose()? {
         None => None,
-        Some(Value::Number(x)) => Some(RawLabel::Int(x.as_i64().ok_or(format!("label {x} is not an integer"))?)),
-        Some(Value::String(s)) => parse_label(s),
-        Some(other) => {
-            return Err(format!("label {} is neither a string nor an integer", clip(&other.to_string(), 80)))
-        }
+        Some(v) => json_label(v, cols.separator)?,
     };
     Ok((text.to_string(), label))
 }
@@ -187,23 +230,33 @@ fn read_jsonl(path: &Path, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>
     Ok(rows)
 }
 
-/// CSV or TSV with a header row naming the columns.
-fn read_delimited(path: &Path, delim: u8, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(delim)
-        .has_headers(true)
-        .flexible(false)
-        .from_path(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let header_err = |e: csv::Error| anyhow!("{}:1: cannot read the header: {e}", path.display());
-    let headers = rdr.byte_headers().map_err(header_err)?.clone();
+/// The positions of the text and label columns in a CSV/TSV header.
+fn header_columns(path: &Path, headers: &csv::ByteRecord, cols: Columns) -> Result<(usize, Option<usize>)> {
+    let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
     let col = |name: &str| -> Result<usize> {
-        headers.iter().position(|h| h == name.as_bytes()).ok_or_else(|| {
-            let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        have.iter().position(|h| h == name).ok_or_else(|| {
             anyhow!("{}: no column {name:?} (columns: {})", path.display(), crate::display::labels(&have))
         })
     };
-    let (ti, li) = (col(cols.text)?, cols.label.map(col).transpose()?);
+    let names: Vec<&str> = have.iter().map(String::as_str).collect();
+    Ok((col(cols.text)?, cols.label_among(&names).map(col).transpose()?))
+}
+
+/// CSV or TSV with a header row naming the columns (or, without a header, the text first and
+/// the label second).
+fn read_delimited(path: &Path, delim: u8, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .has_headers(cols.header)
+        .flexible(false)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let (ti, li) = if cols.header {
+        let header_err = |e: csv::Error| anyhow!("{}:1: cannot read the header: {e}", path.display());
+        header_columns(path, &rdr.byte_headers().map_err(header_err)?.clone(), cols)?
+    } else {
+        (0, cols.label.map(|_| 1))
+    };
     let mut rows = Vec::new();
     let mut rec = csv::ByteRecord::new();
     loop {
@@ -221,10 +274,19 @@ fn read_delimited(path: &Path, delim: u8, cols: Columns, sink: &mut Sink) -> Res
             }
         }
         let line = rec.position().map_or(0, |p| p.line() as usize);
-        let label = li.map(|i| std::str::from_utf8(&rec[i])).transpose();
-        match (std::str::from_utf8(&rec[ti]), label) {
+        let (Some(text), Some(label)) = (rec.get(ti), li.map_or(Some(None), |i| rec.get(i).map(Some))) else {
+            sink.row(
+                path,
+                line,
+                format!("expected the text in column {} and the label in column {}", ti + 1, li.unwrap_or(ti) + 1),
+            )?;
+            continue;
+        };
+        let label = label.map(std::str::from_utf8).transpose();
+        match (std::str::from_utf8(text), label) {
             (Ok(text), Ok(label)) => {
-                rows.extend(make_row(sink, cols, (path, line), text, label.and_then(parse_label))?)
+                let label = label.and_then(|l| parse_label(l, cols.separator));
+                rows.extend(make_row(sink, cols, (path, line), text, label)?)
             }
             (Err(e), _) | (_, Err(e)) => sink.row(path, line, format!("invalid UTF-8 ({e})"))?,
         }
@@ -239,14 +301,16 @@ fn read_parquet(path: &Path, cols: Columns, sink: &mut Sink) -> Result<(Vec<RawR
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| anyhow!("{}: not a valid parquet file: {e}", path.display()))?;
+    let schema = builder.schema().clone();
+    let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let label_col = cols.label_among(&have);
     let class_names = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|k| k.key == "huggingface").and_then(|k| k.value.clone()))
-        .and_then(|json| cols.label.and_then(|l| parquet_class_names(&json, l)));
-    let schema = builder.schema().clone();
-    for c in std::iter::once(cols.text).chain(cols.label) {
+        .and_then(|json| label_col.and_then(|l| parquet_class_names(&json, l)));
+    for c in std::iter::once(cols.text).chain(label_col) {
         if schema.field_with_name(c).is_err() {
             let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             bail!("{}: no column {c:?} (columns: {})", path.display(), have.join(", "));
@@ -259,7 +323,7 @@ fn read_parquet(path: &Path, cols: Columns, sink: &mut Sink) -> Result<(Vec<RawR
         let batch: RecordBatch = batch.map_err(|e| anyhow!("{}: reading parquet: {e}", path.display()))?;
         let column = |c: &str| format!("{}: column {c:?}", path.display());
         let texts = string_column(&batch, cols.text).with_context(|| column(cols.text))?;
-        let labels = match cols.label {
+        let labels = match label_col {
             Some(l) => label_column(&batch, l).with_context(|| column(l))?,
             None => vec![None; texts.len()],
         };
@@ -275,9 +339,13 @@ fn read_parquet(path: &Path, cols: Columns, sink: &mut Sink) -> Result<(Vec<RawR
     Ok((rows, class_names))
 }
 
+/// The ClassLabel names of `label_col` in the `huggingface` metadata: of the column, or of its
+/// items for a list of labels (`Sequence`/`List` of ClassLabel).
 fn parquet_class_names(json: &str, label_col: &str) -> Option<Vec<String>> {
     let v: Value = serde_json::from_str(json).ok()?;
-    let names = v.get("info")?.get("features")?.get(label_col)?.get("names")?.as_array()?;
+    let feature = v.get("info")?.get("features")?.get(label_col)?;
+    let feature = feature.get("feature").unwrap_or(feature);
+    let names = feature.get("names")?.as_array()?;
     names.iter().map(|n| n.as_str().map(str::to_string)).collect()
 }
 
@@ -303,16 +371,30 @@ fn strings(col: &dyn Array) -> Result<Vec<Option<String>>> {
 }
 
 fn label_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<RawLabel>>> {
+    labels(batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?.as_ref())
+}
+
+/// The labels of a column: integers, strings (plain or dictionary-encoded), or lists of them.
+fn labels(col: &dyn Array) -> Result<Vec<Option<RawLabel>>> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::*;
     use arrow_schema::DataType as T;
-    let col = batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?;
     fn ints<P: ArrowPrimitiveType>(a: &dyn Array) -> Vec<Option<RawLabel>>
     where
         P::Native: Into<i64>,
     {
         a.as_primitive::<P>().iter().map(|v| v.map(|x| RawLabel::Int(x.into()))).collect()
     }
+    let list = |values: &dyn Array, offsets: Vec<(usize, usize)>| -> Result<Vec<Option<RawLabel>>> {
+        let items = labels(values)?;
+        Ok(offsets
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, b))| {
+                (!col.is_null(i)).then(|| RawLabel::List(items[a..b].iter().flatten().cloned().collect()))
+            })
+            .collect())
+    };
     Ok(match col.data_type() {
         T::Int8 => ints::<Int8Type>(col),
         T::Int16 => ints::<Int16Type>(col),
@@ -322,8 +404,18 @@ fn label_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<RawLabel>>
         T::UInt16 => ints::<UInt16Type>(col),
         T::UInt32 => ints::<UInt32Type>(col),
         T::Utf8 | T::LargeUtf8 | T::Utf8View | T::Dictionary(..) => {
-            string_column(batch, name)?.into_iter().map(|s| s.map(RawLabel::Name)).collect()
+            strings(col)?.into_iter().map(|s| s.map(RawLabel::Name)).collect()
         }
-        other => bail!("expected integer or string labels, found {other}"),
+        T::List(_) => {
+            let l = col.as_list::<i32>();
+            let offsets = l.offsets().windows(2).map(|w| (w[0] as usize, w[1] as usize)).collect();
+            list(l.values().as_ref(), offsets)?
+        }
+        T::LargeList(_) => {
+            let l = col.as_list::<i64>();
+            let offsets = l.offsets().windows(2).map(|w| (w[0] as usize, w[1] as usize)).collect();
+            list(l.values().as_ref(), offsets)?
+        }
+        other => bail!("expected integer or string labels, or lists of them, found {other}"),
     })
 }

@@ -5,9 +5,8 @@
 pub mod output;
 
 use crate::hub::ModelFiles;
-use crate::model::{
-    load_trained_classifier, log_softmax_last_dim, softmax_last_dim, Dropout, LoadedModel, ModelConfig,
-};
+use crate::model::task::DEFAULT_THRESHOLD;
+use crate::model::{load_trained_classifier, log_softmax_last_dim, Dropout, LoadedModel, ModelConfig, Task};
 use crate::tokenize::{TextEncoder, Tokenized};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -38,14 +37,20 @@ pub struct Predictor {
     pub model: LoadedModel,
     pub encoder: TextEncoder,
     pub device: Device,
+    /// Per label, the probability from which a multi-label model predicts it.
+    pub thresholds: Vec<f32>,
 }
 
 /// One text's classification.
 #[derive(Debug, Clone)]
 pub struct Prediction {
+    /// The most probable label.
     pub label_id: usize,
     pub score: f32,
-    /// Softmax probabilities in label-id order.
+    /// The predicted labels: the most probable one (single-label), or every label whose
+    /// probability reaches its threshold, most probable first (multi-label; maybe none).
+    pub labels: Vec<usize>,
+    /// Probabilities in label-id order: softmax (single-label) or sigmoid (multi-label).
     pub probs: Vec<f32>,
     /// Raw logits in label-id order.
     pub logits: Vec<f32>,
@@ -69,8 +74,17 @@ impl Predictor {
             log::warn!("{name}: config.json has no id2label; the labels are called LABEL_0, LABEL_1, ...");
         }
         let encoder = text_encoder(&files, &config, max_length)?;
-        let model = load_trained_classifier(config, &files.weights, device)?;
-        Ok(Predictor { model, encoder, device: device.clone() })
+        Ok(Predictor::new(load_trained_classifier(config, &files.weights, device)?, encoder, device))
+    }
+
+    /// A predictor of a model in memory, with the default thresholds.
+    pub fn new(model: LoadedModel, encoder: TextEncoder, device: &Device) -> Predictor {
+        let thresholds = vec![DEFAULT_THRESHOLD; model.config.num_labels()];
+        Predictor { model, encoder, device: device.clone(), thresholds }
+    }
+
+    pub fn task(&self) -> Task {
+        self.model.config.task
     }
 
     pub fn labels(&self) -> &[String] {
@@ -88,14 +102,32 @@ impl Predictor {
             let scores = score(&self.model, &self.encoder, &rows.iter().collect::<Vec<_>>(), &self.device)?;
             for ((logits, probs), row) in scores.logits.into_iter().zip(scores.probs).zip(&rows) {
                 let id = argmax(&probs);
-                out.push(Prediction { label_id: id, score: probs[id], probs, logits, truncated: row.truncated });
+                let labels = predicted(self.task(), &probs, &self.thresholds);
+                out.push(Prediction {
+                    label_id: id,
+                    score: probs[id],
+                    labels,
+                    probs,
+                    logits,
+                    truncated: row.truncated,
+                });
             }
         }
         Ok(out)
     }
 }
 
-/// What a forward pass gives for each row: logits, softmax probabilities and log-probabilities.
+/// The labels predicted from one row's probabilities: the most probable (single-label), or
+/// each label at or above its threshold, most probable first (multi-label).
+pub fn predicted(task: Task, probs: &[f32], thresholds: &[f32]) -> Vec<usize> {
+    match task {
+        Task::SingleLabel => vec![argmax(probs)],
+        Task::MultiLabel => rank_descending(probs).into_iter().filter(|&l| probs[l] >= thresholds[l]).collect(),
+    }
+}
+
+/// What a forward pass gives for each row: logits, probabilities (softmax or sigmoid, by the
+/// model's task) and log-softmax (single-label).
 #[derive(Debug, Clone, Default)]
 pub struct Scores {
     pub logits: Vec<Vec<f32>>,
@@ -107,30 +139,35 @@ pub struct Scores {
 pub fn score(model: &LoadedModel, encoder: &TextEncoder, rows: &[&Tokenized], device: &Device) -> Result<Scores> {
     let batch = encoder.batch(rows, device)?;
     let logits = model.model.forward(&batch, &Dropout::inference())?;
-    Ok(Scores {
-        probs: softmax_last_dim(&logits)?.to_vec2()?,
-        log_probs: log_softmax_last_dim(&logits)?.to_vec2()?,
-        logits: logits.to_vec2()?,
-    })
+    let log_probs = match model.config.task {
+        Task::SingleLabel => log_softmax_last_dim(&logits)?.to_vec2()?,
+        Task::MultiLabel => Vec::new(),
+    };
+    Ok(Scores { probs: model.config.task.probabilities(&logits)?.to_vec2()?, log_probs, logits: logits.to_vec2()? })
 }
 
 /// Per-example results of running a model over a labelled split.
 #[derive(Debug, Clone)]
 pub struct EvalOutput {
-    /// Mean cross-entropy over the examples (Trainer's `eval_loss`).
+    /// The mean loss over the examples (Trainer's `eval_loss`): cross-entropy, or binary
+    /// cross-entropy averaged over every label.
     pub loss: f64,
-    pub preds: Vec<usize>,
-    /// Cross-entropy of each example.
+    /// The predicted labels of each example (one for single-label models).
+    pub preds: Vec<Vec<usize>>,
+    /// The loss of each example.
     pub losses: Vec<f32>,
 }
 
 /// Runs `model` over `rows` in order, in batches of `batch_size`, and scores the predictions
-/// against `gold`. `on_batch` is told how many rows each batch held.
+/// against `gold` (label ids per example; multi-label predictions use `thresholds`). `on_batch`
+/// is told how many rows each batch held.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &LoadedModel,
     encoder: &TextEncoder,
     rows: &[Tokenized],
-    gold: &[usize],
+    gold: &[Vec<usize>],
+    thresholds: &[f32],
     batch_size: usize,
     device: &Device,
     mut on_batch: impl FnMut(usize),
@@ -138,17 +175,35 @@ pub fn evaluate(
     if batch_size == 0 {
         bail!("batch size must be at least 1");
     }
+    let task = model.config.task;
     let mut out = EvalOutput { loss: 0.0, preds: Vec::new(), losses: Vec::new() };
     for (chunk, labels) in rows.chunks(batch_size).zip(gold.chunks(batch_size)) {
         let scores = score(model, encoder, &chunk.iter().collect::<Vec<_>>(), device)?;
-        for (lp, &g) in scores.log_probs.into_iter().zip(labels) {
-            out.preds.push(argmax(&lp));
-            out.losses.push(-lp[g]);
+        for (i, g) in labels.iter().enumerate() {
+            let (loss, pred) = match task {
+                Task::SingleLabel => (-scores.log_probs[i][g[0]], vec![argmax(&scores.log_probs[i])]),
+                Task::MultiLabel => (bce_row(&scores.logits[i], g), predicted(task, &scores.probs[i], thresholds)),
+            };
+            out.preds.push(pred);
+            out.losses.push(loss);
         }
         on_batch(chunk.len());
     }
     out.loss = out.losses.iter().map(|&l| l as f64).sum::<f64>() / out.losses.len().max(1) as f64;
     Ok(out)
+}
+
+/// Binary cross-entropy with logits of one row against its gold labels, averaged over labels.
+fn bce_row(logits: &[f32], gold: &[usize]) -> f32 {
+    let sum: f64 = logits
+        .iter()
+        .enumerate()
+        .map(|(l, &x)| {
+            let (x, y) = (x as f64, if gold.contains(&l) { 1.0 } else { 0.0 });
+            x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()
+        })
+        .sum();
+    (sum / logits.len().max(1) as f64) as f32
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).

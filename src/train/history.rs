@@ -12,9 +12,14 @@ pub struct EpochRow {
     pub epoch: f64,
     pub step: usize,
     pub validation_loss: f64,
+    /// Accuracy; for multi-label rows, exact-match (subset) accuracy.
     pub accuracy: f64,
+    /// Weighted F1; for multi-label rows, micro F1.
     pub f1: f64,
     pub f1_macro: f64,
+    /// Whether the row scores a multi-label model (its table shows micro and macro F1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_label: bool,
 }
 
 /// A logged training loss (mean over `logging_steps` steps).
@@ -35,8 +40,21 @@ pub struct Best {
     pub checkpoint: String,
 }
 
-/// The seed table: `Training Loss | Epoch | Step | Validation Loss | Accuracy | F1`.
+/// The seed table: `Training Loss | Epoch | Step | Validation Loss | Accuracy | F1`; for a
+/// multi-label run `... | Validation Loss | Micro F1 | Macro F1`.
 pub fn format_table(rows: &[EpochRow]) -> String {
+    if rows.first().is_some_and(|r| r.multi_label) {
+        let mut s = String::from("| Training Loss | Epoch | Step | Validation Loss | Micro F1 | Macro F1 |\n");
+        s.push_str("|:-------------:|:-----:|:----:|:---------------:|:--------:|:--------:|\n");
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {:<13.4} | {:<5.1} | {:<4} | {:<15.4} | {:<8.4} | {:<8.4} |",
+                r.training_loss, r.epoch, r.step, r.validation_loss, r.f1, r.f1_macro
+            );
+        }
+        return s;
+    }
     let mut s = String::from("| Training Loss | Epoch | Step | Validation Loss | Accuracy | F1     |\n");
     s.push_str("|:-------------:|:-----:|:----:|:---------------:|:--------:|:------:|\n");
     for r in rows {
@@ -83,7 +101,16 @@ mod tests {
     use super::*;
 
     fn row(epoch: f64, training_loss: f64, validation_loss: f64) -> EpochRow {
-        EpochRow { training_loss, epoch, step: 0, validation_loss, accuracy: 0.0, f1: 0.0, f1_macro: 0.0 }
+        EpochRow {
+            training_loss,
+            epoch,
+            step: 0,
+            validation_loss,
+            accuracy: 0.0,
+            f1: 0.0,
+            f1_macro: 0.0,
+            multi_label: false,
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use history::{format_table, Best, EpochRow, LogPoint};
 use crate::data::{self, DataSpec, Dataset};
 use crate::hub::ModelFiles;
 use crate::infer::text_encoder;
-use crate::model::{load_classifier, load_classifier_fresh_head, LoadedModel, ModelConfig};
+use crate::model::{load_classifier, load_classifier_fresh_head, LoadedModel, ModelConfig, Task};
 use crate::tokenize::TextEncoder;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
@@ -196,6 +196,10 @@ fn load_model(
         );
     }
     config.set_labels(dataset.labels.clone());
+    // Lists of labels in the data, or a multi-label checkpoint: sigmoid outputs and BCE.
+    if dataset.multi_label {
+        config.task = Task::MultiLabel;
+    }
     let encoder = text_encoder(files, &config, cfg.max_length)?;
     let model = if reinit_head {
         load_classifier_fresh_head(config, &files.weights, cfg.seed, device)?
@@ -218,8 +222,8 @@ fn tokenize(dataset: &Dataset, encoder: TextEncoder) -> Result<TrainData> {
     Ok(TrainData {
         labels: dataset.labels.clone(),
         train_locations: (0..train.len()).map(|i| train.location(i)).collect(),
-        train_gold: train.examples.iter().map(|e| e.label).collect(),
-        valid_gold: valid.examples.iter().map(|e| e.label).collect(),
+        train_gold: train.examples.iter().map(|e| e.labels.clone()).collect(),
+        valid_gold: valid.examples.iter().map(|e| e.labels.clone()).collect(),
         train_rows,
         valid_rows,
         encoder,

@@ -8,7 +8,9 @@ use super::history::{overfitting_warning, Best, EpochRow, LogPoint};
 use super::sampler;
 use crate::infer::evaluate;
 use crate::metrics;
-use crate::model::{backward, cross_entropy, Dropout, LoadedModel};
+use crate::model::task::loss;
+use crate::model::task::DEFAULT_THRESHOLD;
+use crate::model::{backward, Dropout, LoadedModel, Targets, Task};
 use crate::optim::{AdamW, LinearSchedule};
 use crate::tokenize::{TextEncoder, Tokenized};
 use anyhow::{bail, Result};
@@ -26,11 +28,12 @@ pub struct TrainData {
     pub encoder: TextEncoder,
     pub labels: Vec<String>,
     pub train_rows: Vec<Tokenized>,
-    pub train_gold: Vec<usize>,
+    /// The label ids of each training row (one, or several for multi-label data).
+    pub train_gold: Vec<Vec<usize>>,
     /// `file:line` of each training row, for messages.
     pub train_locations: Vec<String>,
     pub valid_rows: Vec<Tokenized>,
-    pub valid_gold: Vec<usize>,
+    pub valid_gold: Vec<Vec<usize>>,
 }
 
 /// How the loop is told to stop early from outside: the interrupt flag or a test hook.
@@ -90,7 +93,11 @@ impl<'a> Trainer<'a> {
         let class_weights = match cfg.class_weights {
             ClassWeights::None => None,
             ClassWeights::Balanced => {
-                let w = sampler::balanced_weights(&data.train_gold, data.labels.len());
+                if model.config.task == Task::MultiLabel {
+                    bail!("--class-weights balanced weighs the classes of single-label data; this data is multi-label");
+                }
+                let gold: Vec<usize> = data.train_gold.iter().map(|g| g[0]).collect();
+                let w = sampler::balanced_weights(&gold, data.labels.len());
                 log::info!("class weights: {w:?}");
                 Some(Tensor::from_vec(w, data.labels.len(), device)?)
             }
@@ -178,12 +185,16 @@ impl<'a> Trainer<'a> {
     fn step(&mut self, rows: &[usize], data: &TrainData) -> Result<f32> {
         let tokens: Vec<&Tokenized> = rows.iter().map(|&i| &data.train_rows[i]).collect();
         let batch = data.encoder.batch(&tokens, &self.device)?;
-        let gold: Vec<u32> = rows.iter().map(|&i| data.train_gold[i] as u32).collect();
-        let labels = Tensor::from_vec(gold, rows.len(), &self.device)?;
+        let targets = self.targets(rows, data)?;
         let logits = self.model.model.forward(&batch, &self.dropout)?;
-        let loss = cross_entropy(&logits, &labels, self.class_weights.as_ref())?;
+        let loss = loss(&logits, &targets, self.class_weights.as_ref())?;
         let loss_value: f32 = loss.to_scalar()?;
-        let limit = DIVERGED_LOSS_FACTOR * (data.labels.len().max(2) as f64).ln();
+        // The loss of a uniform guess: ln(labels) for a softmax, ln 2 per label for sigmoids.
+        let uniform = match self.model.config.task {
+            Task::SingleLabel => (data.labels.len().max(2) as f64).ln(),
+            Task::MultiLabel => 2f64.ln(),
+        };
+        let limit = DIVERGED_LOSS_FACTOR * uniform;
         if !loss_value.is_finite() || loss_value as f64 > limit {
             let what = format!("the training loss became {loss_value} (a model that learns stays below {limit:.0})");
             return Err(self.diverged(&what, rows, data));
@@ -196,6 +207,26 @@ impl<'a> Trainer<'a> {
         }
         self.record_step(loss_value, lr);
         Ok(loss_value)
+    }
+
+    /// What the training rows `rows` should predict: label ids, or multi-hot rows.
+    fn targets(&self, rows: &[usize], data: &TrainData) -> Result<Targets> {
+        let k = data.labels.len();
+        Ok(match self.model.config.task {
+            Task::SingleLabel => {
+                let gold: Vec<u32> = rows.iter().map(|&i| data.train_gold[i][0] as u32).collect();
+                Targets::Ids(Tensor::from_vec(gold, rows.len(), &self.device)?)
+            }
+            Task::MultiLabel => {
+                let mut hot = vec![0f32; rows.len() * k];
+                for (r, &i) in rows.iter().enumerate() {
+                    for &l in &data.train_gold[i] {
+                        hot[r * k + l] = 1.0;
+                    }
+                }
+                Targets::MultiHot(Tensor::from_vec(hot, (rows.len(), k), &self.device)?)
+            }
+        })
     }
 
     /// The error of a run that diverged in the step on `rows`: where, on which rows, what to do.
@@ -263,9 +294,13 @@ impl<'a> Trainer<'a> {
     /// the epoch-end checkpoint.
     fn end_epoch(&mut self, data: &TrainData, seconds: f64) -> Result<()> {
         let row = self.evaluate(data)?;
+        let scores = match row.multi_label {
+            false => format!("accuracy {:.4}, F1 {:.4}", row.accuracy, row.f1),
+            true => format!("micro F1 {:.4}, macro F1 {:.4}", row.f1, row.f1_macro),
+        };
         eprintln!(
-            "epoch {:.2}: step {}, training loss {:.4}, validation loss {:.4}, accuracy {:.4}, F1 {:.4} ({seconds:.0} s)",
-            row.epoch, row.step, row.training_loss, row.validation_loss, row.accuracy, row.f1
+            "epoch {:.2}: step {}, training loss {:.4}, validation loss {:.4}, {scores} ({seconds:.0} s)",
+            row.epoch, row.step, row.training_loss, row.validation_loss
         );
         if let Some(warning) = overfitting_warning(&self.state.rows, &row) {
             eprintln!("{warning}");
@@ -286,22 +321,36 @@ impl<'a> Trainer<'a> {
     fn evaluate(&self, data: &TrainData) -> Result<EpochRow> {
         let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating");
         let (rows, gold) = (&data.valid_rows, &data.valid_gold);
-        let out = evaluate(&self.model, &data.encoder, rows, gold, self.cfg.eval_batch_size, &self.device, |n| {
-            pb.inc(n as u64)
-        })?;
+        let thresholds = vec![DEFAULT_THRESHOLD; data.labels.len()];
+        let (batch, device) = (self.cfg.eval_batch_size, &self.device);
+        let out = evaluate(&self.model, &data.encoder, rows, gold, &thresholds, batch, device, |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
-        let report = metrics::report(gold, &out.preds, &data.labels);
         let steps = self.steps_this_epoch();
         let epoch = self.state.epoch as f64 + steps as f64 / self.per_epoch as f64;
-        Ok(EpochRow {
+        let mut row = EpochRow {
             training_loss: self.state.epoch_loss_sum / steps.max(1) as f64,
             epoch: (epoch * 100.0).round() / 100.0,
             step: self.state.global_step,
             validation_loss: out.loss,
-            accuracy: report.accuracy,
-            f1: report.f1_weighted,
-            f1_macro: report.f1_macro,
-        })
+            accuracy: 0.0,
+            f1: 0.0,
+            f1_macro: 0.0,
+            multi_label: false,
+        };
+        match self.model.config.task {
+            Task::SingleLabel => {
+                let (gold, preds): (Vec<usize>, Vec<usize>) =
+                    gold.iter().zip(&out.preds).map(|(g, p)| (g[0], p[0])).unzip();
+                let r = metrics::report(&gold, &preds, &data.labels);
+                (row.accuracy, row.f1, row.f1_macro) = (r.accuracy, r.f1_weighted, r.f1_macro);
+            }
+            Task::MultiLabel => {
+                let r = metrics::multilabel_report(gold, &out.preds, &data.labels);
+                (row.accuracy, row.f1, row.f1_macro, row.multi_label) =
+                    (r.subset_accuracy, r.f1_micro, r.f1_macro, true);
+            }
+        }
+        Ok(row)
     }
 
     /// Records whether the newest row is the best, and stops early when patience ran out.
