@@ -2,7 +2,7 @@
 
 use crate::data::Dataset;
 use crate::display::last_segment;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Task};
 use crate::optim::LinearSchedule;
 use crate::train::{format_table, ClassWeights, EpochRow, TrainConfig};
 use std::fmt::Write;
@@ -32,6 +32,7 @@ pub fn model_card(
     n_params: usize,
     rows: &[EpochRow],
     best_row: Option<usize>,
+    thresholds: Option<&[f32]>,
 ) -> String {
     let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let reported = match best_row {
@@ -43,6 +44,9 @@ pub fn model_card(
     write_description(&mut s, config, n_params);
     write_data(&mut s, dataset);
     write_hyperparameters(&mut s, cfg);
+    if let Some(t) = thresholds {
+        write_thresholds(&mut s, cfg, &config.labels, t);
+    }
     s.push_str("\n### Training results\n\n");
     s.push_str(&format_table(rows));
     if let (Some(i), Some(r)) = (best_row, reported) {
@@ -120,13 +124,29 @@ fn write_description(s: &mut String, config: &ModelConfig, n_params: usize) {
         config.labels.join(", ")
     );
     s.push_str("\n## Intended uses & limitations\n\n");
-    s.push_str(
-        "Intended for English, short informal text such as social-media posts, classified into one \
-         emotion each. It was trained on that kind of text only: expect lower accuracy on long, formal \
-         or non-English text, on sarcasm, and on texts expressing several emotions or none. The \
-         training labels come from hashtags and are noisy; do not use the predictions for decisions \
-         about individuals.\n",
+    let (each, mixed) = match config.task {
+        Task::SingleLabel => ("one emotion each", "on texts expressing several emotions or none"),
+        Task::MultiLabel => ("any number of emotions each", "on emotions the raters rarely agreed on"),
+    };
+    let _ = writeln!(
+        s,
+        "Intended for English, short informal text such as social-media posts, classified into {each}. \
+         It was trained on that kind of text only: expect lower accuracy on long, formal or non-English \
+         text, on sarcasm, and {mixed}. The training labels are noisy; do not use the predictions for \
+         decisions about individuals."
     );
+}
+
+/// A multi-label model's thresholds (also in `thresholds.json`).
+fn write_thresholds(s: &mut String, cfg: &TrainConfig, labels: &[String], thresholds: &[f32]) {
+    let how = if cfg.tune_thresholds {
+        "tuned per label on the validation split to maximise each label's F1"
+    } else {
+        "the same for every label"
+    };
+    let _ = writeln!(s, "\n### Decision thresholds\n\nA label is predicted when its sigmoid probability reaches its threshold ({how}; `thresholds.json`):\n");
+    let cells: Vec<String> = labels.iter().zip(thresholds).map(|(l, t)| format!("{l} {t:.2}")).collect();
+    let _ = writeln!(s, "{}", cells.join(", "));
 }
 
 fn write_data(s: &mut String, dataset: &Dataset) {

@@ -52,6 +52,8 @@ pub struct EvalOptions {
     pub top_losses: usize,
     /// Truncate texts to this many tokens (default: the model's maximum).
     pub max_length: Option<usize>,
+    /// One threshold for every label of a multi-label model, in place of its saved ones.
+    pub threshold: Option<f32>,
 }
 
 /// Maps the dataset's label ids to the model's by name.
@@ -73,7 +75,10 @@ fn label_map(ds: &Dataset, model_labels: &[String]) -> Result<Vec<usize>> {
 
 /// Evaluates `model` (a directory or Hub id) on one split of the data of `spec`.
 pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) -> Result<EvalReport> {
-    let predictor = Predictor::load(model, opts.max_length, device)?;
+    let mut predictor = Predictor::load(model, opts.max_length, device)?;
+    if let Some(t) = opts.threshold {
+        predictor.set_threshold(t)?;
+    }
     let (ds, split) = load_split(spec, opts)?;
     let map = label_map(&ds, predictor.labels())?;
     let labels = predictor.labels().to_vec();

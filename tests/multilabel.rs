@@ -140,3 +140,47 @@ fn trains_a_multi_label_model_and_predicts_label_sets() {
     assert!(report.contains("micro F1") && report.contains("samples F1") && report.contains("exact match"), "{report}");
     assert!(tmp.path().join("f1.png").is_file());
 }
+
+#[test]
+fn tuned_thresholds_are_saved_and_used_unless_overridden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture("tiny-bert-multilabel");
+    let o = emotune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        "google-research-datasets/go_emotions",
+        "--train-limit",
+        "256",
+        "--eval-limit",
+        "256",
+        "--batch-size",
+        "32",
+        "--learning-rate",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--tune-thresholds",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("thresholds tuned on the validation split: macro F1"), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("thresholds.json")).unwrap()).unwrap();
+    assert_eq!(saved["tuned_on"], "validation");
+    let t = saved["thresholds"].as_object().unwrap();
+    assert_eq!(t.len(), 28);
+    assert!(t.values().all(|v| (0.05..=0.95).contains(&v.as_f64().unwrap())));
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("### Decision thresholds") && card.contains("tuned per label"), "{card}");
+    // --threshold 0 predicts every label; --threshold 1 none (sigmoids stay below 1 here).
+    for (t, n) in [("0", 28), ("1", 0)] {
+        let o = emotune(&["predict", "-m", out.to_str().unwrap(), "--format", "jsonl", "--threshold", t, "wow!"]);
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["labels"].as_array().unwrap().len(), n, "--threshold {t}: {line}");
+    }
+}

@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// Write the whole report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Multi-label models: predict every label whose probability reaches this (default: the
+    /// model's saved thresholds, else 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -52,6 +56,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         limit: args.limit,
         top_losses: args.top_losses,
         max_length: args.max_length,
+        threshold: args.threshold,
     };
     let report = crate::eval::run(&args.model, &spec, &opts, &crate::device::select()?)?;
     let mut out = std::io::stdout().lock();

@@ -41,6 +41,10 @@ pub struct PredictArgs {
     /// Also print the raw logits (`"logits": [...]`, in label-id order).
     #[arg(long)]
     pub logits: bool,
+    /// Multi-label models: predict every label whose probability reaches this (default: the
+    /// model's saved thresholds, else 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +59,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let inputs = read_inputs(&args)?;
-    let predictor = Predictor::load(&args.model, args.max_length, &crate::device::select()?)?;
+    let mut predictor = Predictor::load(&args.model, args.max_length, &crate::device::select()?)?;
+    if let Some(t) = args.threshold {
+        predictor.set_threshold(t)?;
+    }
     let valid: Vec<&str> = inputs.iter().filter(|t| !is_empty(t)).map(|t| t.text.as_str()).collect();
     let preds = predictor.predict(&valid, args.batch_size)?;
     let truncated = preds.iter().filter(|p| p.truncated).count();

@@ -3,6 +3,7 @@
 //! of them run. [`output`] turns predictions into JSON lines and tables.
 
 pub mod output;
+pub mod thresholds;
 
 use crate::hub::ModelFiles;
 use crate::model::task::DEFAULT_THRESHOLD;
@@ -74,7 +75,22 @@ impl Predictor {
             log::warn!("{name}: config.json has no id2label; the labels are called LABEL_0, LABEL_1, ...");
         }
         let encoder = text_encoder(&files, &config, max_length)?;
-        Ok(Predictor::new(load_trained_classifier(config, &files.weights, device)?, encoder, device))
+        let mut p = Predictor::new(load_trained_classifier(config, &files.weights, device)?, encoder, device);
+        if p.task() == Task::MultiLabel {
+            if let Some(path) = files.source.get_optional(thresholds::FILE)? {
+                p.thresholds = thresholds::load(&path, p.labels())?;
+            }
+        }
+        Ok(p)
+    }
+
+    /// Every label's threshold set to `t` (the `--threshold` flag), in place of the saved ones.
+    pub fn set_threshold(&mut self, t: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be in [0, 1] (got {t})");
+        }
+        self.thresholds = vec![t; self.thresholds.len()];
+        Ok(())
     }
 
     /// A predictor of a model in memory, with the default thresholds.
@@ -156,6 +172,8 @@ pub struct EvalOutput {
     pub preds: Vec<Vec<usize>>,
     /// The loss of each example.
     pub losses: Vec<f32>,
+    /// The probabilities of each example (softmax or sigmoid).
+    pub probs: Vec<Vec<f32>>,
 }
 
 /// Runs `model` over `rows` in order, in batches of `batch_size`, and scores the predictions
@@ -176,7 +194,7 @@ pub fn evaluate(
         bail!("batch size must be at least 1");
     }
     let task = model.config.task;
-    let mut out = EvalOutput { loss: 0.0, preds: Vec::new(), losses: Vec::new() };
+    let mut out = EvalOutput { loss: 0.0, preds: Vec::new(), losses: Vec::new(), probs: Vec::new() };
     for (chunk, labels) in rows.chunks(batch_size).zip(gold.chunks(batch_size)) {
         let scores = score(model, encoder, &chunk.iter().collect::<Vec<_>>(), device)?;
         for (i, g) in labels.iter().enumerate() {
@@ -187,6 +205,7 @@ pub fn evaluate(
             out.preds.push(pred);
             out.losses.push(loss);
         }
+        out.probs.extend(scores.probs);
         on_batch(chunk.len());
     }
     out.loss = out.losses.iter().map(|&l| l as f64).sum::<f64>() / out.losses.len().max(1) as f64;

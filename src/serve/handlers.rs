@@ -5,6 +5,7 @@ use super::metrics::Metrics;
 use super::queue::{Job, Queue};
 use super::ServeConfig;
 use crate::infer::{rank_descending, Predictor};
+use crate::model::Task;
 use crate::tokenize::Tokenized;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -164,9 +165,13 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
         labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
     let label2id: serde_json::Map<String, Value> =
         labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+    let thresholds: Option<serde_json::Map<String, Value>> = (st.predictor.task() == Task::MultiLabel)
+        .then(|| labels.iter().zip(&st.predictor.thresholds).map(|(l, &t)| (l.clone(), json!(t))).collect());
     Json(json!({
         "model_id": st.cfg.model,
         "model_dtype": "float32",
+        "problem_type": st.predictor.task().problem_type(),
+        "thresholds": thresholds,
         "model_type": {"classifier": {"id2label": id2label, "label2id": label2id}},
         "labels": labels,
         "max_input_length": st.predictor.encoder.max_length(),

@@ -38,6 +38,10 @@ pub struct ServeConfig {
     /// Inference worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Multi-label models: the probability from which the page marks a label (default: the
+    /// model's saved thresholds, else 0.5); the API returns every label's score either way.
+    #[arg(long)]
+    pub threshold: Option<f32>,
     /// Test hook: delay every batch by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0)]
     pub batch_delay_ms: u64,
@@ -67,7 +71,11 @@ async fn shutdown_signal() {
 pub fn serve(cfg: ServeConfig) -> Result<()> {
     anyhow::ensure!(cfg.max_batch_tokens > 0 && cfg.max_client_batch_size > 0, "limits must be at least 1");
     anyhow::ensure!(cfg.max_concurrent_requests > 0 && cfg.workers > 0, "limits must be at least 1");
-    let predictor = Arc::new(Predictor::load(&cfg.model, None, &crate::device::select()?)?);
+    let mut predictor = Predictor::load(&cfg.model, None, &crate::device::select()?)?;
+    if let Some(t) = cfg.threshold {
+        predictor.set_threshold(t)?;
+    }
+    let predictor = Arc::new(predictor);
     let (queue, metrics) = (Arc::new(Queue::default()), Arc::new(Metrics::default()));
     let workers: Vec<_> = (0..cfg.workers)
         .map(|i| {

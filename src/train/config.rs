@@ -129,6 +129,24 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub group_by_length: bool,
+    /// Multi-label data: the probability from which a label is predicted (evaluations, and the
+    /// saved thresholds unless tuned).
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default = "default_threshold", skip_serializing_if = "is_default_threshold")]
+    pub threshold: f32,
+    /// Multi-label data: after training, pick each label's threshold on the validation split to
+    /// maximise its F1, and save those with the model.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tune_thresholds: bool,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+fn is_default_threshold(t: &f32) -> bool {
+    *t == default_threshold()
 }
 
 /// Parses nothing but [`TrainConfig`]'s flags, to read their defaults.
@@ -182,6 +200,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             bail!("--warmup-ratio must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            bail!("--threshold must be in [0, 1]");
         }
         if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
             bail!("Adam betas must be in [0, 1)");

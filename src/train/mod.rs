@@ -115,7 +115,7 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
     let interrupted_at = trainer.run(&data, &stop)?;
     let loaded_best = match interrupted_at {
         Some(_) => false,
-        None => finish(cfg, &mut trainer, &files, &dataset)?,
+        None => finish(cfg, &mut trainer, &files, &dataset, &data)?,
     };
     let state = trainer.state;
     Ok(TrainOutcome {
@@ -232,7 +232,13 @@ fn tokenize(dataset: &Dataset, encoder: TextEncoder) -> Result<TrainData> {
 
 /// After the last epoch: the best epoch's weights when asked for, then the output directory.
 /// Returns whether the saved model is the best epoch's.
-fn finish(cfg: &TrainConfig, trainer: &mut Trainer, files: &ModelFiles, dataset: &Dataset) -> Result<bool> {
+fn finish(
+    cfg: &TrainConfig,
+    trainer: &mut Trainer,
+    files: &ModelFiles,
+    dataset: &Dataset,
+    data: &TrainData,
+) -> Result<bool> {
     let state = &trainer.state;
     let best = state.best.as_ref().filter(|_| cfg.load_best_at_end);
     if let Some(best) = best {
@@ -248,6 +254,8 @@ fn finish(cfg: &TrainConfig, trainer: &mut Trainer, files: &ModelFiles, dataset:
         );
     }
     trainer.check_finite()?;
-    output::save_model(&trainer.model, files, dataset, cfg, state, best.map(|b| b.row))?;
+    let thresholds = trainer.thresholds(data)?;
+    let state = &trainer.state;
+    output::save_model(&trainer.model, files, dataset, cfg, state, best.map(|b| b.row), thresholds.as_deref())?;
     Ok(best.is_some())
 }

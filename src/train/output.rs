@@ -30,6 +30,7 @@ pub fn save_model(
     cfg: &TrainConfig,
     state: &TrainerState,
     best_row: Option<usize>,
+    thresholds: Option<&[f32]>,
 ) -> Result<()> {
     let dir = &cfg.output_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -42,7 +43,12 @@ pub fn save_model(
     write_json_atomic(&dir.join("training_args.json"), &serde_json::to_value(cfg)?)?;
     write_json_atomic(&dir.join("trainer_state.json"), &serde_json::to_value(state)?)?;
     write_metrics(&dir.join("metrics.jsonl"), &state.rows)?;
-    let card = crate::card::model_card(cfg, dataset, &model.config, model.params.numel(), &state.rows, best_row);
+    if let Some(t) = thresholds {
+        let tuned_on = if cfg.tune_thresholds { "validation" } else { "--threshold" };
+        crate::infer::thresholds::save(dir, &model.config.labels, t, tuned_on)?;
+    }
+    let card =
+        crate::card::model_card(cfg, dataset, &model.config, model.params.numel(), &state.rows, best_row, thresholds);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
     model.params.save(&weights)?;
     crate::plot::learning_curves_png(&dir.join("learning_curves.png"), &state.log_history, &state.rows)

@@ -9,7 +9,6 @@ use super::sampler;
 use crate::infer::evaluate;
 use crate::metrics;
 use crate::model::task::loss;
-use crate::model::task::DEFAULT_THRESHOLD;
 use crate::model::{backward, Dropout, LoadedModel, Targets, Task};
 use crate::optim::{AdamW, LinearSchedule};
 use crate::tokenize::{TextEncoder, Tokenized};
@@ -321,7 +320,7 @@ impl<'a> Trainer<'a> {
     fn evaluate(&self, data: &TrainData) -> Result<EpochRow> {
         let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating");
         let (rows, gold) = (&data.valid_rows, &data.valid_gold);
-        let thresholds = vec![DEFAULT_THRESHOLD; data.labels.len()];
+        let thresholds = vec![self.cfg.threshold; data.labels.len()];
         let (batch, device) = (self.cfg.eval_batch_size, &self.device);
         let out = evaluate(&self.model, &data.encoder, rows, gold, &thresholds, batch, device, |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
@@ -351,6 +350,36 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(row)
+    }
+
+    /// A multi-label model's thresholds to save: `--threshold` for every label, or with
+    /// `--tune-thresholds` each label's best on the validation split (and the macro F1 either
+    /// way, reported). `None` for a single-label model.
+    pub fn thresholds(&self, data: &TrainData) -> Result<Option<Vec<f32>>> {
+        if self.model.config.task != Task::MultiLabel {
+            return Ok(None);
+        }
+        let k = data.labels.len();
+        let fixed = vec![self.cfg.threshold; k];
+        if !self.cfg.tune_thresholds {
+            return Ok(Some(fixed));
+        }
+        let (rows, gold) = (&data.valid_rows, &data.valid_gold);
+        let (batch, device) = (self.cfg.eval_batch_size, &self.device);
+        let out = evaluate(&self.model, &data.encoder, rows, gold, &fixed, batch, device, |_| {})?;
+        let tuned = crate::infer::thresholds::tune(&out.probs, gold, k);
+        let macro_f1 = |t: &[f32]| {
+            let preds: Vec<Vec<usize>> =
+                out.probs.iter().map(|p| crate::infer::predicted(Task::MultiLabel, p, t)).collect();
+            metrics::multilabel_report(gold, &preds, &data.labels).f1_macro
+        };
+        eprintln!(
+            "thresholds tuned on the validation split: macro F1 {:.4} at {} -> {:.4}",
+            macro_f1(&fixed),
+            self.cfg.threshold,
+            macro_f1(&tuned)
+        );
+        Ok(Some(tuned))
     }
 
     /// Records whether the newest row is the best, and stops early when patience ran out.
