@@ -62,6 +62,28 @@ pub struct CheckReport {
     pub control_characters: Vec<Finding>,
     pub max_length: Option<usize>,
     pub token_lengths: Vec<LengthStats>,
+    /// For multi-label data: labels per text and the labels that go together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabelStats>,
+}
+
+/// How many labels the texts of a split carry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cardinality {
+    pub split: String,
+    /// Labels per text, on average (`label cardinality`).
+    pub mean: f64,
+    pub max: usize,
+    /// Texts with more than one label.
+    pub several: usize,
+}
+
+/// Multi-label facts of a dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiLabelStats {
+    pub cardinality: Vec<Cardinality>,
+    /// The label pairs that occur together most often in the training split (or the first).
+    pub pairs: Vec<(String, String, usize)>,
 }
 
 impl CheckReport {
@@ -100,7 +122,39 @@ pub fn run(spec: &DataSpec, encoder: Option<&TextEncoder>) -> Result<CheckReport
         control_characters: control_characters(&ds),
         max_length: encoder.map(TextEncoder::max_length),
         token_lengths,
+        multi_label: ds.multi_label.then(|| multi_label_stats(&ds)),
     })
+}
+
+/// Label cardinality per split and the most frequent co-occurring pairs.
+fn multi_label_stats(ds: &Dataset) -> MultiLabelStats {
+    let cardinality = ds
+        .splits
+        .iter()
+        .map(|s| {
+            let n: Vec<usize> = s.examples.iter().map(|e| e.labels.len()).collect();
+            Cardinality {
+                split: s.name.clone(),
+                mean: n.iter().sum::<usize>() as f64 / n.len().max(1) as f64,
+                max: n.iter().copied().max().unwrap_or(0),
+                several: n.iter().filter(|&&c| c > 1).count(),
+            }
+        })
+        .collect();
+    let mut together: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    if let Some(split) = ds.split("train").or(ds.splits.first()) {
+        for e in &split.examples {
+            for (i, &a) in e.labels.iter().enumerate() {
+                for &b in &e.labels[i + 1..] {
+                    *together.entry((a.min(b), a.max(b))).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut pairs: Vec<((usize, usize), usize)> = together.into_iter().collect();
+    pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let pairs = pairs.into_iter().take(20).map(|((a, b), n)| (ds.labels[a].clone(), ds.labels[b].clone(), n)).collect();
+    MultiLabelStats { cardinality, pairs }
 }
 
 fn counts(ds: &Dataset) -> Vec<SplitCounts> {
@@ -224,10 +278,27 @@ fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
 pub fn format_report(r: &CheckReport, limit: usize) -> String {
     let mut s = format!("Data: {}   labels: {}\n\n", escape(&r.data), labels(&r.labels));
     write_counts(&mut s, r);
+    if let Some(m) = &r.multi_label {
+        write_multi_label(&mut s, m, limit);
+    }
     write_token_lengths(&mut s, r);
     write_problems(&mut s, r, limit);
     write_summary(&mut s, r);
     s
+}
+
+fn write_multi_label(s: &mut String, m: &MultiLabelStats, limit: usize) {
+    s.push_str("\nLabels per text (multi-label):\n");
+    let _ = writeln!(s, "{:<12} {:>7} {:>5} {:>14}", "split", "mean", "max", "several labels");
+    for c in &m.cardinality {
+        let _ = writeln!(s, "{:<12} {:>7.3} {:>5} {:>14}", c.split, c.mean, c.max, c.several);
+    }
+    if !m.pairs.is_empty() {
+        s.push_str("Labels that occur together most often:\n");
+        for (a, b, n) in m.pairs.iter().take(limit) {
+            let _ = writeln!(s, "  {} + {}: {n}", label(a), label(b));
+        }
+    }
 }
 
 fn write_counts(s: &mut String, r: &CheckReport) {

@@ -184,3 +184,23 @@ fn tuned_thresholds_are_saved_and_used_unless_overridden() {
         assert_eq!(line["labels"].as_array().unwrap().len(), n, "--threshold {t}: {line}");
     }
 }
+
+#[test]
+fn check_data_reports_label_cardinality_and_pairs() {
+    let o = emotune(&[
+        "check-data",
+        "--dataset",
+        "google-research-datasets/go_emotions",
+        "--limit",
+        "3",
+        "--json",
+        tempfile::tempdir().unwrap().path().join("r.json").to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Labels per text (multi-label):"), "{out}");
+    assert!(out.contains("Labels that occur together most often:"), "{out}");
+    // The simplified GoEmotions train split: 43410 texts with 1.18 labels each on average.
+    let train = out.lines().find(|l| l.starts_with("train") && l.split_whitespace().count() == 4).unwrap();
+    let mean: f64 = train.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((1.1..1.3).contains(&mean), "{train}");
+}
