@@ -128,7 +128,8 @@ def main():
                 "macro_f1": f1_score(y, p, average="macro", zero_division=0)}
 
     targs = TrainingArguments(
-        output_dir=args.out, num_train_epochs=args.epochs, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
+        output_dir=args.out, num_train_epochs=args.epochs, learning_rate=args.lr,
+        warmup_steps=args.warmup_ratio,  # Transformers 5: a float in [0, 1) is a ratio of the steps
         per_device_train_batch_size=64, per_device_eval_batch_size=64, weight_decay=0.01, eval_strategy="epoch",
         logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, disable_tqdm=True, use_cpu=True,
     )

@@ -9,3 +9,12 @@ use candle_core::Device;
 pub fn select() -> Result<Device> {
     Ok(Device::Cpu)
 }
+
+/// What TEI's `x-compute-type` header calls the device: `cpu` or `gpu`.
+pub fn compute_type(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "cpu"
+    } else {
+        "gpu"
+    }
+}

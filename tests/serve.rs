@@ -2,86 +2,11 @@
 
 mod common;
 
+use common::server::Server;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let model = fixture("tiny-distilbert");
-        let mut child = Command::new(bin())
-            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
-        Server { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// POSTs raw text; returns (status, body).
-    fn post_raw(&self, path: &str, body: &str) -> (u16, String) {
-        match ureq::post(&self.url(path)).set("Content-Type", "application/json").send_string(body) {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
-
-    fn predict(&self, body: Value) -> (u16, Value) {
-        let (code, text) = self.post_raw("/predict", &body.to_string());
-        (code, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        match ureq::get(&self.url(path)).call() {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap()))
-            .unwrap_or_else(|| panic!("no metric {name}"))
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const LABELS: [&str; 6] = ["sadness", "joy", "love", "anger", "fear", "surprise"];
 
@@ -151,6 +76,34 @@ fn endpoints_answer() {
         "emotune_queue_depth 0",
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+/// A multi-label model: sigmoid scores for every label, in TEI's shape, the same as `predict`;
+/// `/info` gives its problem type and thresholds.
+#[test]
+fn multi_label_models_serve_sigmoid_scores() {
+    let s = Server::start_model("tiny-bert-multilabel", &["--threshold", "0.3"]);
+    let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+    assert_eq!(info["problem_type"], "multi_label_classification");
+    let thresholds = info["thresholds"].as_object().unwrap();
+    assert_eq!(thresholds.len(), 28);
+    assert!(thresholds.values().all(|t| (t.as_f64().unwrap() - 0.3).abs() < 1e-6));
+    let (code, one) = s.predict(json!({"inputs": "thanks, that made my day"}));
+    assert_eq!(code, 200);
+    let items = one.as_array().unwrap();
+    assert_eq!(items.len(), 28);
+    let total: f64 = items.iter().map(|x| x["score"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() > 0.5, "sigmoid scores do not sum to one: {total}");
+    let out = Command::new(bin())
+        .args(["predict", "--format", "jsonl", "-m", fixture("tiny-bert-multilabel").to_str().unwrap()])
+        .arg("thanks, that made my day")
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for item in items {
+        let want = line["scores"][item["label"].as_str().unwrap()].as_f64().unwrap();
+        assert!((item["score"].as_f64().unwrap() - want).abs() < 1e-6, "{item} vs {want}");
     }
 }
 
@@ -256,13 +209,16 @@ fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
 }
 
 #[test]
+/// The page in a real browser, against a server with an API key: the first try is refused and
+/// the page asks for the key (which it never held); with the key typed in, six bars.
 fn page_shows_six_bars_in_headless_chromium() {
     let (chromium, driver) = ("/usr/bin/chromium", "/usr/bin/chromedriver");
     assert!(
         std::path::Path::new(chromium).exists() && std::path::Path::new(driver).exists(),
         "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
     );
-    let s = Server::start(&[]);
+    let s = Server::start(&["--api-key", "page-key-7f3a"]);
+    assert!(!s.get("/").1.contains("page-key-7f3a"), "the page must not embed the key");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cd =
         Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -295,16 +251,21 @@ fn page_shows_six_bars_in_headless_chromium() {
             json!({"text": "i feel so happy and grateful today"}),
         );
         let button = find("#go");
+        let script =
+            |js: &str| wd(&base, "POST", &format!("/session/{sid}/execute/sync"), json!({"script": js, "args": []}));
         wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
         let deadline = Instant::now() + Duration::from_secs(15);
+        while script("return document.getElementById('keyrow').hidden") != json!(false) {
+            assert!(Instant::now() < deadline, "the page did not ask for the key");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(script("return document.querySelectorAll('#bars .row').length"), json!(0));
+        let key = find("#key");
+        wd(&base, "POST", &format!("/session/{sid}/element/{key}/value"), json!({"text": "page-key-7f3a"}));
+        wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
         let labels: Vec<String> = loop {
-            let got = wd(
-                &base,
-                "POST",
-                &format!("/session/{sid}/execute/sync"),
-                json!({
-                "script": "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)",
-                "args": []}),
+            let got = script(
+                "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)",
             );
             let v: Vec<String> = got.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
             if v.len() == 6 || Instant::now() > deadline {

@@ -1,100 +1,93 @@
-//! The HTTP API: text-embeddings-inference's `POST /predict` with its limits and error codes,
-//! `GET /info`, `/health`, `/metrics` (Prometheus) and the page.
+//! The HTTP API: text-embeddings-inference's `POST /predict` (also at `POST /` and SageMaker's
+//! `POST /invocations`) with its limits, error codes and timing headers, the Inference API's
+//! `parameters`, `GET /info`, the health checks, `/metrics` (Prometheus) and the page.
 
+use super::api::{self, check_inputs, json_error, ApiError, Inputs, Parameters, PredictRequest, PredictResponse};
+use super::api::{Prediction, ScoreFunction};
 use super::metrics::Metrics;
-use super::queue::{Job, Queue};
+use super::queue::{Answer, Job, Queue};
 use super::ServeConfig;
 use crate::infer::{rank_descending, Predictor};
 use crate::model::Task;
 use crate::tokenize::Tokenized;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
 /// What the handlers share.
 pub struct AppState {
     pub predictor: Arc<Predictor>,
+    /// The model's tokenizer without truncation, for `/tokenize` and `/decode`.
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub cfg: ServeConfig,
     pub queue: Arc<Queue>,
     pub permits: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
 }
 
-/// The routes of the server.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/predict", post(predict))
-        .route("/info", get(info))
-        .route("/health", get(health))
-        .route("/metrics", get(prometheus))
-        .fallback(not_found)
-        .with_state(state)
+/// Classify texts: one text gives its labels ranked by score, a batch a list per text.
+#[utoipa::path(post, path = "/predict", request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse, description = "Labels ranked by score, with TEI's x-* timing headers"),
+        (status = 400, body = api::ErrorResponse, description = "Malformed JSON or an empty input"),
+        (status = 401, body = api::ErrorResponse, description = "A key is set and the request lacks it"),
+        (status = 408, body = api::ErrorResponse, description = "The body did not arrive within the read timeout"),
+        (status = 413, body = api::ErrorResponse, description = "Too many inputs or too large a body"),
+        (status = 415, body = api::ErrorResponse, description = "Not application/json"),
+        (status = 422, body = api::ErrorResponse, description = "Wrong fields, a text too long without truncate"),
+        (status = 429, body = api::ErrorResponse, description = "Too many concurrent requests")))]
+pub async fn predict(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+    predict_at("/predict", st, body).await
 }
 
-/// An error in TEI's shape: `{"error": ..., "error_type": ...}`.
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+/// The same as `POST /predict` (TEI routes a classifier's base URL there; Hugging Face's
+/// `InferenceClient` posts here).
+#[utoipa::path(post, path = "/", request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse, description = "As POST /predict")))]
+pub async fn predict_root(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+    predict_at("/", st, body).await
 }
 
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into() }
-    }
+/// The same as `POST /predict` (Amazon SageMaker's route).
+#[utoipa::path(post, path = "/invocations", request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse, description = "As POST /predict")))]
+pub async fn invocations(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+    predict_at("/invocations", st, body).await
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.message, "error_type": self.kind}))).into_response()
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Inputs {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct PredictRequest {
-    inputs: Inputs,
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    raw_scores: bool,
-    /// Accepted for TEI compatibility; only right-truncation is done.
-    #[serde(default)]
-    #[allow(dead_code)]
-    truncation_direction: Option<String>,
-}
-
-async fn predict(State(st): State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+async fn predict_at(
+    endpoint: &'static str,
+    State(st): State<Arc<AppState>>,
+    body: Result<Json<PredictRequest>, JsonRejection>,
+) -> Response {
     let started = Instant::now();
-    let resp = match predict_inner(&st, body).await {
-        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+    let resp = match predict_inner(&st, body, started).await {
+        Ok((headers, v)) => (StatusCode::OK, headers, Json(v)).into_response(),
         Err(e) => e.into_response(),
     };
-    st.metrics.observe_request("/predict", resp.status().as_u16(), started.elapsed());
+    st.metrics.observe_request(endpoint, resp.status().as_u16(), started.elapsed());
     resp
 }
 
 async fn predict_inner(
     st: &Arc<AppState>,
     body: Result<Json<PredictRequest>, JsonRejection>,
-) -> Result<Value, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), "Validation", e.body_text()))?;
+    started: Instant,
+) -> Result<(HeaderMap, PredictResponse), ApiError> {
+    let Json(req) = body.map_err(json_error)?;
+    if req.truncation_direction == Some(api::TruncationDirection::Left) {
+        let msg = "truncation_direction Left is not supported: texts are cut on the right";
+        return Err(ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, msg));
+    }
+    if req.parameters.as_ref().and_then(|p| p.top_k) == Some(0) {
+        return Err(ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, "parameters.top_k must be at least 1"));
+    }
     let (texts, single) = match req.inputs {
         Inputs::One(t) => (vec![t], true),
         Inputs::Many(v) => (v, false),
@@ -104,39 +97,99 @@ async fn predict_inner(
         let msg = "Model is overloaded: too many concurrent requests";
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Overloaded", msg));
     };
+    let chars = texts.iter().map(|t| t.chars().count()).sum();
+    let tokenizing = Instant::now();
     let rows = tokenize(st, texts, req.truncate.unwrap_or(false)).await?;
-    let (tx, rx) = oneshot::channel();
-    st.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
-    st.queue.push(Job { rows, raw_scores: req.raw_scores, reply: tx });
-    let scores = rx
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unhealthy", "the server is shutting down"))?
-        .map_err(|e| ApiError::new(StatusCode::FAILED_DEPENDENCY, "Backend", e))?;
-    let labels = st.predictor.labels();
-    let ranked: Vec<Value> = scores
-        .iter()
-        .map(|row| {
-            Value::Array(
-                rank_descending(row).into_iter().map(|i| json!({"label": labels[i], "score": row[i]})).collect(),
-            )
-        })
-        .collect();
-    Ok(if single { ranked.into_iter().next().expect("one input") } else { Value::Array(ranked) })
+    let tokenization = tokenizing.elapsed();
+    let tokens = rows.iter().map(|r| r.ids.len()).sum();
+    let function = req.parameters.as_ref().and_then(|p| p.function_to_apply);
+    let answer = run_job(st, rows, req.raw_scores || function.is_some()).await?;
+    let compute_type = crate::device::compute_type(&st.predictor.device);
+    let (queue, inference) = (answer.queue, answer.inference);
+    let meta = Timing { started, compute_type, chars, tokens, tokenization, queue, inference };
+    let ranked = rank(st, answer.scores, function, req.parameters.as_ref());
+    let response = match (single, req.parameters.is_some()) {
+        (true, false) => PredictResponse::One(ranked.into_iter().next().expect("one input")),
+        _ => PredictResponse::Many(ranked),
+    };
+    Ok((meta.headers(), response))
 }
 
-/// TEI's checks before any work: inputs present, not too many, none empty.
-fn check_inputs(texts: &[String], max_client_batch_size: usize) -> Result<(), ApiError> {
-    if texts.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "Empty", "`inputs` cannot be empty"));
+/// Queues the rows for a worker and waits for their scores (logits when `raw`).
+async fn run_job(st: &Arc<AppState>, rows: Vec<Tokenized>, raw: bool) -> Result<Answer, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    st.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
+    st.queue.push(Job { rows, raw_scores: raw, reply: tx, queued: Instant::now() });
+    rx.await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unhealthy", "the server is shutting down"))?
+        .map_err(|e| ApiError::new(StatusCode::FAILED_DEPENDENCY, "Backend", e))
+}
+
+/// Each row's labels ranked by score, after `function` when one was asked for (the scores are
+/// then logits) and cut to `top_k`.
+fn rank(
+    st: &AppState,
+    scores: Vec<Vec<f32>>,
+    function: Option<ScoreFunction>,
+    params: Option<&Parameters>,
+) -> Vec<Vec<Prediction>> {
+    let labels = st.predictor.labels();
+    let top_k = params.and_then(|p| p.top_k).unwrap_or(labels.len());
+    scores
+        .into_iter()
+        .map(|row| {
+            let row = match function {
+                Some(f) => apply(f, &row),
+                None => row,
+            };
+            let ranked = rank_descending(&row).into_iter().take(top_k);
+            ranked.map(|i| Prediction { label: labels[i].clone(), score: row[i] }).collect()
+        })
+        .collect()
+}
+
+/// The Inference API's `function_to_apply` on one row of logits.
+pub fn apply(f: ScoreFunction, logits: &[f32]) -> Vec<f32> {
+    match f {
+        ScoreFunction::None => logits.to_vec(),
+        ScoreFunction::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        ScoreFunction::Softmax => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            exps.into_iter().map(|e| e / sum).collect()
+        }
     }
-    if texts.len() > max_client_batch_size {
-        let msg = format!("batch size {} > maximum allowed batch size {max_client_batch_size}", texts.len());
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Validation", msg));
+}
+
+/// What TEI reports about a request in its `x-*` response headers (times in milliseconds).
+struct Timing {
+    started: Instant,
+    compute_type: &'static str,
+    chars: usize,
+    tokens: usize,
+    tokenization: Duration,
+    queue: Duration,
+    inference: Duration,
+}
+
+impl Timing {
+    fn headers(&self) -> HeaderMap {
+        let total = self.started.elapsed().as_millis();
+        let mut h = HeaderMap::new();
+        let mut put = |name: &'static str, v: String| {
+            h.insert(name, HeaderValue::from_str(&v).expect("digits are a valid header value"));
+        };
+        put("x-compute-type", self.compute_type.to_string());
+        put("x-compute-time", total.to_string());
+        put("x-compute-characters", self.chars.to_string());
+        put("x-compute-tokens", self.tokens.to_string());
+        put("x-total-time", total.to_string());
+        put("x-tokenization-time", self.tokenization.as_millis().to_string());
+        put("x-queue-time", self.queue.as_millis().to_string());
+        put("x-inference-time", self.inference.as_millis().to_string());
+        h
     }
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "Empty", format!("input {i} is empty")));
-    }
-    Ok(())
 }
 
 /// Tokenises off the async runtime; an input over the model's length is refused unless the
@@ -154,12 +207,14 @@ async fn tokenize(st: &Arc<AppState>, texts: Vec<String>, truncate: bool) -> Res
         let max = st.predictor.encoder.max_length();
         let msg =
             format!("input {i} is longer than the maximum of {max} tokens; shorten it or send \"truncate\": true");
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Validation", msg));
+        return Err(ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, msg));
     }
     Ok(rows)
 }
 
-async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
+/// The served model and the server's limits.
+#[utoipa::path(get, path = "/info", responses((status = 200, description = "The model, its labels and the limits")))]
+pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
     let labels = st.predictor.labels();
     let id2label: serde_json::Map<String, Value> =
         labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
@@ -178,23 +233,33 @@ async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
         "max_batch_tokens": st.cfg.max_batch_tokens,
         "max_client_batch_size": st.cfg.max_client_batch_size,
         "max_concurrent_requests": st.cfg.max_concurrent_requests,
+        "payload_limit": st.cfg.payload_limit,
         "workers": st.cfg.workers,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
 
-async fn health() -> Json<Value> {
+/// Health check (needs no key).
+#[utoipa::path(get, path = "/health", security(()), responses((status = 200, description = "Serving")))]
+pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn prometheus(State(st): State<Arc<AppState>>) -> Response {
+/// Health check of Amazon SageMaker (needs no key).
+#[utoipa::path(get, path = "/ping", security(()), responses((status = 200, description = "Serving")))]
+pub async fn ping() -> Json<Value> {
+    health().await
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, description = "Prometheus text format")))]
+pub async fn prometheus(State(st): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
 }
 
-async fn page() -> Html<&'static str> {
+/// A page to try the model in a browser; it also answers 200 as a health check, as TEI's
+/// `GET /` does (needs no key; with one set, the page asks for it).
+#[utoipa::path(get, path = "/", security(()), responses((status = 200, body = String, description = "HTML")))]
+pub async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
 }

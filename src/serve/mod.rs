@@ -1,10 +1,19 @@
 //! `emotune serve`: an HTTP server compatible with text-embeddings-inference's classification
-//! API. Startup and shutdown live here; [`handlers`] answers the routes, [`queue`] batches
-//! concurrent requests for the inference workers under a token budget, [`metrics`] counts.
+//! API. Startup and shutdown live here; [`http`] accepts connections under their limits,
+//! [`routes`] maps them to handlers behind [`guard`] (the key, the body, CORS) and generates the
+//! OpenAPI description, [`handlers`] and [`tokens`] answer with the shapes of [`api`], [`queue`] batches concurrent requests for the
+//! inference workers under a token budget, [`metrics`] counts.
 
+pub mod api;
+mod guard;
 mod handlers;
+mod http;
 mod metrics;
 mod queue;
+mod routes;
+mod tokens;
+
+pub use guard::ApiKey;
 
 use crate::infer::Predictor;
 use anyhow::{Context, Result};
@@ -42,6 +51,23 @@ pub struct ServeConfig {
     /// model's saved thresholds, else 0.5); the API returns every label's score either way.
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.
+    #[arg(long, env = "EMOTUNE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKey>,
+    /// Origins that browsers may call the API from (CORS; comma-separated, `*` for any).
+    /// Default: none, so only pages served by this server can call it.
+    #[arg(long, value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+    /// Largest request body in bytes; a larger one gets 413 before it is read.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub payload_limit: usize,
+    /// Seconds a client has to send a request's headers, and then its whole body (408), and
+    /// that an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 10.0)]
+    pub read_timeout: f64,
+    /// Most connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
     /// Test hook: delay every batch by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0)]
     pub batch_delay_ms: u64,
@@ -67,10 +93,28 @@ async fn shutdown_signal() {
     eprintln!("shutting down: finishing in-flight requests");
 }
 
+/// Who may call: says whether a key is set, never the key.
+fn access_line(cfg: &ServeConfig) -> String {
+    let key = match cfg.api_key {
+        Some(_) => "API key: set (requests need Authorization: Bearer <key>)",
+        None => "API key: none (anyone who can reach the port can call the API)",
+    };
+    let cors = match cfg.cors_allow_origin.is_empty() {
+        true => "none".to_string(),
+        false => cfg.cors_allow_origin.join(", "),
+    };
+    format!("{key}; CORS origins: {cors}; payload limit {} bytes", cfg.payload_limit)
+}
+
 /// Loads the model and serves until SIGTERM/Ctrl-C; in-flight requests finish first.
 pub fn serve(cfg: ServeConfig) -> Result<()> {
     anyhow::ensure!(cfg.max_batch_tokens > 0 && cfg.max_client_batch_size > 0, "limits must be at least 1");
     anyhow::ensure!(cfg.max_concurrent_requests > 0 && cfg.workers > 0, "limits must be at least 1");
+    anyhow::ensure!(cfg.payload_limit > 0 && cfg.max_connections > 0, "limits must be at least 1");
+    anyhow::ensure!(
+        cfg.read_timeout.is_finite() && (0.001..=3600.0).contains(&cfg.read_timeout),
+        "--read-timeout must be between 0.001 and 3600 seconds"
+    );
     let mut predictor = Predictor::load(&cfg.model, None, &crate::device::select()?)?;
     if let Some(t) = cfg.threshold {
         predictor.set_threshold(t)?;
@@ -91,7 +135,16 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         .collect::<std::io::Result<_>>()
         .context("spawning the inference workers")?;
     let permits = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
-    let state = Arc::new(AppState { predictor, permits, cfg: cfg.clone(), queue: queue.clone(), metrics });
+    let mut tokenizer = predictor.encoder.tokenizer().clone();
+    tokenizer.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tokenizer = Arc::new(tokenizer);
+    let state = Arc::new(AppState { predictor, tokenizer, permits, cfg: cfg.clone(), queue: queue.clone(), metrics });
+    let app = routes::router(state)?;
+    let limits = http::ConnLimits {
+        max_connections: cfg.max_connections,
+        header_timeout: Duration::from_secs_f64(cfg.read_timeout),
+        drain_timeout: Duration::from_secs(60),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,10 +154,12 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
+        // The access line first: whoever waits for "listening on" then finds it in the log.
+        eprintln!("{}", access_line(&cfg));
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, handlers::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        http::serve(listener, app, limits, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     queue.close();

@@ -13,14 +13,27 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// The scores of one request's rows (probabilities, or logits when raw), or the error.
-pub type Reply = Result<Vec<Vec<f32>>, String>;
+/// What a worker sends back for one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The scores of the request's rows: probabilities, or logits when raw.
+    pub scores: Vec<Vec<f32>>,
+    /// How long the request waited for a worker.
+    pub queue: Duration,
+    /// How long the forward pass that scored it took.
+    pub inference: Duration,
+}
+
+/// The answer to one request, or the error.
+pub type Reply = Result<Answer, String>;
 
 /// One request's tokenised inputs, waiting for a worker.
 pub struct Job {
     pub rows: Vec<Tokenized>,
     pub raw_scores: bool,
     pub reply: oneshot::Sender<Reply>,
+    /// When it was queued.
+    pub queued: Instant,
 }
 
 /// Jobs in arrival order, and whether the queue is closed.
@@ -94,8 +107,9 @@ impl Worker {
             self.metrics.observe_batch(rows.len(), jobs.len());
             let started = Instant::now();
             let result = self.score_rows(&rows);
-            self.metrics.observe_inference(started.elapsed());
-            answer(jobs, &result);
+            let took = started.elapsed();
+            self.metrics.observe_inference(took);
+            answer(jobs, &result, started, took);
         }
     }
 
@@ -114,13 +128,18 @@ impl Worker {
     }
 }
 
-/// Sends each job the scores of its own rows (they are consecutive in `result`).
-fn answer(jobs: Vec<Job>, result: &Result<Scores>) {
+/// Sends each job the scores of its own rows (they are consecutive in `result`), with its
+/// time in the queue (until `started`) and the batch's inference time.
+fn answer(jobs: Vec<Job>, result: &Result<Scores>, started: Instant, inference: Duration) {
     let mut offset = 0;
     for job in jobs {
         let n = job.rows.len();
         let reply = match result {
-            Ok(s) => Ok((if job.raw_scores { &s.logits } else { &s.probs })[offset..offset + n].to_vec()),
+            Ok(s) => Ok(Answer {
+                scores: (if job.raw_scores { &s.logits } else { &s.probs })[offset..offset + n].to_vec(),
+                queue: started.saturating_duration_since(job.queued),
+                inference,
+            }),
             Err(e) => Err(format!("{e:#}")),
         };
         offset += n;
@@ -136,7 +155,7 @@ mod tests {
     fn job(n_rows: usize, len: usize, tag: u32) -> (Job, oneshot::Receiver<Reply>) {
         let rows = (0..n_rows).map(|_| Tokenized { ids: vec![tag; len], type_ids: vec![0; len], truncated: false });
         let (tx, rx) = oneshot::channel();
-        (Job { rows: rows.collect(), raw_scores: false, reply: tx }, rx)
+        (Job { rows: rows.collect(), raw_scores: false, reply: tx, queued: Instant::now() }, rx)
     }
 
     fn tags(batch: &[Job]) -> Vec<u32> {
@@ -190,14 +209,14 @@ mod tests {
         for t in &texts {
             let (tx, rx) = oneshot::channel();
             let rows = predictor.encoder.tokenize(t).unwrap();
-            queue.push(Job { rows, raw_scores: false, reply: tx });
+            queue.push(Job { rows, raw_scores: false, reply: tx, queued: Instant::now() });
             receivers.push(rx);
         }
         queue.close();
         let worker = Worker { predictor: predictor.clone(), queue, metrics, max_tokens: 1024, delay: Duration::ZERO };
         worker.run();
         for (t, rx) in texts.iter().zip(receivers) {
-            let got = rx.blocking_recv().unwrap().unwrap();
+            let got = rx.blocking_recv().unwrap().unwrap().scores;
             let alone: Vec<Vec<f32>> = predictor.predict(t, 8).unwrap().into_iter().map(|p| p.probs).collect();
             assert_eq!(got.len(), alone.len());
             for (g, a) in got.iter().zip(&alone) {
