@@ -2,7 +2,8 @@
 """emotune against PyTorch on this machine, in one run: per shape, `emotune bench --json` and
 `bench/torch_bench.py` (fp32, and PyTorch's bf16 autocast with --bf16; emotune has no bf16
 path yet, so its fp32 step is compared with both) one after the other, then a table of median
-step times and their ratios.
+step times and their ratios, and of inference: one-text latency p50/p99 and texts/s at batch
+1, 8 and --batch (ratios are emotune's time over PyTorch's: below 1, emotune is faster).
 
     python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--emotune target/release/emotune]
 
@@ -35,9 +36,14 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="also measure PyTorch with bf16 autocast")
     ap.add_argument("--emotune", default=os.path.join(ROOT, "target", "release", "emotune"))
     ap.add_argument("--json-out", help="write every measurement here as JSON lines")
+    ap.add_argument("--latency-runs", type=int, default=50)
+    ap.add_argument("--threads", type=int, help="threads for both sides (default: each one's own)")
     args = ap.parse_args()
     seqs = args.seq or [24, 40, 64, 87]
-    common = ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    common = ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--latency-runs", str(args.latency_runs)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
 
     rows = []
     for seq in seqs:
@@ -77,6 +83,19 @@ def main():
         e, p = r["emotune"], r["pytorch"]
         print(f"| {r['seq']} | {e['eval_forward_s']:.3f} | {p['eval_forward_s']:.3f} | "
               f"{e['eval_forward_s'] / p['eval_forward_s']:.2f} | {e['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |")
+
+    print(f"\nInference: one text ({args.latency_runs} runs, p50 / p99 ms) and texts/s per batch size")
+    print("\n| tokens | emotune 1-text ms | pytorch 1-text ms | p50 ratio | batch | emotune texts/s | pytorch texts/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        e, p = r["emotune"], r["pytorch"]
+        lat = (f"{e['one_text_p50_s'] * 1e3:.1f} / {e['one_text_p99_s'] * 1e3:.1f} | "
+               f"{p['one_text_p50_s'] * 1e3:.1f} / {p['one_text_p99_s'] * 1e3:.1f} | "
+               f"{e['one_text_p50_s'] / p['one_text_p50_s']:.2f}")
+        for i, (te, tp) in enumerate(zip(e["throughput"], p["throughput"])):
+            first = f"| {r['seq']} | {lat}" if i == 0 else "| | | |"
+            print(f"{first} | {te['batch']} | {te['texts_per_s']:.1f} | {tp['texts_per_s']:.1f} | "
+                  f"{tp['texts_per_s'] / te['texts_per_s']:.2f} |")
 
 
 if __name__ == "__main__":

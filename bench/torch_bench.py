@@ -5,7 +5,8 @@ Builds a randomly initialised DistilBertForSequenceClassification (or BERT) from
 trains it on synthetic batches of random token ids with AdamW (weight decay 0.01 except biases
 and LayerNorm, lr 2e-5) and prints, per shape, one JSON object with the keys emotune prints:
 the median seconds of a training step split into forward, backward and optimiser, the eval
-forward time, predict throughput, one-text latency and peak resident memory.
+forward time, texts/s at batch 1, 8 and --batch, one-text latency p50/p99 over --latency-runs
+passes and peak resident memory.
 
     python bench/torch_bench.py --config ../shared/fixtures/distilbert-base-uncased.config.json \
         --seq 40 [--bf16] [--steps 5 --warmup 2]
@@ -18,6 +19,7 @@ Needs torch and transformers (pip install torch transformers).
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import time
 
@@ -31,6 +33,12 @@ def peak_rss_mb():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def percentile(values, q):
+    """Nearest rank, as emotune computes it."""
+    v = sorted(values)
+    return v[min(len(v), max(1, math.ceil(q / 100 * len(v)))) - 1]
 
 
 def reset_peak_rss():
@@ -49,8 +57,12 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--latency-runs", type=int, default=50, help="forward passes of one text for p50/p99")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's)")
     args = ap.parse_args()
     seqs = args.seq or [24, 40, 64, 87]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(args.config, num_labels=6)
@@ -99,13 +111,22 @@ def main():
                     model(input_ids=ids, attention_mask=mask).logits.float().tolist()
                 if i >= args.warmup:
                     eval_t.append(time.perf_counter() - t0)
-            for i in range(args.warmup + max(args.steps, 5)):
+            for i in range(max(args.warmup, 3) + args.latency_runs):
                 t0 = time.perf_counter()
                 with autocast():
                     model(input_ids=one, attention_mask=mask[:1]).logits.float().tolist()
-                if i >= args.warmup:
+                if i >= max(args.warmup, 3):
                     one_t.append(time.perf_counter() - t0)
-
+            throughput = []
+            for b in [b for b in (1, 8) if b < args.batch]:
+                times = []
+                for i in range(args.warmup + args.steps):
+                    t0 = time.perf_counter()
+                    with autocast():
+                        model(input_ids=ids[:b], attention_mask=mask[:b]).logits.float().tolist()
+                    if i >= args.warmup:
+                        times.append(time.perf_counter() - t0)
+                throughput.append({"batch": b, "texts_per_s": b / statistics.median(times)})
         steps = [a + b + c for a, b, c in zip(fwd, bwd, optim)]
         eval_s = statistics.median(eval_t)
         print(json.dumps({
@@ -120,7 +141,10 @@ def main():
             "optimizer_s": statistics.median(optim),
             "eval_forward_s": eval_s,
             "predict_texts_per_s": args.batch / eval_s,
-            "one_text_latency_s": statistics.median(one_t),
+            "one_text_p50_s": percentile(one_t, 50),
+            "one_text_p99_s": percentile(one_t, 99),
+            "latency_runs": args.latency_runs,
+            "throughput": throughput + [{"batch": args.batch, "texts_per_s": args.batch / eval_s}],
             "peak_rss_mb": peak_rss_mb(),
             "steps": args.steps,
         }), flush=True)

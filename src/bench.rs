@@ -56,14 +56,26 @@ pub struct ShapeReport {
     pub eval_forward_s: f64,
     /// Texts per second classified at this batch size.
     pub predict_texts_per_s: f64,
-    /// Median seconds to classify one text of this length.
-    pub one_text_latency_s: f64,
+    /// Seconds to classify one text of this length: the median and the 99th percentile of
+    /// `latency_runs` forward passes.
+    pub one_text_p50_s: f64,
+    pub one_text_p99_s: f64,
+    pub latency_runs: usize,
+    /// Texts per second at batch 1, 8 and the benchmark's batch (each the median of `steps`
+    /// forward passes).
+    pub throughput: Vec<Throughput>,
     /// Peak resident memory of the process while measuring this shape.
     pub peak_rss_mb: f64,
     pub steps: usize,
     /// With `--profile`: mean seconds per training step spent in each fused kernel.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<KernelTime>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub batch: usize,
+    pub texts_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,8 +90,19 @@ pub struct BenchOptions {
     pub seqs: Vec<usize>,
     pub steps: usize,
     pub warmup: usize,
+    /// Forward passes of one text behind the latency percentiles.
+    pub latency_runs: usize,
     /// Account the time of each fused kernel during the measured training steps.
     pub profile: bool,
+}
+
+/// The `q`-th percentile (nearest rank) of `v`.
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => v[((q / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1],
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -142,7 +165,14 @@ pub fn run(
         let train = time_training(&m, &batch, &labels, opts)?;
         let eval_forward_s = median(time_forward(&m, &batch, opts.warmup, opts.steps)?);
         let one = synthetic_batch(&mut rng, 1, seq, vocab, device)?;
-        let one_text_latency_s = median(time_forward(&m, &one, opts.warmup, opts.steps.max(5))?);
+        let latency = time_forward(&m, &one, opts.warmup.max(3), opts.latency_runs)?;
+        let mut throughput = Vec::new();
+        for b in [1, 8].into_iter().filter(|&b| b < opts.batch) {
+            let rows = synthetic_batch(&mut rng, b, seq, vocab, device)?;
+            let s = median(time_forward(&m, &rows, opts.warmup, opts.steps)?);
+            throughput.push(Throughput { batch: b, texts_per_s: b as f64 / s });
+        }
+        throughput.push(Throughput { batch: opts.batch, texts_per_s: opts.batch as f64 / eval_forward_s });
         let steps: Vec<f64> = train.fwd.iter().zip(&train.bwd).zip(&train.optim).map(|((a, b), c)| a + b + c).collect();
         report(&ShapeReport {
             batch: opts.batch,
@@ -153,7 +183,10 @@ pub fn run(
             optimizer_s: median(train.optim),
             eval_forward_s,
             predict_texts_per_s: opts.batch as f64 / eval_forward_s,
-            one_text_latency_s,
+            one_text_p50_s: percentile(latency.clone(), 50.0),
+            one_text_p99_s: percentile(latency, 99.0),
+            latency_runs: opts.latency_runs,
+            throughput,
             peak_rss_mb: peak_rss_mb(),
             steps: opts.steps,
             kernels: train.kernels,

@@ -90,19 +90,27 @@ fn inference_client_gets_the_models_answers() {
 
 #[test]
 fn curl_gets_tei_answers_on_every_predict_route() {
-    let s = Server::start(&[]);
-    let body = r#"{"inputs": ["i am scared", "i feel so happy today"]}"#;
-    let want = s.predict(serde_json::from_str(body).unwrap()).1;
-    for path in ["/", "/predict", "/invocations"] {
-        let out = Command::new("curl")
-            .args(["-sS", "-f", "-H", "Content-Type: application/json", "-d", body, &s.url(path)])
-            .output()
-            .expect("curl");
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), want, "{path}");
-    }
-    for path in ["/health", "/ping"] {
-        assert_eq!(s.get(path).0, 200, "{path}");
+    for (model, labels) in [("tiny-distilbert", 6), ("tiny-bert-multilabel", 28)] {
+        let s = Server::start_model(model, &["--api-key", KEY]);
+        let text = "i am scared";
+        let body = json!({"inputs": [text, "i feel so happy today"]}).to_string();
+        let auth = format!("Authorization: Bearer {KEY}");
+        for path in ["/", "/predict", "/invocations"] {
+            let out = Command::new("curl")
+                .args(["-sS", "-f", "-H", "Content-Type: application/json", "-H", &auth, "-d", &body, &s.url(path)])
+                .output()
+                .expect("curl");
+            assert!(out.status.success(), "{model} {path}: {}", String::from_utf8_lossy(&out.stderr));
+            let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(got.as_array().unwrap().len(), 2);
+            let first: Vec<Value> =
+                got[0].as_array().unwrap().iter().map(|p| json!([p["label"], p["score"]])).collect();
+            assert_same(&Value::Array(first), &cli_scores(model, text, "scores"), labels);
+        }
+        for path in ["/health", "/ping"] {
+            let out = Command::new("curl").args(["-sS", "-f", &s.url(path)]).output().unwrap();
+            assert!(out.status.success(), "{path} needs no key");
+        }
     }
 }
 

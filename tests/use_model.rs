@@ -284,6 +284,28 @@ fn bench_has_the_distilbert_base_shape_built_in() {
     assert!(r["train_step_s"].as_f64().unwrap() > 0.0);
 }
 
+/// The inference figures: one-text latency percentiles over --latency-runs passes and texts/s
+/// at batch 1, 8 and --batch, on --threads threads.
+#[test]
+fn bench_reports_latency_percentiles_and_throughput_per_batch() {
+    let tiny = fixture("tiny-distilbert").join("config.json");
+    let o = Command::new(bin())
+        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch", "16", "--seq", "12", "--steps", "2"])
+        .args(["--latency-runs", "30", "--threads", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim()).unwrap();
+    let (p50, p99) = (r["one_text_p50_s"].as_f64().unwrap(), r["one_text_p99_s"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{r}");
+    assert_eq!(r["latency_runs"], 30);
+    let batches: Vec<u64> = r["throughput"].as_array().unwrap().iter().map(|t| t["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 8, 16]);
+    assert!(r["throughput"].as_array().unwrap().iter().all(|t| t["texts_per_s"].as_f64().unwrap() > 0.0));
+    let zero = Command::new(bin()).args(["bench", "--threads", "0"]).output().unwrap();
+    assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--threads"));
+}
+
 /// `predict --input` reads a parquet file's text column like the other formats.
 #[test]
 fn predict_reads_parquet_input() {

@@ -24,6 +24,12 @@ pub struct BenchArgs {
     /// Unmeasured warm-up steps per shape.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Forward passes of one text behind the latency p50 and p99.
+    #[arg(long, default_value_t = 50)]
+    pub latency_runs: usize,
+    /// Threads for the kernels (default: rayon's, one per core), to measure thread scaling.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,15 +56,41 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let seqs = if args.seq.is_empty() { vec![24, 40, 64, 87] } else { args.seq.clone() };
-    if args.batch == 0 || args.steps == 0 || seqs.contains(&0) {
-        bail!("--batch, --seq and --steps must be at least 1");
+    if args.batch == 0 || args.steps == 0 || args.latency_runs == 0 || seqs.contains(&0) {
+        bail!("--batch, --seq, --steps and --latency-runs must be at least 1");
     }
-    let opts = BenchOptions { batch: args.batch, seqs, steps: args.steps, warmup: args.warmup, profile: args.profile };
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool is already set up ({e})"))?;
+    }
+    let opts = BenchOptions {
+        batch: args.batch,
+        seqs,
+        steps: args.steps,
+        warmup: args.warmup,
+        latency_runs: args.latency_runs,
+        profile: args.profile,
+    };
     if !args.json {
         writeln!(
             out,
-            "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>8}",
-            "batch", "seq", "step s", "fwd s", "bwd s", "optim s", "eval s", "texts/s", "1-text ms", "peak MB"
+            "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>10} {:>9} {:>9} | {:>8}",
+            "batch",
+            "seq",
+            "step s",
+            "fwd s",
+            "bwd s",
+            "optim s",
+            "eval s",
+            "texts/s",
+            "1 p50 ms",
+            "1 p99 ms",
+            "peak MB"
         )?;
     }
     crate::bench::run(&shape, &opts, &crate::device::select()?, |r| {
@@ -74,7 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn print_row(out: &mut impl Write, r: &ShapeReport) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>10.1} | {:>8.0}",
+        "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>9.1} {:>9.1} | {:>8.0}",
         r.batch,
         r.seq,
         r.train_step_s,
@@ -83,9 +115,12 @@ fn print_row(out: &mut impl Write, r: &ShapeReport) -> std::io::Result<()> {
         r.optimizer_s,
         r.eval_forward_s,
         r.predict_texts_per_s,
-        r.one_text_latency_s * 1e3,
+        r.one_text_p50_s * 1e3,
+        r.one_text_p99_s * 1e3,
         r.peak_rss_mb
     )?;
+    let rates: Vec<String> = r.throughput.iter().map(|t| format!("batch {} {:.1}", t.batch, t.texts_per_s)).collect();
+    writeln!(out, "      texts/s: {}", rates.join(", "))?;
     if !r.kernels.is_empty() {
         print_kernel_profile(out, r)?;
     }
