@@ -160,12 +160,15 @@ fn chunked(total: usize) -> Vec<u8> {
 #[test]
 fn hostile_requests_get_quick_4xx_and_memory_stays_bounded() {
     let s = Server::start(&["--max-client-batch-size", "32", "--read-timeout", "2"]);
-    hostile_corpus(&s);
-    let after_one = s.rss_kib();
-    hostile_corpus(&s);
-    hostile_corpus(&s);
-    let after_three = s.rss_kib();
-    assert!(after_three < after_one + 64 * 1024, "RSS grew from {after_one} to {after_three} KiB");
+    // The allocator keeps some freed memory for reuse, so the first rounds raise the RSS; bounded
+    // means it levels off: two more rounds after two add little.
+    let mut rss = Vec::new();
+    for _ in 0..4 {
+        hostile_corpus(&s);
+        rss.push(s.rss_kib());
+    }
+    eprintln!("server RSS after each round of the hostile corpus (KiB): {rss:?}");
+    assert!(rss[3] < rss[1] + 32 * 1024, "RSS keeps growing: {rss:?} KiB");
     // A client sending one byte a second: the body (408) and the headers (closed) time out.
     let slow = |head: &[u8], body: bool| {
         let started = Instant::now();
