@@ -3,7 +3,10 @@
 //! recipe's optimiser settings.
 
 use crate::model::kernels::profile;
-use crate::model::{cross_entropy, random_classifier, Dropout, LoadedModel, ModelConfig};
+use crate::model::kernels::qlinear::Isa;
+use crate::model::{
+    cross_entropy, random_classifier, random_classifier_quantized, Dropout, LoadedModel, ModelConfig, Quantize,
+};
 use crate::optim::AdamW;
 use crate::tokenize::Batch;
 use crate::train::{TrainConfig, DEFAULT_MODEL};
@@ -47,11 +50,16 @@ impl Shape {
 pub struct ShapeReport {
     pub batch: usize,
     pub seq: usize,
-    /// Median seconds of one full training step (forward + backward + optimiser).
-    pub train_step_s: f64,
-    pub forward_s: f64,
-    pub backward_s: f64,
-    pub optimizer_s: f64,
+    /// `"int8"` when the encoder's linear layers were quantised (`--quantize`), else null.
+    pub quantize: Option<Quantize>,
+    /// The instructions of the int8 kernel, when quantised.
+    pub int8_kernel: Option<&'static str>,
+    /// Median seconds of one full training step (forward + backward + optimiser); null when
+    /// training was not measured (`--skip-training`, or a quantised model, which cannot train).
+    pub train_step_s: Option<f64>,
+    pub forward_s: Option<f64>,
+    pub backward_s: Option<f64>,
+    pub optimizer_s: Option<f64>,
     /// Median seconds of one forward pass without dropout or gradients' use.
     pub eval_forward_s: f64,
     /// Texts per second classified at this batch size.
@@ -94,6 +102,10 @@ pub struct BenchOptions {
     pub latency_runs: usize,
     /// Account the time of each fused kernel during the measured training steps.
     pub profile: bool,
+    /// Measure training steps too (never for a quantised model).
+    pub train: bool,
+    /// Quantise the encoder's linear layers (inference only).
+    pub quantize: Option<Quantize>,
 }
 
 /// The `q`-th percentile (nearest rank) of `v`.
@@ -158,11 +170,12 @@ pub fn run(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for &seq in &opts.seqs {
         reset_peak_rss();
-        let m: LoadedModel = random_classifier(config.clone(), SEED, device)?;
+        let m: LoadedModel = random_classifier_quantized(config.clone(), SEED, opts.quantize, device)?;
         let batch = synthetic_batch(&mut rng, opts.batch, seq, vocab, device)?;
         let labels: Vec<u32> = (0..opts.batch).map(|_| rng.gen_range(0..config.num_labels() as u32)).collect();
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
-        let train = time_training(&m, &batch, &labels, opts)?;
+        let train =
+            if opts.train && opts.quantize.is_none() { Some(time_training(&m, &batch, &labels, opts)?) } else { None };
         let eval_forward_s = median(time_forward(&m, &batch, opts.warmup, opts.steps)?);
         let one = synthetic_batch(&mut rng, 1, seq, vocab, device)?;
         let latency = time_forward(&m, &one, opts.warmup.max(3), opts.latency_runs)?;
@@ -173,14 +186,16 @@ pub fn run(
             throughput.push(Throughput { batch: b, texts_per_s: b as f64 / s });
         }
         throughput.push(Throughput { batch: opts.batch, texts_per_s: opts.batch as f64 / eval_forward_s });
-        let steps: Vec<f64> = train.fwd.iter().zip(&train.bwd).zip(&train.optim).map(|((a, b), c)| a + b + c).collect();
+        let step = |t: &TrainTimes| t.fwd.iter().zip(&t.bwd).zip(&t.optim).map(|((a, b), c)| a + b + c).collect();
         report(&ShapeReport {
             batch: opts.batch,
             seq,
-            train_step_s: median(steps),
-            forward_s: median(train.fwd),
-            backward_s: median(train.bwd),
-            optimizer_s: median(train.optim),
+            quantize: opts.quantize,
+            int8_kernel: opts.quantize.map(|_| Isa::detect().name()),
+            train_step_s: train.as_ref().map(|t| median(step(t))),
+            forward_s: train.as_ref().map(|t| median(t.fwd.clone())),
+            backward_s: train.as_ref().map(|t| median(t.bwd.clone())),
+            optimizer_s: train.as_ref().map(|t| median(t.optim.clone())),
             eval_forward_s,
             predict_texts_per_s: opts.batch as f64 / eval_forward_s,
             one_text_p50_s: percentile(latency.clone(), 50.0),
@@ -189,7 +204,7 @@ pub fn run(
             throughput,
             peak_rss_mb: peak_rss_mb(),
             steps: opts.steps,
-            kernels: train.kernels,
+            kernels: train.map(|t| t.kernels).unwrap_or_default(),
         })?;
     }
     Ok(())

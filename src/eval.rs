@@ -54,6 +54,8 @@ pub struct EvalOptions {
     pub max_length: Option<usize>,
     /// One threshold for every label of a multi-label model, in place of its saved ones.
     pub threshold: Option<f32>,
+    /// How the encoder's linear layers run (`--quantize`).
+    pub quantize: Option<crate::model::Quantize>,
 }
 
 /// Maps the dataset's label ids to the model's by name.
@@ -75,7 +77,7 @@ fn label_map(ds: &Dataset, model_labels: &[String]) -> Result<Vec<usize>> {
 
 /// Evaluates `model` (a directory or Hub id) on one split of the data of `spec`.
 pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) -> Result<EvalReport> {
-    let mut predictor = Predictor::load(model, opts.max_length, device)?;
+    let mut predictor = Predictor::load(model, opts.max_length, opts.quantize, device)?;
     if let Some(t) = opts.threshold {
         predictor.set_threshold(t)?;
     }

@@ -146,6 +146,15 @@ pub enum Init {
     Ones,
 }
 
+/// How the encoder's linear layers are stored for inference, chosen at load (`--quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    /// Int8 weights per output channel, activations quantised per token at run time; the
+    /// embeddings, LayerNorms, attention, GELU and the task head stay float32.
+    Int8,
+}
+
 /// Builds a [`ParamStore`] from a safetensors checkpoint, one named parameter at a time.
 pub struct WeightLoader {
     /// The checkpoint, or `None` to initialise every parameter randomly.
@@ -167,6 +176,8 @@ pub struct WeightLoader {
     fresh_head: bool,
     /// Every parameter must be in the file: nothing is initialised (for inference).
     trained_only: bool,
+    /// Quantise the encoder's linear layers as they load (for inference).
+    quantize: Option<Quantize>,
 }
 
 impl WeightLoader {
@@ -199,6 +210,7 @@ impl WeightLoader {
             created: Vec::new(),
             fresh_head: false,
             trained_only: false,
+            quantize: None,
         }
     }
 
@@ -214,6 +226,17 @@ impl WeightLoader {
     pub fn with_fresh_head(mut self) -> WeightLoader {
         self.fresh_head = true;
         self
+    }
+
+    /// Quantises the encoder's linear layers as `q` says while loading (for inference only:
+    /// quantised layers have no backward pass).
+    pub fn quantized(mut self, q: Option<Quantize>) -> WeightLoader {
+        self.quantize = q;
+        self
+    }
+
+    pub fn quantize(&self) -> Option<Quantize> {
+        self.quantize
     }
 
     fn describe(&self) -> String {

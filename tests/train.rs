@@ -160,7 +160,7 @@ fn reloaded_model_gives_the_in_memory_logits() {
     assert_eq!(outcome.model.config.labels, ["anger", "fear", "joy", "love", "sadness", "surprise"]);
     let texts = ["i feel wonderful", "this makes me so angry", "i am scared of the dark"];
     let in_memory = Predictor::new(outcome.model, outcome.encoder, &Device::Cpu);
-    let reloaded = Predictor::load(out.to_str().unwrap(), None, &Device::Cpu).unwrap();
+    let reloaded = Predictor::load(out.to_str().unwrap(), None, None, &Device::Cpu).unwrap();
     let a = in_memory.predict(&texts, 8).unwrap();
     let b = reloaded.predict(&texts, 8).unwrap();
     for (x, y) in a.iter().zip(&b) {

@@ -35,8 +35,15 @@ pub struct BenchArgs {
     pub json: bool,
     /// Also report the time per training step spent in each fused kernel, and what the forward
     /// and backward spend outside them (autograd bookkeeping, candle's own ops).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["skip_training", "quantize"])]
     pub profile: bool,
+    /// Measure inference only (no training steps).
+    #[arg(long)]
+    pub skip_training: bool,
+    /// Quantise the encoder's linear layers as `predict --quantize` does, and measure inference
+    /// only (a quantised model cannot train).
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::model::Quantize>,
     /// Instead of measuring, write a randomly initialised model of --config's shape to this
     /// directory (with --tokenizer's tokenizer files), to time whole training runs with
     /// `emotune train --model DIR`. Its weights have learned nothing.
@@ -75,7 +82,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         latency_runs: args.latency_runs,
         profile: args.profile,
+        train: !args.skip_training,
+        quantize: args.quantize,
     };
+    if let Some(q) = args.quantize {
+        let isa = crate::model::kernels::qlinear::Isa::detect();
+        writeln!(out, "{q:?}: the encoder's linear layers quantised; integer dot products on {}", isa.name())?;
+    }
     if !args.json {
         writeln!(
             out,
@@ -103,16 +116,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     })
 }
 
+/// Seconds to 3 decimals, or a dash for what was not measured.
+fn secs(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".to_string(), |s| format!("{s:.3}"))
+}
+
 fn print_row(out: &mut impl Write, r: &ShapeReport) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>5} {:>4} | {:>9.3} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>10.1} {:>9.1} {:>9.1} | {:>8.0}",
+        "{:>5} {:>4} | {:>9} {:>9} {:>9} {:>9} | {:>9.3} {:>10.1} {:>9.1} {:>9.1} | {:>8.0}",
         r.batch,
         r.seq,
-        r.train_step_s,
-        r.forward_s,
-        r.backward_s,
-        r.optimizer_s,
+        secs(r.train_step_s),
+        secs(r.forward_s),
+        secs(r.backward_s),
+        secs(r.optimizer_s),
         r.eval_forward_s,
         r.predict_texts_per_s,
         r.one_text_p50_s * 1e3,
@@ -141,6 +159,7 @@ fn print_kernel_profile(out: &mut impl Write, r: &ShapeReport) -> std::io::Resul
     for k in &r.kernels {
         writeln!(out, "      {:<32} {:>9.3} {:>7.0}", k.kernel, k.seconds_per_step, k.calls_per_step)?;
     }
-    writeln!(out, "      {:<32} {:>9.3}", "forward outside kernels", r.forward_s - sum(false))?;
-    writeln!(out, "      {:<32} {:>9.3}", "backward outside kernels", r.backward_s - sum(true))
+    let (fwd, bwd) = (r.forward_s.unwrap_or(f64::NAN), r.backward_s.unwrap_or(f64::NAN));
+    writeln!(out, "      {:<32} {:>9.3}", "forward outside kernels", fwd - sum(false))?;
+    writeln!(out, "      {:<32} {:>9.3}", "backward outside kernels", bwd - sum(true))
 }

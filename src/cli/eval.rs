@@ -42,6 +42,11 @@ pub struct EvalArgs {
     /// model's saved thresholds, else 0.5).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Run the encoder's linear layers in int8 (weights per output channel, quantised at load;
+    /// activations per token). CPU only; faster, with predictions that can differ slightly
+    /// from float32 (the README measures how much).
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::model::Quantize>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -57,6 +62,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         top_losses: args.top_losses,
         max_length: args.max_length,
         threshold: args.threshold,
+        quantize: args.quantize,
     };
     let report = crate::eval::run(&args.model, &spec, &opts, &crate::device::select()?)?;
     let mut out = std::io::stdout().lock();

@@ -7,7 +7,7 @@ pub mod thresholds;
 
 use crate::hub::ModelFiles;
 use crate::model::task::DEFAULT_THRESHOLD;
-use crate::model::{load_trained_classifier, log_softmax_last_dim, Dropout, LoadedModel, ModelConfig, Task};
+use crate::model::{load_trained_classifier, log_softmax_last_dim, Dropout, LoadedModel, ModelConfig, Quantize, Task};
 use crate::tokenize::{TextEncoder, Tokenized};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -59,23 +59,34 @@ pub struct Prediction {
 }
 
 impl Predictor {
-    /// Resolves `spec` (a directory or a Hub id) and loads its classifier and tokenizer.
-    pub fn load(spec: &str, max_length: Option<usize>, device: &Device) -> Result<Predictor> {
-        Self::open(ModelFiles::resolve(spec)?, spec, max_length, device)
+    /// Resolves `spec` (a directory or a Hub id) and loads its classifier and tokenizer, the
+    /// encoder's linear layers quantised as `quantize` says.
+    pub fn load(
+        spec: &str,
+        max_length: Option<usize>,
+        quantize: Option<Quantize>,
+        device: &Device,
+    ) -> Result<Predictor> {
+        Self::open(ModelFiles::resolve(spec)?, spec, (max_length, quantize), device)
     }
 
     /// The model in directory `dir` (any path, UTF-8 or not).
     pub fn from_dir(dir: &Path, max_length: Option<usize>, device: &Device) -> Result<Predictor> {
-        Self::open(ModelFiles::from_dir(dir)?, &dir.display().to_string(), max_length, device)
+        Self::open(ModelFiles::from_dir(dir)?, &dir.display().to_string(), (max_length, None), device)
     }
 
-    fn open(files: ModelFiles, name: &str, max_length: Option<usize>, device: &Device) -> Result<Predictor> {
+    fn open(
+        files: ModelFiles,
+        name: &str,
+        (max_length, quantize): (Option<usize>, Option<Quantize>),
+        device: &Device,
+    ) -> Result<Predictor> {
         let config = ModelConfig::load(&files.config)?;
         if config.raw.get("id2label").is_none() {
             log::warn!("{name}: config.json has no id2label; the labels are called LABEL_0, LABEL_1, ...");
         }
         let encoder = text_encoder(&files, &config, max_length)?;
-        let mut p = Predictor::new(load_trained_classifier(config, &files.weights, device)?, encoder, device);
+        let mut p = Predictor::new(load_trained_classifier(config, &files.weights, quantize, device)?, encoder, device);
         if p.task() == Task::MultiLabel {
             if let Some(path) = files.source.get_optional(thresholds::FILE)? {
                 p.thresholds = thresholds::load(&path, p.labels())?;

@@ -22,9 +22,10 @@
 //! [`backward`], which adds them to the `GradStore` that `loss.backward()` returns.
 //! Always take gradients through [`backward`]: a bare `loss.backward()` misses them.
 
-use super::kernels::{self, profile, AttentionOp};
+use super::kernels::qlinear::QuantizedLinear;
+use super::kernels::{self, profile, AttentionOp, Slices};
 use super::nn::{Activation, Dropout, LayerNorm, Linear, SelfAttention};
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
@@ -110,6 +111,7 @@ pub fn encoder_layer(
     let drop1 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.attention_output, r)));
     let drop2 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.output, r)));
     std::mem::drop(rng);
+    let int8 = [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.int8.clone()).collect();
     let op = EncoderLayerOp {
         params,
         attention,
@@ -118,6 +120,7 @@ pub fn encoder_layer(
         eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
         dims: (b, s, d, ffn),
         keep: drop.keep_for_backward,
+        int8,
         saved: Mutex::new(None),
     };
     let anchor = op.params[LN2_W].clone();
@@ -152,27 +155,15 @@ struct EncoderLayerOp {
     dims: (usize, usize, usize, usize),
     /// Keep the activations for a backward pass (false under `Dropout::inference`).
     keep: bool,
+    /// Int8 forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]), when
+    /// the model was loaded quantised (then there is no backward pass).
+    int8: Option<Vec<Arc<QuantizedLinear>>>,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
-/// Read access to the float32 CPU data of several contiguous tensors at once.
-struct Slices<'a> {
-    guards: Vec<(candle_core::StorageRef<'a>, &'a Layout)>,
-}
-
-impl<'a> Slices<'a> {
-    fn new(ts: &'a [Tensor]) -> Slices<'a> {
-        Slices { guards: ts.iter().map(|t| t.storage_and_layout()).collect() }
-    }
-
-    fn get(&self, i: usize) -> Result<&[f32]> {
-        let (st, l) = &self.guards[i];
-        match &**st {
-            Storage::Cpu(c) => kernels::f32_slice(c, l, "encoder layer parameter"),
-            _ => bail!("encoder layer: parameters must be on the CPU"),
-        }
-    }
-}
+/// The weights' indices into [`EncoderLayerOp::params`] of the projections in
+/// [`EncoderLayerOp::int8`], in order.
+const PROJECTIONS: [usize; 6] = [WQ, WQ + 2, WQ + 4, WO, W1, W2];
 
 fn masked<'a>(mask: &Mask, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
     match &mask.0 {
@@ -192,6 +183,15 @@ impl EncoderLayerOp {
         eps: f32,
     ) -> (Vec<f32>, Vec<f32>) {
         kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
+    }
+
+    /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
+    /// `which`, side by side; int8 where the layer has int8 forms.
+    fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
+        let slot = |i| PROJECTIONS.iter().position(|&p| p == i).expect("a projection's weight");
+        let layers: Vec<_> =
+            which.iter().map(|&i| (w[i], w[i + 1], self.int8.as_ref().map(|q| &*q[slot(i)]))).collect();
+        kernels::project(x, (x.len() / k, k), &layers)
     }
 }
 
@@ -213,21 +213,27 @@ impl CustomOp2 for EncoderLayerOp {
         let mut section = profile::Sections::default();
         section.start("· qkv projection");
         // One projection for q, k and v: their weights side by side ([3d, d], kept for the backward).
-        let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
-        let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
-        let mut qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
+        let (wqkv, mut qkv) = if self.keep && self.int8.is_none() {
+            let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
+            let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
+            let qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
+            (wqkv, qkv)
+        } else {
+            // no backward pass to come: no concatenated copy of the weights
+            (Vec::new(), self.project(&w, x, d, &[WQ, WQ + 2, WQ + 4]))
+        };
         section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
         if !self.keep {
             qkv = Vec::new();
         }
         section.start("· output projection");
-        let a = kernels::filled(m * d, |o| kernels::linear_into(o, d, &ctx, w[WO], w[BO], (m, d, d)));
+        let a = self.project(&w, &ctx, d, &[WO]);
         section.start("· add + LayerNorm 1");
         let (h1, z1) = self.add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
         drop(a);
         section.start("· feed-forward 1");
-        let f = kernels::filled(m * ffn, |o| kernels::linear_into(o, ffn, &h1, w[W1], w[B1], (m, ffn, d)));
+        let f = self.project(&w, &h1, d, &[W1]);
         section.start("· GELU");
         let (f, g) = if self.keep {
             let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
@@ -238,7 +244,7 @@ impl CustomOp2 for EncoderLayerOp {
             (Vec::new(), f)
         };
         section.start("· feed-forward 2");
-        let o2 = kernels::filled(m * d, |o| kernels::linear_into(o, d, &g, w[W2], w[B2], (m, d, ffn)));
+        let o2 = self.project(&w, &g, ffn, &[W2]);
         section.start("· add + LayerNorm 2");
         let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
@@ -255,8 +261,8 @@ impl CustomOp2 for EncoderLayerOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
-        let Some(sv) = crate::sync::lock(&self.saved).clone() else {
-            bail!("encoder layer: no activations kept for a backward pass (forward run with Dropout::inference)");
+        let Some(sv) = crate::sync::lock(&self.saved).clone().filter(|_| self.int8.is_none()) else {
+            bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded with --quantize int8)");
         };
         let (b, s, d, ffn) = self.dims;
         let m = b * s;
@@ -378,6 +384,7 @@ mod tests {
         Linear {
             weight: var(&[d_out, d_in], 0.3, rng).as_tensor().clone(),
             bias: var(&[d_out], 0.1, rng).as_tensor().clone(),
+            int8: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::arch::SequenceClassifier;
 use super::config::ModelConfig;
-use crate::weights::{ParamStore, WeightLoader};
+use crate::weights::{ParamStore, Quantize, WeightLoader};
 use anyhow::Result;
 use candle_core::Device;
 use std::path::Path;
@@ -24,10 +24,16 @@ pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &
 }
 
 /// The classifier of a fine-tuned checkpoint, for prediction: every parameter, the task head
-/// included, must be in `weights` (nothing is drawn at random).
-pub fn load_trained_classifier(config: ModelConfig, weights: &Path, device: &Device) -> Result<LoadedModel> {
+/// included, must be in `weights` (nothing is drawn at random); the encoder's linear layers
+/// quantised as `quantize` says.
+pub fn load_trained_classifier(
+    config: ModelConfig,
+    weights: &Path,
+    quantize: Option<Quantize>,
+    device: &Device,
+) -> Result<LoadedModel> {
     let prefix = config.arch.weight_prefix();
-    build_classifier(config, WeightLoader::open(weights, prefix, 0, device)?.trained_only())
+    build_classifier(config, WeightLoader::open(weights, prefix, 0, device)?.trained_only().quantized(quantize))
 }
 
 /// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
@@ -45,8 +51,19 @@ pub fn load_classifier_fresh_head(
 /// A classifier of `config`'s shape with every weight drawn at random from `seed`, for speed
 /// work only (it has learned nothing).
 pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Result<LoadedModel> {
+    random_classifier_quantized(config, seed, None, device)
+}
+
+/// [`random_classifier`] with the encoder's linear layers quantised as `quantize` says (the
+/// same random draws, so the int8 model is the quantised float32 one).
+pub fn random_classifier_quantized(
+    config: ModelConfig,
+    seed: u64,
+    quantize: Option<Quantize>,
+    device: &Device,
+) -> Result<LoadedModel> {
     let wl = WeightLoader::random(config.arch.weight_prefix(), seed, config.arch.initializer_range(), device);
-    build_classifier(config, wl)
+    build_classifier(config, wl.quantized(quantize))
 }
 
 fn build_classifier(config: ModelConfig, mut wl: WeightLoader) -> Result<LoadedModel> {

@@ -15,10 +15,14 @@ pub mod roberta;
 pub mod task;
 pub mod xlm_roberta;
 
+pub use crate::weights::Quantize;
 pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
 pub use config::ModelConfig;
 pub use layer::backward;
-pub use load::{load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier, LoadedModel};
+pub use load::{
+    load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier,
+    random_classifier_quantized, LoadedModel,
+};
 pub use nn::{
     activate, attention_bias, log_softmax_last_dim, softmax_last_dim, Activation, Dropout, Embedding, LayerNorm,
     Linear, SelfAttention,

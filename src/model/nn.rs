@@ -7,12 +7,14 @@
 //! backward op). The composed forms are also the reference the kernels are tested against.
 
 use super::kernels;
-use crate::weights::{Init, WeightLoader};
+use super::kernels::qlinear::QuantizedLinear;
+use crate::weights::{Init, Quantize, WeightLoader};
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Dropout state: `eval()` turns dropout off; `train(seed)` draws masks from a seeded ChaCha8
 /// stream, so a run is reproducible bit for bit.
@@ -94,11 +96,22 @@ impl Activation {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// The int8 form, for inference, when the model was loaded with `--quantize int8`.
+    pub int8: Option<Arc<QuantizedLinear>>,
 }
 
 impl Linear {
+    /// An encoder layer's projection: quantised when the loader says so.
     pub fn load(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        Self::load_init(wl, name, d_in, d_out, Init::Required, Init::Required)
+        let mut l = Self::load_init(wl, name, d_in, d_out, Init::Required, Init::Required)?;
+        match wl.quantize() {
+            Some(Quantize::Int8) if l.weight.device().is_cpu() => {
+                l.int8 = Some(Arc::new(QuantizedLinear::from_tensors(&l.weight, &l.bias)?));
+            }
+            Some(q) => anyhow::bail!("--quantize {q:?} runs on the CPU only"),
+            None => {}
+        }
+        Ok(l)
     }
 
     /// A task-head layer: `N(0, std)` weight and zero bias when the checkpoint lacks it.
@@ -109,10 +122,13 @@ impl Linear {
     fn load_init(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize, wi: Init, bi: Init) -> Result<Linear> {
         let weight = wl.param(&format!("{name}.weight"), &[d_out, d_in], wi)?;
         let bias = wl.param(&format!("{name}.bias"), &[d_out], bi)?;
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, int8: None })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(q), true) = (&self.int8, kernels::applies(x)) {
+            return Ok(q.forward(x)?);
+        }
         if kernels::applies(x) {
             return Ok(kernels::linear(x, &self.weight, &self.bias)?);
         }

@@ -51,6 +51,11 @@ pub struct ServeConfig {
     /// model's saved thresholds, else 0.5); the API returns every label's score either way.
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Run the encoder's linear layers in int8 (weights per output channel, quantised at load;
+    /// activations per token). CPU only; faster, with predictions that can differ slightly
+    /// from float32 (the README measures how much).
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::model::Quantize>,
     /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.
     #[arg(long, env = "EMOTUNE_API_KEY", hide_env_values = true)]
     pub api_key: Option<ApiKey>,
@@ -115,7 +120,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         cfg.read_timeout.is_finite() && (0.001..=3600.0).contains(&cfg.read_timeout),
         "--read-timeout must be between 0.001 and 3600 seconds"
     );
-    let mut predictor = Predictor::load(&cfg.model, None, &crate::device::select()?)?;
+    let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &crate::device::select()?)?;
     if let Some(t) = cfg.threshold {
         predictor.set_threshold(t)?;
     }

@@ -1,7 +1,7 @@
 //! What every kernel shares: the fixed work split (rows or elements per parallel chunk, never
 //! per thread, so results do not depend on the thread count) and its view of candle's storage.
 
-use candle_core::{bail, CpuStorage, Layout, Result};
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
 use std::mem::MaybeUninit;
 
 /// Rows per parallel work item.
@@ -33,4 +33,23 @@ pub(crate) fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the writers only store
     // initialised values through it.
     unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// Read access to the float32 CPU data of several contiguous tensors at once.
+pub(crate) struct Slices<'a> {
+    guards: Vec<(candle_core::StorageRef<'a>, &'a Layout)>,
+}
+
+impl<'a> Slices<'a> {
+    pub(crate) fn new(ts: &'a [Tensor]) -> Slices<'a> {
+        Slices { guards: ts.iter().map(|t| t.storage_and_layout()).collect() }
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Result<&[f32]> {
+        let (st, l) = &self.guards[i];
+        match &**st {
+            Storage::Cpu(c) => f32_slice(c, l, "kernel input"),
+            _ => bail!("the fused kernels run on the CPU only"),
+        }
+    }
 }

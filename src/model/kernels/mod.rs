@@ -19,11 +19,13 @@ mod gelu;
 mod layer_norm;
 mod linear;
 pub mod profile;
+pub mod qlinear;
 mod simd;
+mod skinny;
 
 pub use attention::attention;
 pub(crate) use attention::AttentionOp;
-pub(crate) use buffer::{as_uninit, f32_slice, filled};
+pub(crate) use buffer::{as_uninit, f32_slice, filled, Slices};
 pub use dropout::{dropout, keep_mask};
 pub(crate) use dropout::{dropped, optional_keep_mask};
 pub use gelu::gelu_erf;
@@ -32,6 +34,7 @@ pub use layer_norm::{add_layer_norm, layer_norm};
 pub(crate) use layer_norm::{add_layer_norm_rows, layer_norm_backward_into};
 pub use linear::linear;
 pub(crate) use linear::{column_sums, linear_into, matmul_into, weight_grad_into};
+pub(crate) use qlinear::project;
 pub use simd::{fast_erf, fast_exp};
 
 use candle_core::Tensor;

@@ -1,0 +1,461 @@
+//! Int8 linear layers for inference (`--quantize int8`), forward only:
+//!
+//! ```text
+//! W[j, :] ≈ sw_j · qw[j, :]              qw ∈ [-127, 127]   per output channel, at load
+//! x[i, :] ≈ sx_i · (qx[i, :] − zx_i)      qx ∈ [0, 127]      per token, at every call
+//! y[i, j] = sx_i · sw_j · (Σ_p qx[i, p] qw[j, p] − zx_i Σ_p qw[j, p]) + b_j
+//! ```
+//!
+//! Why 7-bit activations with a zero point: the range `[min(x, 0), max(x, 0)]` in 128 steps is
+//! as fine as a symmetric int8 range in 255 when the values are symmetric, and it keeps every
+//! pair sum of AVX2's `vpmaddubsw` (u8 × i8, saturating at 16 bits) exact: 2 · 127 · 127 <
+//! 32767. So the integer dot products are exact on every path — AVX-512 VNNI (`vpdpbusd` on
+//! 64 bytes), AVX-VNNI (`vpdpbusd` on 32), AVX2 (`vpmaddubsw` + `vpmaddwd`) and plain Rust —
+//! and the outputs are bitwise the same whichever the CPU picks (the tests check each one it
+//! has against plain Rust). The dot products run over `W` as stored, row by row, in the block
+//! walk of [`super::skinny`].
+
+use super::buffer::{f32_slice, filled};
+use super::linear::linear_into;
+use super::skinny::{for_each_block, walk_tiles, Block};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
+
+/// Rows are padded with zeros to a multiple of this many bytes (one AVX-512 load).
+const K_ALIGN: usize = 64;
+
+/// The instructions the integer dot products use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512Vnni,
+    AvxVnni,
+    Avx2,
+    Scalar,
+}
+
+impl Isa {
+    /// The best the CPU has (checked once).
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| Isa::available().into_iter().next().unwrap_or(Isa::Scalar))
+    }
+
+    /// Every path this CPU can run, best first (plain Rust last).
+    pub fn available() -> Vec<Isa> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                out.push(Isa::Avx512Vnni);
+            }
+            if has!("avx2") && has!("avxvnni") {
+                out.push(Isa::AvxVnni);
+            }
+            if has!("avx2") {
+                out.push(Isa::Avx2);
+            }
+        }
+        out.push(Isa::Scalar);
+        out
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "AVX-512 VNNI (vpdpbusd)",
+            Isa::AvxVnni => "AVX-VNNI (vpdpbusd)",
+            Isa::Avx2 => "AVX2 (vpmaddubsw)",
+            Isa::Scalar => "no SIMD (plain Rust)",
+        }
+    }
+}
+
+/// A linear layer's weight quantised per output channel, with its f32 bias.
+#[derive(Debug)]
+pub struct QuantizedLinear {
+    n: usize,
+    k: usize,
+    /// `[n, kp]`, each row zero-padded to `kp`.
+    w: Vec<i8>,
+    kp: usize,
+    scales: Vec<f32>,
+    /// `Σ_p qw[j, p]`, for the activations' zero points.
+    col_sums: Vec<i32>,
+    bias: Vec<f32>,
+}
+
+/// Activations quantised per row (token), ready for any number of [`QuantizedLinear`]s of the
+/// same input width.
+pub struct QuantizedRows {
+    m: usize,
+    k: usize,
+    kp: usize,
+    q: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<i32>,
+}
+
+fn padded(k: usize) -> usize {
+    k.div_ceil(K_ALIGN).max(1) * K_ALIGN
+}
+
+impl QuantizedLinear {
+    /// Quantises `weight [n, k]` (row-major, as PyTorch stores it); `bias` has `n` values.
+    pub fn new(weight: &[f32], bias: &[f32], (n, k): (usize, usize)) -> QuantizedLinear {
+        assert!(weight.len() == n * k && bias.len() == n, "weight [{n}, {k}] and bias [{}]", bias.len());
+        let kp = padded(k);
+        let mut w = vec![0i8; n * kp];
+        let mut scales = Vec::with_capacity(n);
+        let mut col_sums = Vec::with_capacity(n);
+        for (row, q) in weight.chunks_exact(k.max(1)).zip(w.chunks_exact_mut(kp)) {
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            let mut sum = 0i32;
+            for (d, v) in q.iter_mut().zip(row) {
+                *d = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*d);
+            }
+            scales.push(if row.iter().all(|v| v.is_finite()) { scale } else { f32::NAN });
+            col_sums.push(sum);
+        }
+        QuantizedLinear { n, k, w, kp, scales, col_sums, bias: bias.to_vec() }
+    }
+
+    /// From a `[n, k]` weight and `[n]` bias tensor (f32, on the CPU).
+    pub fn from_tensors(weight: &Tensor, bias: &Tensor) -> anyhow::Result<QuantizedLinear> {
+        let (n, k) = weight.dims2()?;
+        let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let b: Vec<f32> = bias.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        if b.len() != n {
+            anyhow::bail!("a bias of {} values for a weight of shape [{n}, {k}]", b.len());
+        }
+        Ok(QuantizedLinear::new(&w, &b, (n, k)))
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes of the quantised weight.
+    pub fn weight_bytes(&self) -> usize {
+        self.w.len()
+    }
+
+    /// `dst[i, ..n] = x[i] · Wᵀ + b`, `dst` rows `dst_rs` apart, on the CPU's best path.
+    pub fn forward_into(&self, x: &QuantizedRows, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
+        self.forward_with(Isa::detect(), x, dst, dst_rs)
+    }
+
+    /// As [`Self::forward_into`], on the path `isa` (which the CPU must have).
+    pub fn forward_with(&self, isa: Isa, x: &QuantizedRows, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
+        assert_eq!((x.k, x.kp), (self.k, self.kp), "activations of width {} for a weight of width {}", x.k, self.k);
+        assert!(Isa::available().contains(&isa), "this CPU cannot run {}", isa.name());
+        for_each_block(dst, dst_rs, (x.m, self.n), |block| match isa {
+            Isa::Avx512Vnni => walk_tiles::<4, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            Isa::AvxVnni => walk_tiles::<3, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            Isa::Avx2 => walk_tiles::<2, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            Isa::Scalar => walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+        });
+    }
+
+    /// Computes and writes the register tile of `nr × nc` outputs at `(r0, c0)`.
+    fn tile(&self, isa: Isa, block: &Block, x: &QuantizedRows, (r0, c0): (usize, usize), (nr, nc): (usize, usize)) {
+        let xs = |i: usize| &x.q[(r0 + i) * x.kp..(r0 + i + 1) * x.kp];
+        let ws = |j: usize| &self.w[(c0 + j) * self.kp..(c0 + j + 1) * self.kp];
+        let mut put = |i: usize, j: usize, dot: i32| {
+            let (r, c) = (r0 + i, c0 + j);
+            let exact = dot - x.zeros[r] * self.col_sums[c];
+            block.write(r, c, exact as f32 * (x.scales[r] * self.scales[c]) + self.bias[c]);
+        };
+        macro_rules! tiles {
+            ($dots:ident, $r:literal, $c:literal) => {
+                match (nr, nc) {
+                    ($r, $c) => each(simd::$dots::<$r, $c>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
+                    ($r, 1) => each(simd::$dots::<$r, 1>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
+                    (1, $c) => each(simd::$dots::<1, $c>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
+                    _ => each(simd::$dots::<1, 1>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
+                }
+            };
+        }
+        match isa {
+            // SAFETY: `forward_with` checked that the CPU has AVX-512 VNNI.
+            Isa::Avx512Vnni => unsafe { tiles!(dots_avx512_vnni, 4, 4) },
+            // SAFETY: `forward_with` checked that the CPU has AVX-VNNI.
+            Isa::AvxVnni => unsafe { tiles!(dots_avx_vnni, 3, 4) },
+            // SAFETY: `forward_with` checked that the CPU has AVX2.
+            Isa::Avx2 => unsafe { tiles!(dots_avx2, 2, 4) },
+            Isa::Scalar => put(0, 0, xs(0).iter().zip(ws(0)).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()),
+        }
+    }
+
+    /// `x Wᵀ + b` over the last dimension of the f32 CPU tensor `x` (inference only: there is no
+    /// backward).
+    pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
+        // tracked, so that a backward pass through it fails loudly instead of stopping the gradient
+        x.contiguous()?.apply_op1(QuantizedLinearOp(self.clone()))
+    }
+}
+
+/// One linear layer of [`project`]: weight `[n, k]`, bias `[n]`, and its int8 form if any.
+pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a QuantizedLinear>);
+
+/// `x Wᵀ + b` of `x [m, k]` by each of `layers`, side by side in one `[m, Σ n]` output: int8
+/// where a layer has its int8 form (the activations quantised once for all of them), f32
+/// otherwise.
+pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
+    let total: usize = layers.iter().map(|l| l.1.len()).sum();
+    let rows = layers.iter().any(|l| l.2.is_some()).then(|| QuantizedRows::new(x, (m, k)));
+    filled(m * total, |out| {
+        let mut offset = 0;
+        for &(w, b, int8) in layers {
+            let n = b.len();
+            let dst = &mut out[offset..];
+            match (int8, &rows) {
+                (Some(q), Some(rows)) => q.forward_into(rows, dst, total),
+                _ => linear_into(dst, total, x, w, b, (m, n, k)),
+            }
+            offset += n;
+        }
+    })
+}
+
+fn each<const R: usize, const C: usize>(v: [[i32; C]; R], put: &mut impl FnMut(usize, usize, i32)) {
+    for (i, row) in v.iter().enumerate() {
+        for (j, &d) in row.iter().enumerate() {
+            put(i, j, d);
+        }
+    }
+}
+
+impl QuantizedRows {
+    /// Quantises the `m` rows of `x [m, k]`.
+    pub fn new(x: &[f32], (m, k): (usize, usize)) -> QuantizedRows {
+        assert_eq!(x.len(), m * k, "activations [{m}, {k}]");
+        let kp = padded(k);
+        let mut q = vec![0u8; m * kp];
+        let mut scales = vec![0f32; m];
+        let mut zeros = vec![0i32; m];
+        for (i, row) in x.chunks_exact(k.max(1)).enumerate() {
+            (scales[i], zeros[i]) = quantize_row(row, &mut q[i * kp..i * kp + k]);
+        }
+        QuantizedRows { m, k, kp, q, scales, zeros }
+    }
+}
+
+super::simd::simd_dispatch! {
+    /// Fills `q` with `row` in 128 steps over `[min(row, 0), max(row, 0)]`; returns the step
+    /// and the zero point (NaN as the step when `row` holds a non-finite value, so the outputs
+    /// are NaN as in f32).
+    fn quantize_row_into(row: &[f32], q: &mut [u8], out: &mut (f32, i32)) {
+        let (mut lo, mut hi) = (0f32, 0f32);
+        for &v in row {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        let finite = row.iter().all(|v| v.is_finite());
+        let scale = if hi > lo { (hi - lo) / 127.0 } else { 1.0 };
+        let zero = (-lo / scale).round().clamp(0.0, 127.0);
+        // round to nearest by the 1.5 · 2^23 trick (vectorises, unlike `round` and `as`)
+        const MAGIC: f32 = 12_582_912.0;
+        let (inv, shift) = (1.0 / scale, zero + MAGIC);
+        for (d, &v) in q.iter_mut().zip(row) {
+            let t = v * inv + shift;
+            *d = (t.to_bits() as i32 - MAGIC.to_bits() as i32).clamp(0, 127) as u8;
+        }
+        *out = (if finite { scale } else { f32::NAN }, zero as i32);
+    }
+}
+
+fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, i32) {
+    let mut out = (0.0, 0);
+    quantize_row_into(row, q, &mut out);
+    out
+}
+
+struct QuantizedLinearOp(Arc<QuantizedLinear>);
+
+impl CustomOp1 for QuantizedLinearOp {
+    fn name(&self) -> &'static str {
+        "emotune-int8-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "int8 linear x")?;
+        let (n, k) = (self.0.n, self.0.k);
+        let dims = l.dims();
+        if dims.last() != Some(&k) {
+            bail!("int8 linear: input {dims:?} against weight [{n}, {k}]");
+        }
+        let m = x.len() / k.max(1);
+        let rows = QuantizedRows::new(x, (m, k));
+        let y = filled(m * n, |y| self.0.forward_into(&rows, y, n));
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Every `x[i] · w[j]` over rows padded to a multiple of 64 bytes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots_avx512_vnni<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
+        let mut acc = [[_mm512_setzero_si512(); C]; R];
+        for p in (0..x[0].len()).step_by(64) {
+            // SAFETY: every row is a multiple of 64 bytes long and `p` steps through it.
+            let xv: [__m512i; R] = std::array::from_fn(|i| unsafe { _mm512_loadu_si512(x[i].as_ptr().add(p).cast()) });
+            for j in 0..C {
+                // SAFETY: as above.
+                let wv = unsafe { _mm512_loadu_si512(w[j].as_ptr().add(p).cast()) };
+                for i in 0..R {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[i], wv);
+                }
+            }
+        }
+        std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_epi32(acc[i][j])))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn dots_avx_vnni<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
+        let mut acc = [[_mm256_setzero_si256(); C]; R];
+        for p in (0..x[0].len()).step_by(32) {
+            // SAFETY: every row is a multiple of 64 bytes long and `p` steps through it by 32.
+            let xv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(x[i].as_ptr().add(p).cast()) });
+            for j in 0..C {
+                // SAFETY: as above.
+                let wv = unsafe { _mm256_loadu_si256(w[j].as_ptr().add(p).cast()) };
+                for i in 0..R {
+                    acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], xv[i], wv);
+                }
+            }
+        }
+        std::array::from_fn(|i| std::array::from_fn(|j| hsum(acc[i][j])))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dots_avx2<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); C]; R];
+        for p in (0..x[0].len()).step_by(32) {
+            // SAFETY: every row is a multiple of 64 bytes long and `p` steps through it by 32.
+            let xv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(x[i].as_ptr().add(p).cast()) });
+            for j in 0..C {
+                // SAFETY: as above.
+                let wv = unsafe { _mm256_loadu_si256(w[j].as_ptr().add(p).cast()) };
+                for i in 0..R {
+                    // u8 · i8 pairs: exact in 16 bits because the activations are below 128
+                    let pairs = _mm256_maddubs_epi16(xv[i], wv);
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        std::array::from_fn(|i| std::array::from_fn(|j| hsum(acc[i][j])))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    //! Never called: [`super::Isa::available`] lists only plain Rust off x86-64.
+    pub unsafe fn dots_avx512_vnni<const R: usize, const C: usize>(_: [&[u8]; R], _: [&[i8]; C]) -> [[i32; C]; R] {
+        unreachable!()
+    }
+    pub use dots_avx512_vnni as dots_avx_vnni;
+    pub use dots_avx512_vnni as dots_avx2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::testing::on_threads;
+    use rand::{Rng, SeedableRng};
+
+    fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+    }
+
+    fn run(isa: Isa, lin: &QuantizedLinear, x: &[f32], m: usize) -> Vec<f32> {
+        let rows = QuantizedRows::new(x, (m, lin.k));
+        filled(m * lin.n, |y| lin.forward_with(isa, &rows, y, lin.n))
+    }
+
+    #[test]
+    fn every_path_the_cpu_has_gives_the_plain_rust_result_bit_for_bit() {
+        for (m, n, k) in [(1, 1, 1), (37, 45, 200), (5, 9, 64), (50, 33, 300)] {
+            let lin = QuantizedLinear::new(&data(n * k, 2, 0.2), &data(n, 3, 1.0), (n, k));
+            let x = data(m * k, 1, 3.0);
+            let want = run(Isa::Scalar, &lin, &x, m);
+            for isa in Isa::available() {
+                eprintln!("int8 linear ({m}, {n}, {k}) on {}", isa.name());
+                let got = run(isa, &lin, &x, m);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?}"
+                );
+            }
+        }
+        let missing: Vec<&str> = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2]
+            .into_iter()
+            .filter(|i| !Isa::available().contains(i))
+            .map(Isa::name)
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("NOT CHECKED here (this CPU lacks them): {}", missing.join(", "));
+        }
+    }
+
+    #[test]
+    fn int8_is_within_two_percent_of_float32() {
+        let (m, n, k) = (24, 64, 768);
+        let (w, b, x) = (data(n * k, 5, 0.05), data(n, 6, 0.1), data(m * k, 7, 2.0));
+        let got = run(Isa::detect(), &QuantizedLinear::new(&w, &b, (n, k)), &x, m);
+        let mut worst = 0f32;
+        let mut largest = 0f32;
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f32 =
+                    b[j] + x[i * k..(i + 1) * k].iter().zip(&w[j * k..(j + 1) * k]).map(|(a, c)| a * c).sum::<f32>();
+                worst = worst.max((got[i * n + j] - exact).abs());
+                largest = largest.max(exact.abs());
+            }
+        }
+        assert!(worst < 0.02 * largest, "worst error {worst} against outputs up to {largest}");
+    }
+
+    #[test]
+    fn zero_rows_stay_exact_and_non_finite_inputs_give_nan() {
+        let (n, k) = (3, 10);
+        let lin = QuantizedLinear::new(&data(n * k, 8, 1.0), &[0.5, -1.0, 2.0], (n, k));
+        let mut x = vec![0f32; 2 * k];
+        assert_eq!(&run(Isa::detect(), &lin, &x, 2)[..3], &[0.5, -1.0, 2.0]);
+        x[k + 4] = f32::INFINITY;
+        assert!(run(Isa::detect(), &lin, &x, 2)[3..].iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn does_not_depend_on_thread_count() {
+        let (m, n, k) = (130, 70, 96);
+        let lin = QuantizedLinear::new(&data(n * k, 9, 0.3), &data(n, 10, 1.0), (n, k));
+        let x = data(m * k, 11, 1.0);
+        let f = || run(Isa::detect(), &lin, &x, m);
+        assert_eq!(on_threads(1, f), on_threads(3, f));
+    }
+}

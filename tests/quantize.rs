@@ -1,0 +1,125 @@
+//! `--quantize int8`: the tiny fixtures' logits and the real MiniLM encoder's hidden states
+//! against PyTorch's float32 ground truth, within stated bounds; a quantised model refuses a
+//! backward pass; the command-line flag reaches the model.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use emotune::hub::ModelFiles;
+use emotune::model::{load_trained_classifier, Dropout, ModelConfig, Quantize};
+use emotune::tokenize::Batch;
+use emotune::weights::WeightLoader;
+
+/// Int8 logits may differ from PyTorch's float32 logits by at most this fraction of the
+/// largest reference logit (measured on the five fixtures: at most 0.0006).
+const LOGIT_BOUND: f32 = 0.005;
+
+fn batch(r: &Reference, names: &[&str]) -> Batch {
+    let ids = r.rows_u32("input_ids");
+    let mut b = Batch::from_rows(&ids, &r.rows_u32("attention_mask"), &Device::Cpu).unwrap();
+    if names.contains(&"token_type_ids") {
+        let (n, s) = b.dims();
+        b.token_type_ids = Some(Tensor::from_vec(r.rows_u32("token_type_ids").concat(), (n, s), &Device::Cpu).unwrap());
+    }
+    b
+}
+
+fn int8_logit_error(name: &str, types: bool) -> (f32, f32) {
+    let dir = fixture(name);
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let config = ModelConfig::load(&files.config).unwrap();
+    let m = load_trained_classifier(config, &files.weights, Some(Quantize::Int8), &Device::Cpu).unwrap();
+    let r = Reference::load(&dir.join("reference.safetensors"));
+    let b = batch(&r, if types { &["token_type_ids"] } else { &[] });
+    let logits = m.model.forward(&b, &Dropout::inference()).unwrap();
+    (max_abs_diff(&logits, r.get("logits")), max_abs(r.get("logits")))
+}
+
+#[test]
+fn int8_logits_of_every_fixture_stay_within_the_bound_of_pytorch() {
+    for (name, types) in [
+        ("tiny-distilbert", false),
+        ("tiny-bert", true),
+        ("tiny-bert-multilabel", true),
+        ("tiny-roberta", false),
+        ("tiny-xlm-roberta", false),
+    ] {
+        let (err, largest) = int8_logit_error(name, types);
+        println!(
+            "{name}: int8 logits max abs err {err:.3e} (largest reference logit {largest:.3e}, ratio {:.4})",
+            err / largest
+        );
+        assert!(err <= LOGIT_BOUND * largest, "{name}: int8 logits off by {err}, more than {LOGIT_BOUND} of {largest}");
+        assert!(err > 0.0, "{name}: int8 gave float32's logits exactly: was it quantised?");
+    }
+}
+
+/// The real pretrained encoder, where quantisation error is what users meet: every token's
+/// int8 hidden state points the way PyTorch's float32 one does.
+#[test]
+fn int8_minilm_hidden_states_keep_their_direction() {
+    use_shared_cache();
+    let files = ModelFiles::resolve("sentence-transformers/all-MiniLM-L6-v2").unwrap();
+    let config = ModelConfig::load(&files.config).unwrap();
+    let prefix = config.arch.weight_prefix();
+    let mut wl = WeightLoader::open(&files.weights, prefix, 0, &Device::Cpu).unwrap().quantized(Some(Quantize::Int8));
+    let model = config.arch.build(&mut wl, 2).unwrap();
+    let r = Reference::load(&fixture("all-MiniLM-L6-v2.reference.safetensors"));
+    let hidden = model.encode(&batch(&r, &["token_type_ids"]), &Dropout::inference()).unwrap().hidden;
+    let want = r.get("last_hidden_state");
+    let dot = (&hidden * want).unwrap().sum(2).unwrap();
+    let norms = (hidden.sqr().unwrap().sum(2).unwrap().sqrt().unwrap()
+        * want.sqr().unwrap().sum(2).unwrap().sqrt().unwrap())
+    .unwrap();
+    let cos: Vec<Vec<f32>> = (dot / norms).unwrap().to_vec2().unwrap();
+    let mask = r.rows_u32("attention_mask");
+    let real: Vec<f32> =
+        cos.iter().flatten().zip(mask.iter().flatten()).filter(|(_, &m)| m == 1).map(|(c, _)| *c).collect();
+    let worst = real.iter().copied().fold(1f32, f32::min);
+    let mean = real.iter().sum::<f32>() / real.len() as f32;
+    println!("all-MiniLM-L6-v2 int8: cosine of each token's hidden state to PyTorch float32: lowest {worst:.4}, mean {mean:.4}");
+    // PyTorch's own `quantize_dynamic` on the same batch: lowest 0.832, mean 0.916 (README).
+    assert!(worst >= 0.975 && mean >= 0.99, "int8 hidden states: lowest cosine {worst}, mean {mean}");
+}
+
+#[test]
+fn a_quantised_model_refuses_a_backward_pass() {
+    let dir = fixture("tiny-bert");
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let config = ModelConfig::load(&files.config).unwrap();
+    let m = load_trained_classifier(config, &files.weights, Some(Quantize::Int8), &Device::Cpu).unwrap();
+    let r = Reference::load(&dir.join("reference.safetensors"));
+    let logits = m.model.forward(&batch(&r, &["token_type_ids"]), &Dropout::eval()).unwrap();
+    let Err(err) = emotune::model::backward(&logits.sum_all().unwrap()) else {
+        panic!("a backward pass through int8 layers succeeded");
+    };
+    assert!(err.to_string().contains("inference only"), "{err}");
+}
+
+#[test]
+fn predict_quantize_int8_reaches_the_model() {
+    let model = fixture("tiny-distilbert");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["predict", "--model", model.to_str().unwrap(), "--logits", "--format", "jsonl", "i feel great"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>()
+    };
+    let (f32_logits, int8_logits) = (run(&[]), run(&["--quantize", "int8"]));
+    let largest = f32_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let diff = f32_logits.iter().zip(&int8_logits).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        diff > 0.0 && diff <= f64::from(LOGIT_BOUND) * largest,
+        "int8 logits {int8_logits:?} against {f32_logits:?}"
+    );
+    let bad = std::process::Command::new(bin())
+        .args(["predict", "--model", model.to_str().unwrap(), "--quantize", "int4", "x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("int8"));
+}
