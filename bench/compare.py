@@ -5,7 +5,11 @@ path yet, so its fp32 step is compared with both) one after the other, then a ta
 step times and their ratios, and of inference: one-text latency p50/p99 and texts/s at batch
 1, 8 and --batch (ratios are emotune's time over PyTorch's: below 1, emotune is faster).
 
-    python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--emotune target/release/emotune]
+    python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--int8] [--skip-training]
+                            [--emotune target/release/emotune]
+
+`--int8` adds emotune's `--quantize int8` and PyTorch's own dynamic int8 quantisation
+(`torch.ao.quantization.quantize_dynamic`) to the inference table.
 
 Run it on a quiet machine: both sides use every core. Needs torch and transformers for the
 PyTorch side (pip install torch transformers).
@@ -38,6 +42,9 @@ def main():
     ap.add_argument("--json-out", help="write every measurement here as JSON lines")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--threads", type=int, help="threads for both sides (default: each one's own)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also emotune --quantize int8 against PyTorch's quantize_dynamic (inference)")
+    ap.add_argument("--skip-training", action="store_true", help="inference only")
     args = ap.parse_args()
     seqs = args.seq or [24, 40, 64, 87]
     common = ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -46,24 +53,34 @@ def main():
         common += ["--threads", str(args.threads)]
 
     rows = []
+    if args.skip_training:
+        common += ["--skip-training"]
+    bench = [args.emotune, "bench", "--config", args.config, "--json"]
+    torch_bench = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--config", args.config]
     for seq in seqs:
         shape = ["--seq", str(seq)]
         r = {"seq": seq}
-        r["emotune"] = run_json([args.emotune, "bench", "--config", args.config, "--json", *common, *shape])[0]
-        r["pytorch"] = run_json([sys.executable, os.path.join(HERE, "torch_bench.py"), "--config", args.config, *common, *shape])[0]
+        r["emotune"] = run_json([*bench, *common, *shape])[0]
+        r["pytorch"] = run_json([*torch_bench, *common, *shape])[0]
         if args.bf16:
-            r["pytorch-bf16"] = run_json(
-                [sys.executable, os.path.join(HERE, "torch_bench.py"), "--config", args.config, "--bf16", *common, *shape]
-            )[0]
+            r["pytorch-bf16"] = run_json([*torch_bench, "--bf16", *common, *shape])[0]
+        if args.int8:
+            r["emotune-int8"] = run_json([*bench, "--quantize", "int8", *common, *shape])[0]
+            r["pytorch-int8"] = run_json([*torch_bench, "--quantize", "int8", *common, *shape])[0]
         rows.append(r)
-        print(f"seq {seq}: " + ", ".join(f"{k} {v['train_step_s']:.3f} s" for k, v in r.items() if k != "seq"),
+        print(f"seq {seq}: " + ", ".join(f"{k} one text {v['one_text_p50_s'] * 1e3:.1f} ms" for k, v in r.items() if k != "seq"),
               file=sys.stderr, flush=True)
 
     if args.json_out:
         with open(args.json_out, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+    if not args.skip_training:
+        print_training(rows, args)
+    print_inference(rows, args)
 
+
+def print_training(rows, args):
     cols = ["emotune", "pytorch"] + (["pytorch-bf16"] if args.bf16 else [])
     print(f"batch {args.batch}; median of {args.steps} steps after {args.warmup} warm-up; seconds per training step "
           "(forward / backward / optimiser)\n")
@@ -77,25 +94,31 @@ def main():
         if args.bf16:
             extra = f" | {r['emotune']['train_step_s'] / r['pytorch-bf16']['train_step_s']:.2f}"
         print(f"| {r['seq']} | " + " | ".join(cells) + f" | {ratio:.2f}{extra} |")
-    print("\n| tokens | emotune eval fwd s | pytorch eval fwd s | ratio | emotune peak MB | pytorch peak MB |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        e, p = r["emotune"], r["pytorch"]
-        print(f"| {r['seq']} | {e['eval_forward_s']:.3f} | {p['eval_forward_s']:.3f} | "
-              f"{e['eval_forward_s'] / p['eval_forward_s']:.2f} | {e['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |")
+    print()
 
-    print(f"\nInference: one text ({args.latency_runs} runs, p50 / p99 ms) and texts/s per batch size")
-    print("\n| tokens | emotune 1-text ms | pytorch 1-text ms | p50 ratio | batch | emotune texts/s | pytorch texts/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+
+def print_inference(rows, args):
+    """Per shape and measurement, each implementation's figure and the ratios that matter
+    (emotune's time over PyTorch's: below 1, emotune is faster)."""
+    cols = ["emotune", "pytorch"] + (["emotune-int8", "pytorch-int8"] if args.int8 else [])
+    ratios = [("emotune", "pytorch")] + ([("emotune-int8", "pytorch-int8"), ("emotune-int8", "pytorch")] if args.int8 else [])
+    print(f"Inference: one text ({args.latency_runs} runs, ms), eval forward of {args.batch} texts (s), "
+          "texts/s per batch size; ratios are emotune's time over the other's\n")
+    print("| tokens | measure | " + " | ".join(cols) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
+    print("|---" * (2 + len(cols) + len(ratios)) + "|")
     for r in rows:
-        e, p = r["emotune"], r["pytorch"]
-        lat = (f"{e['one_text_p50_s'] * 1e3:.1f} / {e['one_text_p99_s'] * 1e3:.1f} | "
-               f"{p['one_text_p50_s'] * 1e3:.1f} / {p['one_text_p99_s'] * 1e3:.1f} | "
-               f"{e['one_text_p50_s'] / p['one_text_p50_s']:.2f}")
-        for i, (te, tp) in enumerate(zip(e["throughput"], p["throughput"])):
-            first = f"| {r['seq']} | {lat}" if i == 0 else "| | | |"
-            print(f"{first} | {te['batch']} | {te['texts_per_s']:.1f} | {tp['texts_per_s']:.1f} | "
-                  f"{tp['texts_per_s'] / te['texts_per_s']:.2f} |")
+        measures = [("1 text p50 ms", lambda x: x["one_text_p50_s"] * 1e3, False),
+                    ("1 text p99 ms", lambda x: x["one_text_p99_s"] * 1e3, False),
+                    (f"eval {args.batch}×{r['seq']} s", lambda x: x["eval_forward_s"], False)]
+        for i, t in enumerate(r["emotune"]["throughput"]):
+            measures.append((f"texts/s at {t['batch']}", lambda x, i=i: x["throughput"][i]["texts_per_s"], True))
+        for name, get, rate in measures:
+            vals = {c: get(r[c]) for c in cols}
+            # a rate's time ratio is the inverse of the rates' ratio
+            cells = [f"{(vals[b] / vals[a]) if rate else (vals[a] / vals[b]):.2f}" for a, b in ratios]
+            print(f"| {r['seq']} | {name} | " + " | ".join(f"{vals[c]:.1f}" if vals[c] >= 10 else f"{vals[c]:.3f}" for c in cols)
+                  + " | " + " | ".join(cells) + " |")
+    print("\nPeak MB: " + "; ".join(f"seq {r['seq']}: " + ", ".join(f"{c} {r[c]['peak_rss_mb']:.0f}" for c in cols) for r in rows))
 
 
 if __name__ == "__main__":

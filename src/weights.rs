@@ -155,6 +155,15 @@ pub enum Quantize {
     Int8,
 }
 
+impl Quantize {
+    /// The flag's spelling (`int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Int8 => "int8",
+        }
+    }
+}
+
 /// Builds a [`ParamStore`] from a safetensors checkpoint, one named parameter at a time.
 pub struct WeightLoader {
     /// The checkpoint, or `None` to initialise every parameter randomly.

@@ -87,7 +87,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     if let Some(q) = args.quantize {
         let isa = crate::model::kernels::qlinear::Isa::detect();
-        writeln!(out, "{q:?}: the encoder's linear layers quantised; integer dot products on {}", isa.name())?;
+        writeln!(
+            out,
+            "--quantize {}: the encoder's linear layers in int8; integer dot products on {}",
+            q.name(),
+            isa.name()
+        )?;
     }
     if !args.json {
         writeln!(

@@ -157,7 +157,7 @@ struct EncoderLayerOp {
     keep: bool,
     /// Int8 forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]), when
     /// the model was loaded quantised (then there is no backward pass).
-    int8: Option<Vec<Arc<QuantizedLinear>>>,
+    int8: Vec<Option<Arc<QuantizedLinear>>>,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -185,12 +185,15 @@ impl EncoderLayerOp {
         kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
     }
 
+    fn quantized(&self) -> bool {
+        self.int8.iter().any(Option::is_some)
+    }
+
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
     /// `which`, side by side; int8 where the layer has int8 forms.
     fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
         let slot = |i| PROJECTIONS.iter().position(|&p| p == i).expect("a projection's weight");
-        let layers: Vec<_> =
-            which.iter().map(|&i| (w[i], w[i + 1], self.int8.as_ref().map(|q| &*q[slot(i)]))).collect();
+        let layers: Vec<_> = which.iter().map(|&i| (w[i], w[i + 1], self.int8[slot(i)].as_deref())).collect();
         kernels::project(x, (x.len() / k, k), &layers)
     }
 }
@@ -213,7 +216,7 @@ impl CustomOp2 for EncoderLayerOp {
         let mut section = profile::Sections::default();
         section.start("· qkv projection");
         // One projection for q, k and v: their weights side by side ([3d, d], kept for the backward).
-        let (wqkv, mut qkv) = if self.keep && self.int8.is_none() {
+        let (wqkv, mut qkv) = if self.keep && !self.quantized() {
             let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
             let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
             let qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
@@ -261,7 +264,7 @@ impl CustomOp2 for EncoderLayerOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
-        let Some(sv) = crate::sync::lock(&self.saved).clone().filter(|_| self.int8.is_none()) else {
+        let Some(sv) = crate::sync::lock(&self.saved).clone().filter(|_| !self.quantized()) else {
             bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded with --quantize int8)");
         };
         let (b, s, d, ffn) = self.dims;

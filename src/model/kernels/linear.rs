@@ -3,7 +3,6 @@
 
 use super::buffer::{f32_slice, filled, ROWS_PER_CHUNK};
 use super::profile;
-use super::skinny;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -85,7 +84,7 @@ pub(crate) fn gemm_strided(
 }
 
 /// `dst[i, ..n] = x[i] · Wᵀ + b` for the `m` rows of `x` (`k` wide, contiguous), `W` stored
-/// `[n, k]` (few rows: [`skinny`]'s dot products on `W` as stored; more: gemm); `dst` rows are `dst_rs` apart (a column block of a wider matrix when `dst_rs > n`).
+/// `[n, k]`; `dst` rows are `dst_rs` apart (a column block of a wider matrix when `dst_rs > n`).
 pub(crate) fn linear_into(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
@@ -94,9 +93,6 @@ pub(crate) fn linear_into(
     b: &[f32],
     (m, n, k): (usize, usize, usize),
 ) {
-    if m <= skinny::MAX_ROWS && skinny::available() {
-        return skinny::linear_into(dst, dst_rs, x, w, b, (m, n, k));
-    }
     dst.par_chunks_mut(dst_rs * ROWS_PER_CHUNK).for_each(|c| {
         for row in c.chunks_mut(dst_rs) {
             for (d, &v) in row[..n].iter_mut().zip(b) {

@@ -21,7 +21,7 @@ mod linear;
 pub mod profile;
 pub mod qlinear;
 mod simd;
-mod skinny;
+mod tiles;
 
 pub use attention::attention;
 pub(crate) use attention::AttentionOp;

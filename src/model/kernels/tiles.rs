@@ -1,0 +1,132 @@
+//! The output-block walk of the int8 linear kernel (`qlinear.rs`): the output is cut into
+//! fixed blocks of [`BLOCK_ROWS`] × [`BLOCK_COLS`] (never per thread), run in parallel, and each
+//! block is visited in register tiles. Every output element is computed by the same sequence
+//! of operations whichever block, tile or thread it falls in, so results do not depend on the
+//! thread count.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+/// Output rows per parallel work item (a multiple of every register tile's row count).
+const BLOCK_ROWS: usize = 48;
+/// Output columns per parallel work item (a multiple of every register tile's column count).
+const BLOCK_COLS: usize = 32;
+
+/// One work item's rectangle of the output, and the only way to write into it.
+pub(crate) struct Block {
+    ptr: *mut f32,
+    rs: usize,
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+}
+
+// SAFETY: a `Block` only writes inside its own rectangle (checked in `write`), and
+// `for_each_block` hands out disjoint rectangles of one exclusively borrowed buffer.
+unsafe impl Sync for Block {}
+// SAFETY: as above.
+unsafe impl Send for Block {}
+
+impl Block {
+    /// Stores output element `(r, c)`, which must lie in this block.
+    #[inline]
+    pub fn write(&self, r: usize, c: usize, v: f32) {
+        assert!(self.rows.contains(&r) && self.cols.contains(&c), "({r}, {c}) outside the block");
+        // SAFETY: `(r, c)` lies in this block's rectangle, which `for_each_block` checked lies
+        // inside the destination buffer, and no other block covers it.
+        unsafe { self.ptr.add(r * self.rs + c).write(v) }
+    }
+}
+
+/// Runs `f` once per block of the `m × n` output `dst` (rows `dst_rs` apart), in parallel; `f`
+/// must write every element of its block.
+pub(crate) fn for_each_block(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    (m, n): (usize, usize),
+    f: impl Fn(&Block) + Sync,
+) {
+    use rayon::prelude::*;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "output buffer too small");
+    let ptr = dst.as_mut_ptr().cast::<f32>();
+    let (row_blocks, col_blocks) = (m.div_ceil(BLOCK_ROWS), n.div_ceil(BLOCK_COLS));
+    let blocks: Vec<Block> = (0..row_blocks * col_blocks)
+        .map(|i| {
+            let (rb, cb) = (i / col_blocks, i % col_blocks);
+            let rows = rb * BLOCK_ROWS..((rb + 1) * BLOCK_ROWS).min(m);
+            let cols = cb * BLOCK_COLS..((cb + 1) * BLOCK_COLS).min(n);
+            Block { ptr, rs: dst_rs, rows, cols }
+        })
+        .collect();
+    blocks.par_iter().with_max_len(1).for_each(&f);
+}
+
+/// Visits `block` in register tiles of `R` rows × `C` columns, the edges in tiles of one row or
+/// one column; `tile(r0, c0, nr, nc)` computes the tile at `(r0, c0)` of `nr ∈ {R, 1}` rows and
+/// `nc ∈ {C, 1}` columns.
+pub(crate) fn walk_tiles<const R: usize, const C: usize>(
+    block: &Block,
+    mut tile: impl FnMut(usize, usize, usize, usize),
+) {
+    let (rows, cols) = (block.rows.clone(), block.cols.clone());
+    let full_cols = cols.start + (cols.len() / C) * C;
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let nr = if r0 + R <= rows.end { R } else { 1 };
+        for c0 in (cols.start..full_cols).step_by(C) {
+            tile(r0, c0, nr, C);
+        }
+        for c0 in full_cols..cols.end {
+            tile(r0, c0, nr, 1);
+        }
+        r0 += nr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::testing::on_threads;
+
+    /// Every element of odd-sized outputs is written exactly once, through tiles of the
+    /// promised sizes, and nothing outside the output's columns.
+    #[test]
+    fn blocks_and_tiles_cover_the_output_once() {
+        for (m, n, dst_rs) in [(1, 1, 1), (47, 33, 40), (100, 130, 130), (3, 5, 9)] {
+            let mut dst = vec![0f32; m * dst_rs];
+            let tiles = std::sync::Mutex::new(Vec::new());
+            on_threads(3, || {
+                for_each_block(crate::model::kernels::as_uninit(&mut dst), dst_rs, (m, n), |block| {
+                    walk_tiles::<3, 4>(block, |r0, c0, nr, nc| {
+                        tiles.lock().unwrap().push((nr, nc));
+                        for r in r0..r0 + nr {
+                            for c in c0..c0 + nc {
+                                block.write(r, c, 1.0 + (r * n + c) as f32);
+                            }
+                        }
+                    })
+                })
+            });
+            for r in 0..m {
+                for c in 0..dst_rs {
+                    let want = if c < n { 1.0 + (r * n + c) as f32 } else { 0.0 };
+                    assert_eq!(dst[r * dst_rs + c], want, "({m}, {n}) at ({r}, {c})");
+                }
+            }
+            let sizes = tiles.into_inner().unwrap();
+            assert!(sizes.iter().all(|s| [(3, 4), (3, 1), (1, 4), (1, 1)].contains(s)), "{sizes:?}");
+            assert_eq!(sizes.iter().map(|(a, b)| a * b).sum::<usize>(), m * n);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the block")]
+    fn a_block_refuses_to_write_outside_itself() {
+        let mut dst = vec![0f32; 100 * 100];
+        for_each_block(crate::model::kernels::as_uninit(&mut dst), 100, (100, 100), |block| {
+            block.write(block.rows.end, block.cols.start, 1.0)
+        });
+    }
+}
