@@ -174,30 +174,62 @@ impl QuantizedLinear {
     pub fn forward_with(&self, isa: Isa, x: &QuantizedRows, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
         assert_eq!((x.k, x.kp), (self.k, self.kp), "activations of width {} for a weight of width {}", x.k, self.k);
         assert!(Isa::available().contains(&isa), "this CPU cannot run {}", isa.name());
+        // Each block's whole walk is compiled for its instructions, so the dot products inline.
         for_each_block(dst, dst_rs, (x.m, self.n), |block| match isa {
-            Isa::Avx512Vnni => walk_tiles::<4, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
-            Isa::AvxVnni => walk_tiles::<3, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
-            Isa::Avx2 => walk_tiles::<2, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            // SAFETY: checked above that the CPU has AVX-512 VNNI.
+            Isa::Avx512Vnni => unsafe {
+                simd::with_avx512_vnni(|| {
+                    walk_tiles::<4, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc)))
+                })
+            },
+            // SAFETY: checked above that the CPU has AVX-VNNI.
+            Isa::AvxVnni => unsafe {
+                simd::with_avx_vnni(|| {
+                    walk_tiles::<3, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc)))
+                })
+            },
+            // SAFETY: checked above that the CPU has AVX2.
+            Isa::Avx2 => unsafe {
+                simd::with_avx2(|| {
+                    walk_tiles::<2, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc)))
+                })
+            },
             Isa::Scalar => walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
         });
     }
 
     /// Computes and writes the register tile of `nr × nc` outputs at `(r0, c0)`.
+    #[inline(always)]
     fn tile(&self, isa: Isa, block: &Block, x: &QuantizedRows, (r0, c0): (usize, usize), (nr, nc): (usize, usize)) {
         let xs = |i: usize| &x.q[(r0 + i) * x.kp..(r0 + i + 1) * x.kp];
         let ws = |j: usize| &self.w[(c0 + j) * self.kp..(c0 + j + 1) * self.kp];
-        let mut put = |i: usize, j: usize, dot: i32| {
-            let (r, c) = (r0 + i, c0 + j);
-            let exact = dot - x.zeros[r] * self.col_sums[c];
-            block.write(r, c, exact as f32 * (x.scales[r] * self.scales[c]) + self.bias[c]);
-        };
         macro_rules! tiles {
             ($dots:ident, $r:literal, $c:literal) => {
                 match (nr, nc) {
-                    ($r, $c) => each(simd::$dots::<$r, $c>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
-                    ($r, 1) => each(simd::$dots::<$r, 1>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
-                    (1, $c) => each(simd::$dots::<1, $c>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
-                    _ => each(simd::$dots::<1, 1>(std::array::from_fn(xs), std::array::from_fn(ws)), &mut put),
+                    ($r, $c) => self.finish(
+                        block,
+                        x,
+                        (r0, c0),
+                        simd::$dots::<$r, $c>(std::array::from_fn(xs), std::array::from_fn(ws)),
+                    ),
+                    ($r, 1) => self.finish(
+                        block,
+                        x,
+                        (r0, c0),
+                        simd::$dots::<$r, 1>(std::array::from_fn(xs), std::array::from_fn(ws)),
+                    ),
+                    (1, $c) => self.finish(
+                        block,
+                        x,
+                        (r0, c0),
+                        simd::$dots::<1, $c>(std::array::from_fn(xs), std::array::from_fn(ws)),
+                    ),
+                    _ => self.finish(
+                        block,
+                        x,
+                        (r0, c0),
+                        simd::$dots::<1, 1>(std::array::from_fn(xs), std::array::from_fn(ws)),
+                    ),
                 }
             };
         }
@@ -208,7 +240,29 @@ impl QuantizedLinear {
             Isa::AvxVnni => unsafe { tiles!(dots_avx_vnni, 3, 4) },
             // SAFETY: `forward_with` checked that the CPU has AVX2.
             Isa::Avx2 => unsafe { tiles!(dots_avx2, 2, 4) },
-            Isa::Scalar => put(0, 0, xs(0).iter().zip(ws(0)).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()),
+            Isa::Scalar => {
+                let dot = xs(0).iter().zip(ws(0)).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                self.finish(block, x, (r0, c0), [[dot]])
+            }
+        }
+    }
+
+    /// Writes the tile at `(r0, c0)` from its integer dot products: zero points out, scales
+    /// and bias in.
+    #[inline(always)]
+    fn finish<const R: usize, const C: usize>(
+        &self,
+        block: &Block,
+        x: &QuantizedRows,
+        (r0, c0): (usize, usize),
+        dots: [[i32; C]; R],
+    ) {
+        let (sums, scales, bias) = (&self.col_sums[c0..c0 + C], &self.scales[c0..c0 + C], &self.bias[c0..c0 + C]);
+        for (i, row) in dots.iter().enumerate() {
+            let (zero, scale) = (x.zeros[r0 + i], x.scales[r0 + i]);
+            let out: [f32; C] =
+                std::array::from_fn(|j| (row[j] - zero * sums[j]) as f32 * (scale * scales[j]) + bias[j]);
+            block.write_row(r0 + i, c0, &out);
         }
     }
 
@@ -241,14 +295,6 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
             offset += n;
         }
     })
-}
-
-fn each<const R: usize, const C: usize>(v: [[i32; C]; R], put: &mut impl FnMut(usize, usize, i32)) {
-    for (i, row) in v.iter().enumerate() {
-        for (j, &d) in row.iter().enumerate() {
-            put(i, j, d);
-        }
-    }
 }
 
 impl QuantizedRows {
@@ -323,11 +369,35 @@ impl CustomOp1 for QuantizedLinearOp {
 mod simd {
     use std::arch::x86_64::*;
 
+    /// Runs `f` compiled with AVX-512 VNNI (so the dot products inline into it).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn with_avx512_vnni(f: impl FnOnce()) {
+        f()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn with_avx_vnni(f: impl FnOnce()) {
+        f()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn with_avx2(f: impl FnOnce()) {
+        f()
+    }
+
     /// Every `x[i] · w[j]` over rows padded to a multiple of 64 bytes.
     ///
     /// # Safety
     /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
     pub unsafe fn dots_avx512_vnni<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for p in (0..x[0].len()).step_by(64) {
@@ -347,6 +417,7 @@ mod simd {
     /// # Safety
     /// The CPU must have AVX2 and AVX-VNNI.
     #[target_feature(enable = "avx2,avxvnni")]
+    #[inline]
     pub unsafe fn dots_avx_vnni<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
         let mut acc = [[_mm256_setzero_si256(); C]; R];
         for p in (0..x[0].len()).step_by(32) {
@@ -366,6 +437,7 @@ mod simd {
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
+    #[inline]
     pub unsafe fn dots_avx2<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); C]; R];
@@ -417,11 +489,17 @@ mod simd {
 #[cfg(not(target_arch = "x86_64"))]
 mod simd {
     //! Never called: [`super::Isa::available`] lists only plain Rust off x86-64.
+    #[inline]
     pub unsafe fn dots_avx512_vnni<const R: usize, const C: usize>(_: [&[u8]; R], _: [&[i8]; C]) -> [[i32; C]; R] {
         unreachable!()
     }
     pub use dots_avx512_vnni as dots_avx_vnni;
     pub use dots_avx512_vnni as dots_avx2;
+    pub unsafe fn with_avx512_vnni(_: impl FnOnce()) {
+        unreachable!()
+    }
+    pub use with_avx512_vnni as with_avx_vnni;
+    pub use with_avx512_vnni as with_avx2;
 }
 
 #[cfg(test)]

@@ -20,20 +20,21 @@ pub(crate) struct Block {
     pub cols: Range<usize>,
 }
 
-// SAFETY: a `Block` only writes inside its own rectangle (checked in `write`), and
+// SAFETY: a `Block` only writes inside its own rectangle (checked in `write_row`), and
 // `for_each_block` hands out disjoint rectangles of one exclusively borrowed buffer.
 unsafe impl Sync for Block {}
 // SAFETY: as above.
 unsafe impl Send for Block {}
 
 impl Block {
-    /// Stores output element `(r, c)`, which must lie in this block.
+    /// Stores `vals` at `(r, c0..c0 + vals.len())`, which must lie in this block.
     #[inline]
-    pub fn write(&self, r: usize, c: usize, v: f32) {
-        assert!(self.rows.contains(&r) && self.cols.contains(&c), "({r}, {c}) outside the block");
-        // SAFETY: `(r, c)` lies in this block's rectangle, which `for_each_block` checked lies
-        // inside the destination buffer, and no other block covers it.
-        unsafe { self.ptr.add(r * self.rs + c).write(v) }
+    pub fn write_row(&self, r: usize, c0: usize, vals: &[f32]) {
+        let inside = self.rows.contains(&r) && c0 >= self.cols.start && c0 + vals.len() <= self.cols.end;
+        assert!(inside, "({r}, {c0}..{}) outside the block", c0 + vals.len());
+        // SAFETY: the span lies in this block's rectangle (checked above), which lies inside the
+        // destination buffer, which no other block covers and `vals` (a shared borrow) is not.
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(r * self.rs + c0), vals.len()) }
     }
 }
 
@@ -102,9 +103,8 @@ mod tests {
                     walk_tiles::<3, 4>(block, |r0, c0, nr, nc| {
                         tiles.lock().unwrap().push((nr, nc));
                         for r in r0..r0 + nr {
-                            for c in c0..c0 + nc {
-                                block.write(r, c, 1.0 + (r * n + c) as f32);
-                            }
+                            let vals: Vec<f32> = (c0..c0 + nc).map(|c| 1.0 + (r * n + c) as f32).collect();
+                            block.write_row(r, c0, &vals);
                         }
                     })
                 })
@@ -126,7 +126,7 @@ mod tests {
     fn a_block_refuses_to_write_outside_itself() {
         let mut dst = vec![0f32; 100 * 100];
         for_each_block(crate::model::kernels::as_uninit(&mut dst), 100, (100, 100), |block| {
-            block.write(block.rows.end, block.cols.start, 1.0)
+            block.write_row(block.rows.end, block.cols.start, &[1.0])
         });
     }
 }
