@@ -124,3 +124,23 @@ fn predict_quantize_int8_reaches_the_model() {
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("int8"));
 }
+
+/// `bench --quantize int8` measures inference of the int8 model, names the instructions, and
+/// leaves the training keys null (a quantised model cannot train).
+#[test]
+fn bench_quantize_int8_reports_inference_only() {
+    let tiny = fixture("tiny-bert").join("config.json");
+    let o = std::process::Command::new(bin())
+        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch", "4", "--seq", "8", "--steps", "1"])
+        .args(["--latency-runs", "3", "--quantize", "int8", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["quantize"], "int8");
+    assert!(r["int8_kernel"].as_str().is_some_and(|k| !k.is_empty()), "{r}");
+    assert!(r["train_step_s"].is_null() && r["backward_s"].is_null(), "{r}");
+    assert!(r["one_text_p50_s"].as_f64().unwrap() > 0.0, "{r}");
+}

@@ -85,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         train: !args.skip_training,
         quantize: args.quantize,
     };
-    if let Some(q) = args.quantize {
+    if let (Some(q), false) = (args.quantize, args.json) {
         let isa = crate::model::kernels::qlinear::Isa::detect();
         writeln!(
             out,

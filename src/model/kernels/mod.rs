@@ -16,6 +16,7 @@ mod attention;
 mod buffer;
 mod dropout;
 mod gelu;
+mod int8_simd;
 mod layer_norm;
 mod linear;
 pub mod profile;
