@@ -63,19 +63,7 @@ mod x86 {
     #[target_feature(enable = "avx2,avxvnni")]
     #[inline]
     pub unsafe fn dots_avx_vnni<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
-        let mut acc = [[_mm256_setzero_si256(); C]; R];
-        for p in (0..x[0].len()).step_by(32) {
-            // SAFETY: every row is a multiple of 64 bytes long and `p` steps through it by 32.
-            let xv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(x[i].as_ptr().add(p).cast()) });
-            for j in 0..C {
-                // SAFETY: as above.
-                let wv = unsafe { _mm256_loadu_si256(w[j].as_ptr().add(p).cast()) };
-                for i in 0..R {
-                    acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], xv[i], wv);
-                }
-            }
-        }
-        acc.map(|row| reduce(row))
+        dots256(x, w, |acc, xv, wv| _mm256_dpbusd_avx_epi32(acc, xv, wv))
     }
 
     /// # Safety
@@ -84,7 +72,22 @@ mod x86 {
     #[inline]
     pub unsafe fn dots_avx2<const R: usize, const C: usize>(x: [&[u8]; R], w: [&[i8]; C]) -> [[i32; C]; R] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); C]; R];
+        dots256(x, w, |acc, xv, wv| {
+            // u8 · i8 pairs: exact in 16 bits because 2 · 255 · 63 < 32767
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones))
+        })
+    }
+
+    /// The 32-byte loop of both AVX2 paths: `step(acc, x, w)` adds the products of 32 bytes
+    /// into eight 32-bit lanes. Inlined into its callers, so it compiles with their features.
+    #[inline(always)]
+    fn dots256<const R: usize, const C: usize>(
+        x: [&[u8]; R],
+        w: [&[i8]; C],
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+    ) -> [[i32; C]; R] {
+        // SAFETY: both callers run only where the CPU has AVX2.
+        let mut acc = [[unsafe { _mm256_setzero_si256() }; C]; R];
         for p in (0..x[0].len()).step_by(32) {
             // SAFETY: every row is a multiple of 64 bytes long and `p` steps through it by 32.
             let xv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(x[i].as_ptr().add(p).cast()) });
@@ -92,13 +95,12 @@ mod x86 {
                 // SAFETY: as above.
                 let wv = unsafe { _mm256_loadu_si256(w[j].as_ptr().add(p).cast()) };
                 for i in 0..R {
-                    // u8 · i8 pairs: exact in 16 bits because the activations are below 128
-                    let pairs = _mm256_maddubs_epi16(xv[i], wv);
-                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(pairs, ones));
+                    acc[i][j] = step(acc[i][j], xv[i], wv);
                 }
             }
         }
-        acc.map(|row| reduce(row))
+        // SAFETY: as for the accumulators.
+        acc.map(|row| unsafe { reduce(row) })
     }
 
     /// The lane sums of each accumulator, four at a time with horizontal adds (integer sums:
