@@ -111,7 +111,9 @@ pub fn encoder_layer(
     let drop1 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.attention_output, r)));
     let drop2 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.output, r)));
     std::mem::drop(rng);
-    let int8 = [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.int8.clone()).collect();
+    let int8: Vec<_> = [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.int8.clone()).collect();
+    // int8 layers have no backward pass: nothing to keep for one
+    let keep = drop.keep_for_backward && int8.iter().all(Option::is_none);
     let op = EncoderLayerOp {
         params,
         attention,
@@ -119,7 +121,7 @@ pub fn encoder_layer(
         drop2,
         eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
         dims: (b, s, d, ffn),
-        keep: drop.keep_for_backward,
+        keep,
         int8,
         saved: Mutex::new(None),
     };
@@ -153,7 +155,8 @@ struct EncoderLayerOp {
     eps: (f32, f32),
     /// `(batch, seq, width, ffn width)`.
     dims: (usize, usize, usize, usize),
-    /// Keep the activations for a backward pass (false under `Dropout::inference`).
+    /// Keep the activations for a backward pass (false under `Dropout::inference` and for a
+    /// quantised layer).
     keep: bool,
     /// Int8 forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]), when
     /// the model was loaded quantised (then there is no backward pass).
@@ -185,10 +188,6 @@ impl EncoderLayerOp {
         kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
     }
 
-    fn quantized(&self) -> bool {
-        self.int8.iter().any(Option::is_some)
-    }
-
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
     /// `which`, side by side; int8 where the layer has int8 forms.
     fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
@@ -216,7 +215,7 @@ impl CustomOp2 for EncoderLayerOp {
         let mut section = profile::Sections::default();
         section.start("· qkv projection");
         // One projection for q, k and v: their weights side by side ([3d, d], kept for the backward).
-        let (wqkv, mut qkv) = if self.keep && !self.quantized() {
+        let (wqkv, mut qkv) = if self.keep {
             let wqkv: Vec<f32> = [w[WQ], w[WQ + 2], w[WQ + 4]].concat();
             let bqkv: Vec<f32> = [w[WQ + 1], w[WQ + 3], w[WQ + 5]].concat();
             let qkv = kernels::filled(m * 3 * d, |o| kernels::linear_into(o, 3 * d, x, &wqkv, &bqkv, (m, 3 * d, d)));
@@ -264,7 +263,7 @@ impl CustomOp2 for EncoderLayerOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
-        let Some(sv) = crate::sync::lock(&self.saved).clone().filter(|_| !self.quantized()) else {
+        let Some(sv) = crate::sync::lock(&self.saved).clone() else {
             bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded with --quantize int8)");
         };
         let (b, s, d, ffn) = self.dims;
