@@ -11,7 +11,7 @@ use crate::optim::AdamW;
 use crate::tokenize::Batch;
 use crate::train::{TrainConfig, DEFAULT_MODEL};
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -50,6 +50,10 @@ impl Shape {
 pub struct ShapeReport {
     pub batch: usize,
     pub seq: usize,
+    /// Where it ran: `cpu` or `cuda:N`.
+    pub device: String,
+    /// Mixed precision (`--bf16`): the matmuls in bf16, everything else f32.
+    pub bf16: bool,
     /// `"int8"` when the encoder's linear layers were quantised (`--quantize`), else null.
     pub quantize: Option<Quantize>,
     /// The instructions of the int8 kernel, when quantised.
@@ -106,6 +110,8 @@ pub struct BenchOptions {
     pub train: bool,
     /// Quantise the encoder's linear layers (inference only).
     pub quantize: Option<Quantize>,
+    /// Mixed precision: matmuls in bf16 (GPUs).
+    pub bf16: bool,
 }
 
 /// The `q`-th percentile (nearest rank) of `v`.
@@ -170,7 +176,8 @@ pub fn run(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for &seq in &opts.seqs {
         reset_peak_rss();
-        let m: LoadedModel = random_classifier_quantized(config.clone(), SEED, opts.quantize, device)?;
+        let mut m: LoadedModel = random_classifier_quantized(config.clone(), SEED, opts.quantize, device)?;
+        m.autocast = opts.bf16.then_some(DType::BF16);
         let batch = synthetic_batch(&mut rng, opts.batch, seq, vocab, device)?;
         let labels: Vec<u32> = (0..opts.batch).map(|_| rng.gen_range(0..config.num_labels() as u32)).collect();
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
@@ -190,6 +197,8 @@ pub fn run(
         report(&ShapeReport {
             batch: opts.batch,
             seq,
+            device: crate::device::name(device),
+            bf16: opts.bf16,
             quantize: opts.quantize,
             int8_kernel: opts.quantize.map(|_| Isa::detect().name()),
             train_step_s: train.as_ref().map(|t| median(step(t))),
@@ -221,22 +230,31 @@ struct TrainTimes {
 /// Training steps (dropout on, AdamW with the seed recipe's settings) on one batch.
 fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOptions) -> Result<TrainTimes> {
     let recipe = TrainConfig::seed_recipe(DEFAULT_MODEL, Default::default());
-    let mut opt = AdamW::new(m.params.iter(), recipe.adamw());
+    let mut opt = AdamW::new(m.params.iter(), recipe.adamw())?;
     let dropout = Dropout::train(SEED);
+    let device = m.params.iter().next().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
     let mut t = TrainTimes { fwd: Vec::new(), bwd: Vec::new(), optim: Vec::new(), kernels: Vec::new() };
     for i in 0..opts.warmup + opts.steps {
         if i == opts.warmup {
             profile::enable(opts.profile);
             profile::take();
         }
+        // Each part ends with a device synchronisation, so a GPU's queued work is counted
+        // where it was issued (on the CPU it returns at once).
         let t0 = Instant::now();
-        let loss = cross_entropy(&m.model.forward(batch, &dropout)?, labels, None)?;
+        let logits = {
+            let _precision = crate::model::precision::autocast(m.autocast);
+            m.model.forward(batch, &dropout)?
+        };
+        let loss = cross_entropy(&logits, labels, None)?;
         let _: f32 = loss.to_scalar()?;
         let t1 = Instant::now();
         let grads = crate::model::backward(&loss)?;
+        device.synchronize()?;
         let t2 = Instant::now();
         opt.step(&grads, recipe.learning_rate)?;
         drop(grads);
+        device.synchronize()?;
         let t3 = Instant::now();
         if i >= opts.warmup {
             t.fwd.push((t1 - t0).as_secs_f64());
@@ -265,6 +283,7 @@ fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> R
     let mut times = Vec::with_capacity(runs);
     for i in 0..warmup + runs {
         let t0 = Instant::now();
+        let _precision = crate::model::precision::autocast(m.autocast);
         let _: Vec<Vec<f32>> = m.model.forward(batch, &eval)?.to_vec2()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());

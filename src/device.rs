@@ -1,13 +1,125 @@
 //! Where the models run. Every command takes its device from [`select`], and the fused kernels
 //! decide from a tensor's device and dtype whether they apply (`model::kernels::applies`): a
 //! new backend plugs in here and in its kernels, nowhere else.
+//!
+//! NVIDIA GPUs need a binary built with the `cuda` feature (scripts/build-cuda). A binary
+//! without it asked for a GPU says how to get one and stops; it never falls back silently.
+//! Only `auto` means "the GPU if there is one".
 
-use anyhow::Result;
-use candle_core::Device;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use std::str::FromStr;
 
-/// The device the commands compute on: the CPU (parameters in float32).
-pub fn select() -> Result<Device> {
-    Ok(Device::Cpu)
+/// What `--device` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    /// The CUDA GPU with this ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+    /// The first CUDA GPU when the binary has CUDA and one is present, else the CPU.
+    Auto,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            "auto" => Ok(DeviceChoice::Auto),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(format!("{s:?} is not a device (expected cpu, cuda, cuda:N or auto)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// The `--device` and `--bf16` flags of every command that runs a model.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ComputeArgs {
+    /// Where to compute: cpu, cuda, cuda:N, or auto (the first GPU when this binary has CUDA
+    /// and one is present, else the CPU).
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceChoice,
+    /// Mixed precision on a GPU, as torch.autocast: the matmuls in bf16; weights, optimiser
+    /// state, softmax, LayerNorm, GELU and the loss in f32.
+    #[arg(long)]
+    pub bf16: bool,
+}
+
+impl ComputeArgs {
+    /// The device, and the dtype the matmuls run in (None: f32).
+    pub fn resolve(&self) -> Result<(Device, Option<DType>)> {
+        let device = select(self.device)?;
+        check_bf16(&device, self.bf16)?;
+        Ok((device, self.bf16.then_some(DType::BF16)))
+    }
+}
+
+/// True when this binary was built with the `cuda` feature.
+pub const HAS_CUDA: bool = cfg!(feature = "cuda");
+
+/// The device `choice` names: an error when it names a GPU this binary or machine cannot use.
+pub fn select(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(n) => cuda(n),
+        DeviceChoice::Auto if HAS_CUDA => Ok(cuda(0).unwrap_or_else(|e| {
+            log::info!("--device auto: no usable GPU ({e:#}); running on the CPU");
+            Device::Cpu
+        })),
+        DeviceChoice::Auto => Ok(Device::Cpu),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(ordinal: usize) -> Result<Device> {
+    use anyhow::Context;
+    let device = Device::new_cuda(ordinal).with_context(|| {
+        format!(
+            "--device cuda:{ordinal}: no usable CUDA GPU with that number (is the NVIDIA driver loaded, \
+             and are libcublas.so.13 and libcudart.so.13 on LD_LIBRARY_PATH?)"
+        )
+    })?;
+    log::info!("device: CUDA GPU {ordinal}");
+    Ok(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(ordinal: usize) -> Result<Device> {
+    bail!(
+        "--device cuda:{ordinal}: this emotune was built without CUDA. Build the GPU binary with \
+         scripts/build-cuda (README, \"NVIDIA GPUs\"), or run with --device cpu"
+    )
+}
+
+/// Refuses `--bf16` where it cannot run: mixed precision is for GPUs; the CPU kernels are f32.
+pub fn check_bf16(device: &Device, bf16: bool) -> Result<()> {
+    if bf16 && device.is_cpu() {
+        bail!("--bf16 runs on a CUDA GPU only (the CPU path computes in float32); use --device cuda or drop --bf16");
+    }
+    Ok(())
+}
+
+/// What the bench and `/info` call the device: `cpu` or `cuda:N`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 /// What TEI's `x-compute-type` header calls the device: `cpu` or `gpu`.
@@ -16,5 +128,38 @@ pub fn compute_type(device: &Device) -> &'static str {
         "cpu"
     } else {
         "gpu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_spelling_and_names_what_it_refuses() {
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        for bad in ["cuda:", "cuda:x", "tpu", "CPU", ""] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(e.contains("cpu, cuda, cuda:N or auto"), "{e}");
+        }
+        assert_eq!(DeviceChoice::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn bf16_is_refused_on_the_cpu() {
+        let e = check_bf16(&Device::Cpu, true).unwrap_err().to_string();
+        assert!(e.contains("--bf16") && e.contains("CUDA"), "{e}");
+        check_bf16(&Device::Cpu, false).unwrap();
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_refuses_cuda_and_says_how_to_get_it() {
+        let e = select(DeviceChoice::Cuda(0)).unwrap_err().to_string();
+        assert!(e.contains("built without CUDA") && e.contains("scripts/build-cuda"), "{e}");
+        assert!(select(DeviceChoice::Auto).unwrap().is_cpu());
     }
 }

@@ -56,6 +56,8 @@ pub struct EvalOptions {
     pub threshold: Option<f32>,
     /// How the encoder's linear layers run (`--quantize`).
     pub quantize: Option<crate::model::Quantize>,
+    /// The dtype the matmuls run in (`--bf16`); None: f32.
+    pub autocast: Option<candle_core::DType>,
 }
 
 /// Maps the dataset's label ids to the model's by name.
@@ -78,6 +80,7 @@ fn label_map(ds: &Dataset, model_labels: &[String]) -> Result<Vec<usize>> {
 /// Evaluates `model` (a directory or Hub id) on one split of the data of `spec`.
 pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) -> Result<EvalReport> {
     let mut predictor = Predictor::load(model, opts.max_length, opts.quantize, device)?;
+    predictor.model.autocast = opts.autocast;
     if let Some(t) = opts.threshold {
         predictor.set_threshold(t)?;
     }

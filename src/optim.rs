@@ -51,8 +51,45 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    moments: Moments,
+}
+
+/// AdamW's first and second moments of one parameter.
+enum Moments {
+    /// Host vectors, updated in place by the fused CPU kernel (f32 parameters on the CPU).
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Tensors on the parameter's device, updated with candle's ops (GPUs, and the composed
+    /// path of [`crate::model::precision::composed_ops`]).
+    Device { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> Result<Moments> {
+        let t = var.as_tensor();
+        if t.device().is_cpu() && t.dtype() == DType::F32 && crate::model::precision::fused_allowed() {
+            return Ok(Moments::Host { m: vec![0.0; t.elem_count()], v: vec![0.0; t.elem_count()] });
+        }
+        Ok(Moments::Device { m: t.zeros_like()?.to_dtype(DType::F32)?, v: t.zeros_like()?.to_dtype(DType::F32)? })
+    }
+
+    /// Both moments as host vectors (for checkpoints and checks).
+    fn to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(match self {
+            Moments::Host { m, v } => (m.clone(), v.clone()),
+            Moments::Device { m, v } => (m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
+        })
+    }
+
+    fn set_from_host(&mut self, m_new: Vec<f32>, v_new: Vec<f32>) -> Result<()> {
+        match self {
+            Moments::Host { m, v } => (*m, *v) = (m_new, v_new),
+            Moments::Device { m, v } => {
+                *m = Tensor::from_vec(m_new, m.shape(), m.device())?;
+                *v = Tensor::from_vec(v_new, v.shape(), v.device())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// AdamW with per-parameter first and second moments, updated in place.
@@ -65,17 +102,18 @@ pub struct AdamW {
 
 impl AdamW {
     /// Every parameter in `params`; weight decay applies where `decays(name)` holds.
-    pub fn new<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>, cfg: AdamWConfig) -> AdamW {
+    pub fn new<'a>(params: impl Iterator<Item = (&'a str, &'a Var)>, cfg: AdamWConfig) -> Result<AdamW> {
         let slots = params
-            .map(|(name, var)| Slot {
-                name: name.to_string(),
-                var: var.clone(),
-                decay: decays(name),
-                m: vec![0.0; var.elem_count()],
-                v: vec![0.0; var.elem_count()],
+            .map(|(name, var)| {
+                Ok(Slot {
+                    name: name.to_string(),
+                    var: var.clone(),
+                    decay: decays(name),
+                    moments: Moments::zeros(var)?,
+                })
             })
-            .collect();
-        AdamW { cfg, slots, step: 0 }
+            .collect::<Result<_>>()?;
+        Ok(AdamW { cfg, slots, step: 0 })
     }
 
     /// One update with learning rate `lr`. Every parameter must have a gradient in `grads`.
@@ -88,6 +126,7 @@ impl AdamW {
     /// Returns the norm before clipping.
     pub fn step_with_clipping(&mut self, grads: &GradStore, lr: f64, max_norm: Option<f64>) -> Result<f64> {
         let mut sq = 0f64;
+        let mut device_sq = Vec::new();
         let mut f32_grads = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
             let grad = grads
@@ -100,10 +139,15 @@ impl AdamW {
                 if let (Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) = (&*s, l.contiguous_offsets()) {
                     sq += sum_of_squares(&g[a..b]);
                 } else {
-                    sq += grad.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    device_sq.push(grad.sqr()?.sum_all()?);
                 }
             }
             f32_grads.push(grad);
+        }
+        if !device_sq.is_empty() {
+            // One transfer for all of them, not one per parameter.
+            let sums: Vec<f32> = Tensor::stack(&device_sq, 0)?.to_vec1()?;
+            sq += sums.iter().map(|&x| x as f64).sum::<f64>();
         }
         let norm = sq.sqrt();
         let scale = match max_norm {
@@ -122,11 +166,28 @@ impl AdamW {
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let wd = if slot.decay { c.weight_decay } else { 0.0 };
+            let (m, v) = match &mut slot.moments {
+                Moments::Host { m, v } => (m, v),
+                Moments::Device { m, v } => {
+                    let k = Coefficients {
+                        grad_scale,
+                        lr,
+                        wd,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        bias1,
+                        bias2_sqrt,
+                    };
+                    update_with_tensor_ops(&slot.var, m, v, grad, &k)?;
+                    continue;
+                }
+            };
             let op = AdamWUpdate {
                 grad,
                 grad_scale,
-                m: RefCell::new(&mut slot.m),
-                v: RefCell::new(&mut slot.v),
+                m: RefCell::new(m),
+                v: RefCell::new(v),
                 lr,
                 wd,
                 beta1: c.beta1,
@@ -142,15 +203,23 @@ impl AdamW {
 
     /// The first parameter whose moments hold a NaN or an infinity, if any.
     pub fn first_non_finite_moment(&self) -> Option<&str> {
-        self.slots.iter().find(|s| !s.m.iter().chain(&s.v).all(|x| x.is_finite())).map(|s| s.name.as_str())
+        let finite = |s: &Slot| match &s.moments {
+            Moments::Host { m, v } => m.iter().chain(v).all(|x| x.is_finite()),
+            // A NaN or an infinity anywhere makes the sum non-finite; an unreadable one counts as bad.
+            Moments::Device { m, v } => [m, v].iter().all(|t| {
+                t.sum_all().and_then(|x| x.to_dtype(DType::F64)?.to_scalar::<f64>()).is_ok_and(f64::is_finite)
+            }),
+        };
+        self.slots.iter().find(|s| !finite(s)).map(|s| s.name.as_str())
     }
 
     /// Writes the moments and the step count (a checkpoint's `optimizer.safetensors`).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         let mut entries = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
-            entries.push((format!("exp_avg.{}", s.name), s.var.dims().to_vec(), s.m.clone()));
-            entries.push((format!("exp_avg_sq.{}", s.name), s.var.dims().to_vec(), s.v.clone()));
+            let (m, v) = s.moments.to_host()?;
+            entries.push((format!("exp_avg.{}", s.name), s.var.dims().to_vec(), m));
+            entries.push((format!("exp_avg_sq.{}", s.name), s.var.dims().to_vec(), v));
         }
         let meta = std::collections::HashMap::from([("step".to_string(), self.step.to_string())]);
         crate::fsx::write_atomic(path, &crate::weights::f32_safetensors_bytes(&entries, meta)?)
@@ -164,17 +233,47 @@ impl AdamW {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("{}: no step count in the metadata", path.display()))?;
         for s in &mut self.slots {
-            for (prefix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+            let mut take = |prefix: &str| {
                 let key = format!("{prefix}.{}", s.name);
                 let (_, data) = tensors.remove(&key).ok_or_else(|| anyhow!("{}: missing {key}", path.display()))?;
-                if data.len() != dst.len() {
-                    bail!("{}: {key} has {} values, expected {}", path.display(), data.len(), dst.len());
+                if data.len() != s.var.elem_count() {
+                    bail!("{}: {key} has {} values, expected {}", path.display(), data.len(), s.var.elem_count());
                 }
-                *dst = data;
-            }
+                Ok(data)
+            };
+            let (m, v) = (take("exp_avg")?, take("exp_avg_sq")?);
+            s.moments.set_from_host(m, v)?;
         }
         Ok(())
     }
+}
+
+/// The scalars of one AdamW step.
+struct Coefficients {
+    grad_scale: f32,
+    lr: f64,
+    wd: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias1: f64,
+    bias2_sqrt: f64,
+}
+
+/// [`AdamWUpdate`]'s arithmetic in candle's tensor ops, on any device: the same operations in
+/// the same order (a division by a constant becomes a multiplication by its reciprocal, so
+/// results can differ from the CPU kernel in the last bit).
+fn update_with_tensor_ops(var: &Var, m: &mut Tensor, v: &mut Tensor, grad: &Tensor, k: &Coefficients) -> Result<()> {
+    let g = if k.grad_scale == 1.0 { grad.clone() } else { (grad * k.grad_scale as f64)? };
+    let p = var.as_tensor().to_dtype(DType::F32)?;
+    let p = if k.wd != 0.0 { (p * (1.0 - k.lr * k.wd))? } else { p };
+    let m_new = (&*m + ((&g - &*m)? * (1.0 - k.beta1))?)?;
+    let v_new = ((&*v * k.beta2)? + ((&g * (1.0 - k.beta2))? * &g)?)?;
+    let denom = ((v_new.sqrt()? / k.bias2_sqrt)? + k.eps)?;
+    let p_new = (p - ((&m_new / &denom)? * (k.lr / k.bias1))?)?;
+    var.set(&p_new.to_dtype(var.dtype())?)?;
+    (*m, *v) = (m_new, v_new);
+    Ok(())
 }
 
 /// The single-tensor AdamW update of `torch.optim.AdamW`, in its order of operations.

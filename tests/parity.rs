@@ -18,22 +18,30 @@ use emotune::tokenize::Batch;
 const REFERENCE_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
 
 fn load_fixture(name: &str) -> (LoadedModel, Reference, ModelFiles) {
+    load_fixture_on(name, &Device::Cpu)
+}
+
+fn load_fixture_on(name: &str, device: &Device) -> (LoadedModel, Reference, ModelFiles) {
     let dir = fixture(name);
     let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
     let config = ModelConfig::load(&files.config).unwrap();
-    let model = load_classifier(config, &files.weights, 0, &Device::Cpu).unwrap();
+    let model = load_classifier(config, &files.weights, 0, device).unwrap();
     let reference = Reference::load(&dir.join("reference.safetensors"));
     (model, reference, files)
 }
 
 fn reference_batch(r: &Reference, with_types: bool) -> Batch {
+    reference_batch_on(r, with_types, &Device::Cpu)
+}
+
+fn reference_batch_on(r: &Reference, with_types: bool, device: &Device) -> Batch {
     let ids = r.rows_u32("input_ids");
     let mask = r.rows_u32("attention_mask");
-    let mut batch = Batch::from_rows(&ids, &mask, &Device::Cpu).unwrap();
+    let mut batch = Batch::from_rows(&ids, &mask, device).unwrap();
     if with_types {
         let types = r.rows_u32("token_type_ids");
         let (b, s) = batch.dims();
-        batch.token_type_ids = Some(Tensor::from_vec(types.concat(), (b, s), &Device::Cpu).unwrap());
+        batch.token_type_ids = Some(Tensor::from_vec(types.concat(), (b, s), device).unwrap());
     }
     batch
 }
@@ -43,10 +51,12 @@ fn labels(r: &Reference) -> Tensor {
 }
 
 /// The reference labels as the model's task reads them: ids, or multi-hot rows.
-fn targets(r: &Reference, task: Task) -> Targets {
+fn targets(r: &Reference, task: Task, device: &Device) -> Targets {
     match task {
-        Task::SingleLabel => Targets::Ids(labels(r)),
-        Task::MultiLabel => Targets::MultiHot(r.get("labels").to_dtype(candle_core::DType::F32).unwrap()),
+        Task::SingleLabel => Targets::Ids(labels(r).to_device(device).unwrap()),
+        Task::MultiLabel => {
+            Targets::MultiHot(r.get("labels").to_dtype(candle_core::DType::F32).unwrap().to_device(device).unwrap())
+        }
     }
 }
 
@@ -65,11 +75,16 @@ fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
 }
 
 fn check_fixture(name: &str) {
-    let (m, r, files) = load_fixture(name);
+    check_fixture_on(name, &Device::Cpu);
+}
+
+/// [`check_fixture`] on `device`, with the same tolerances.
+fn check_fixture_on(name: &str, device: &Device) {
+    let (m, r, files) = load_fixture_on(name, device);
     let with_types = m.config.arch.uses_token_types();
     check_tokens(&m, &files, &r);
-    let batch = reference_batch(&r, with_types);
-    let y = targets(&r, m.config.task);
+    let batch = reference_batch_on(&r, with_types, device);
+    let y = targets(&r, m.config.task, device);
     let eval = Dropout::eval();
 
     // Logits, loss and (multi-label) the sigmoid probabilities.
@@ -105,9 +120,9 @@ fn check_fixture(name: &str) {
     println!("{name}: all {} gradients within tolerance; worst relative to tol: {}", m.params.len(), worst.1);
 
     // Three AdamW steps on the same batch, lr 1e-3 decaying linearly to 0 over 3 steps.
-    let (m, _, _) = load_fixture(name);
+    let (m, _, _) = load_fixture_on(name, device);
     let sched = LinearSchedule { peak_lr: 1e-3, warmup_steps: 0, total_steps: 3 };
-    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW);
+    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW).unwrap();
     let ref_losses: Vec<f32> = r.get("step_losses").to_vec1().unwrap();
     let mut max_step_loss_err = 0f32;
     for (step, ref_loss) in ref_losses.iter().enumerate() {
@@ -154,6 +169,101 @@ fn tiny_roberta_matches_pytorch() {
 fn tiny_xlm_roberta_matches_pytorch() {
     check_fixture("tiny-xlm-roberta");
 }
+
+/// The path every non-CPU device takes (candle's primitive ops, AdamW in tensor ops), checked
+/// here on the CPU against PyTorch with the fused kernels' tolerances.
+#[test]
+fn composed_path_matches_pytorch_on_every_fixture() {
+    let _composed = emotune::model::precision::composed_ops();
+    for name in FIXTURES {
+        check_fixture(name);
+    }
+}
+
+/// The same on the first CUDA GPU: a CUDA build without a GPU fails here rather than passing.
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a CUDA build and a GPU (scripts/build-cuda --tests; scripts/gpu-check)"
+)]
+fn every_fixture_matches_pytorch_on_the_gpu() {
+    let device = Device::new_cuda(0).expect("a CUDA build's GPU tests need a GPU");
+    for name in FIXTURES {
+        check_fixture_on(name, &device);
+    }
+}
+
+/// Mixed precision (`--bf16`): bf16 matmuls keep the fixtures near PyTorch's f32 numbers (bf16
+/// has 8 significant bits, so the bounds are relative: logits within 2% of the largest, every
+/// gradient's direction within cosine 0.99), and every gradient reaches the f32 weights.
+fn check_bf16_fixture(name: &str, device: &Device) {
+    let (mut m, r, _) = load_fixture_on(name, device);
+    m.autocast = Some(candle_core::DType::BF16);
+    let batch = reference_batch_on(&r, m.config.arch.uses_token_types(), device);
+    let y = targets(&r, m.config.task, device);
+    let logits = {
+        let _bf16 = emotune::model::precision::autocast(m.autocast);
+        m.model.forward(&batch, &Dropout::eval()).unwrap()
+    };
+    assert_eq!(logits.dtype(), candle_core::DType::F32);
+    let e_logits = max_abs_diff(&logits, r.get("logits")) / max_abs(r.get("logits"));
+    assert!(e_logits <= 0.02, "{name}: bf16 logits off by {e_logits} of the largest");
+    assert!(e_logits >= 1e-4, "{name}: bf16 changed nothing; autocast did not apply");
+    let grads = emotune::model::backward(&loss(&logits, &y, None).unwrap()).unwrap();
+    check_all_have_grads(m.params.iter(), &grads).unwrap();
+    // Gradients that are zero in exact arithmetic (a key bias: softmax ignores a shift) are
+    // rounding noise in PyTorch too; they must stay small, not point anywhere in particular.
+    let largest = m.params.iter().map(|(p, _)| norm(r.get(&format!("grad.{p}")))).fold(0f64, f64::max);
+    let mut worst = 1f64;
+    for (pname, var) in m.params.iter() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        assert_eq!(g.dtype(), candle_core::DType::F32, "{pname}");
+        let rg = r.get(&format!("grad.{pname}"));
+        if norm(rg) < 1e-4 * largest {
+            assert!(norm(g) < 1e-3 * largest, "{name} {pname}: a vanishing gradient grew to {}", norm(g));
+            continue;
+        }
+        let cos = cosine(g, rg);
+        assert!(cos >= 0.99, "{name} {pname}: bf16 gradient cosine {cos}");
+        worst = worst.min(cos);
+    }
+    println!("{name} --bf16: logits within {e_logits:.2e} of the largest; lowest gradient cosine {worst:.5}");
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap()
+}
+
+fn norm(t: &Tensor) -> f64 {
+    host(t).iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
+}
+
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let dot: f64 = host(a).iter().zip(&host(b)).map(|(&x, &y)| x as f64 * y as f64).sum();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn bf16_autocast_stays_near_pytorch_on_every_fixture() {
+    for name in FIXTURES {
+        check_bf16_fixture(name, &Device::Cpu);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs a CUDA build and a GPU (scripts/build-cuda --tests; scripts/gpu-check)"
+)]
+fn bf16_autocast_stays_near_pytorch_on_the_gpu() {
+    let device = Device::new_cuda(0).expect("a CUDA build's GPU tests need a GPU");
+    for name in FIXTURES {
+        check_bf16_fixture(name, &device);
+    }
+}
+
+const FIXTURES: [&str; 5] =
+    ["tiny-distilbert", "tiny-bert", "tiny-bert-multilabel", "tiny-roberta", "tiny-xlm-roberta"];
 
 #[test]
 fn minilm_encoder_matches_pytorch() {
@@ -202,7 +312,7 @@ fn gradient_clipping_matches_clip_grad_norm() {
     let name = "classifier.weight";
     let p0: Vec<f32> = m.params.get(name).unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
     let g: Vec<f32> = r.get(&format!("grad.{name}")).flatten_all().unwrap().to_vec1().unwrap();
-    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW);
+    let mut opt = AdamW::new(m.params.iter(), REFERENCE_ADAMW).unwrap();
     let max_norm = ref_norm / 4.0;
     let norm = opt.step_with_clipping(&grads, 1e-3, Some(max_norm)).unwrap();
     assert!((norm - ref_norm).abs() <= 1e-4 * ref_norm, "norm {norm} vs PyTorch's gradients {ref_norm}");
@@ -219,7 +329,7 @@ fn gradient_clipping_matches_clip_grad_norm() {
     for (model, clip) in [(&a, Some(1e9)), (&b, None)] {
         let logits = model.model.forward(&batch, &Dropout::eval()).unwrap();
         let grads = emotune::model::backward(&cross_entropy(&logits, &labels(&r), None).unwrap()).unwrap();
-        let mut opt = AdamW::new(model.params.iter(), REFERENCE_ADAMW);
+        let mut opt = AdamW::new(model.params.iter(), REFERENCE_ADAMW).unwrap();
         opt.step_with_clipping(&grads, 1e-3, clip).unwrap();
     }
     for (n, v) in a.params.iter() {

@@ -52,6 +52,8 @@ pub struct BenchArgs {
     /// Where --write-model takes the tokenizer from (a model directory or Hub id).
     #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2", requires = "write_model")]
     pub tokenizer: String,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -75,6 +77,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool is already set up ({e})"))?;
     }
+    let (device, autocast) = args.compute.resolve()?;
     let opts = BenchOptions {
         batch: args.batch,
         seqs,
@@ -84,6 +87,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         profile: args.profile,
         train: !args.skip_training,
         quantize: args.quantize,
+        bf16: autocast.is_some(),
     };
     if let (Some(q), false) = (args.quantize, args.json) {
         let isa = crate::model::kernels::qlinear::Isa::detect();
@@ -111,7 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "peak MB"
         )?;
     }
-    crate::bench::run(&shape, &opts, &crate::device::select()?, |r| {
+    crate::bench::run(&shape, &opts, &device, |r| {
         if args.json {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         } else {

@@ -47,6 +47,8 @@ pub struct EvalArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -55,6 +57,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(f) => (DataSpec { dataset: None, test: Some(f.clone()), ..args.data.clone() }, SplitName::Test),
         None => (args.data.clone(), args.split),
     };
+    let (device, autocast) = args.compute.resolve()?;
     let opts = EvalOptions {
         split,
         batch_size: args.batch_size,
@@ -63,8 +66,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_length: args.max_length,
         threshold: args.threshold,
         quantize: args.quantize,
+        autocast,
     };
-    let report = crate::eval::run(&args.model, &spec, &opts, &crate::device::select()?)?;
+    let report = crate::eval::run(&args.model, &spec, &opts, &device)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", crate::eval::format_report(&report))?;
     let title = format!("{} · {} ({})", report.split, report.data, report.examples);

@@ -50,6 +50,8 @@ pub struct PredictArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +66,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let inputs = read_inputs(&args)?;
-    let mut predictor = Predictor::load(&args.model, args.max_length, args.quantize, &crate::device::select()?)?;
+    let (device, autocast) = args.compute.resolve()?;
+    let mut predictor = Predictor::load(&args.model, args.max_length, args.quantize, &device)?;
+    predictor.model.autocast = autocast;
     if let Some(t) = args.threshold {
         predictor.set_threshold(t)?;
     }

@@ -15,6 +15,8 @@ pub struct TrainArgs {
     pub recipe: TrainConfig,
     #[command(flatten)]
     pub data: DataSpec,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
     /// Where to write the fine-tuned model (default: <model>-finetuned-<dataset>).
     #[arg(long, short)]
     pub output_dir: Option<PathBuf>,
@@ -31,6 +33,8 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mut cfg = args.recipe;
+    let (device, autocast) = args.compute.resolve()?;
+    cfg.bf16 = autocast.is_some();
     cfg.output_dir = args.output_dir.unwrap_or_else(|| default_output_dir(&cfg.model, &args.data));
     let control = RunControl {
         resume: args.resume.map(|p| p.map_or(crate::train::Resume::Latest, crate::train::Resume::Dir)),
@@ -43,7 +47,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         crate::train::request_stop();
     });
-    let device = crate::device::select()?;
     let outcome = crate::train::train_with(&cfg, &args.data, &device, &control)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;

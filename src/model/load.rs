@@ -5,7 +5,7 @@ use super::arch::SequenceClassifier;
 use super::config::ModelConfig;
 use crate::weights::{ParamStore, Quantize, WeightLoader};
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use std::path::Path;
 
 /// A classifier with its config and the parameters it was built from.
@@ -13,6 +13,9 @@ pub struct LoadedModel {
     pub config: ModelConfig,
     pub model: Box<dyn SequenceClassifier>,
     pub params: ParamStore,
+    /// The dtype its matmuls run in under mixed precision (`--bf16`), set by whoever runs it;
+    /// None: as the parameters (f32). See [`super::precision`].
+    pub autocast: Option<DType>,
 }
 
 /// Builds the classifier described by `config` from the safetensors file `weights`.
@@ -68,5 +71,5 @@ pub fn random_classifier_quantized(
 
 fn build_classifier(config: ModelConfig, mut wl: WeightLoader) -> Result<LoadedModel> {
     let model = config.arch.build(&mut wl, config.num_labels())?;
-    Ok(LoadedModel { config, model, params: wl.finish()? })
+    Ok(LoadedModel { config, model, params: wl.finish()?, autocast: None })
 }

@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod layer;
 pub mod load;
 pub mod nn;
+pub mod precision;
 pub mod registry;
 pub mod roberta;
 pub mod task;

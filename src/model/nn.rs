@@ -8,6 +8,7 @@
 
 use super::kernels;
 use super::kernels::qlinear::QuantizedLinear;
+use super::precision;
 use crate::weights::{Init, Quantize, WeightLoader};
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
@@ -140,7 +141,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().expect("non-scalar input");
         let rows = x.elem_count() / d_in;
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = matmul(&x.reshape((rows, d_in))?, &self.weight.t()?)?.broadcast_add(&self.bias)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-scalar input") = self.bias.dims()[0];
         Ok(y.reshape(out_dims)?)
@@ -214,6 +215,15 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
+/// `a · b`, in [`precision::autocast`]'s dtype when it is on (the product handed back in
+/// `a`'s dtype, as torch.autocast's matmuls feed the f32 ops after them).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match precision::autocast_dtype() {
+        Some(dt) if a.dtype() != dt => Ok(a.to_dtype(dt)?.matmul(&b.to_dtype(dt)?)?.to_dtype(a.dtype())?),
+        _ => Ok(a.matmul(b)?),
+    }
+}
+
 /// Softmax over the last dimension (max-shifted; the shift is detached, as it cancels).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -269,9 +279,9 @@ impl SelfAttention {
         let q = split((self.q.forward(x)? / (dh as f64).sqrt())?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let probs = softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(bias)?)?;
+        let probs = softmax_last_dim(&matmul(&q, &k.t()?)?.broadcast_add(bias)?)?;
         let probs = drop.apply(&probs, self.dropout)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
+        let ctx = matmul(&probs, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
         self.out.forward(&ctx)
     }
 }

@@ -224,7 +224,11 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
         .then(|| labels.iter().zip(&st.predictor.thresholds).map(|(l, &t)| (l.clone(), json!(t))).collect());
     Json(json!({
         "model_id": st.cfg.model,
-        "model_dtype": if st.cfg.quantize.is_some() { "int8" } else { "float32" },
+        "model_dtype": match (st.cfg.quantize.is_some(), st.cfg.compute.bf16) {
+            (true, _) => "int8",
+            (false, true) => "bf16",
+            (false, false) => "float32",
+        },
         "problem_type": st.predictor.task().problem_type(),
         "thresholds": thresholds,
         "model_type": {"classifier": {"id2label": id2label, "label2id": label2id}},

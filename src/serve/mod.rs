@@ -56,6 +56,8 @@ pub struct ServeConfig {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
     /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.
     #[arg(long, env = "EMOTUNE_API_KEY", hide_env_values = true)]
     pub api_key: Option<ApiKey>,
@@ -120,7 +122,9 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         cfg.read_timeout.is_finite() && (0.001..=3600.0).contains(&cfg.read_timeout),
         "--read-timeout must be between 0.001 and 3600 seconds"
     );
-    let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &crate::device::select()?)?;
+    let (device, autocast) = cfg.compute.resolve()?;
+    let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &device)?;
+    predictor.model.autocast = autocast;
     if let Some(t) = cfg.threshold {
         predictor.set_threshold(t)?;
     }

@@ -89,6 +89,11 @@ pub struct TrainConfig {
     /// Seeds head initialisation, dropout and shuffling.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Mixed precision (`--bf16`, set with `--device`): the matmuls in bf16, as the Trainer's
+    /// `bf16=True`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub bf16: bool,
     /// Truncate texts to this many tokens (default: the model's maximum).
     #[arg(long)]
     pub max_length: Option<usize>,

@@ -201,11 +201,12 @@ fn load_model(
         config.task = Task::MultiLabel;
     }
     let encoder = text_encoder(files, &config, cfg.max_length)?;
-    let model = if reinit_head {
+    let mut model = if reinit_head {
         load_classifier_fresh_head(config, &files.weights, cfg.seed, device)?
     } else {
         load_classifier(config, &files.weights, cfg.seed, device)?
     };
+    model.autocast = cfg.bf16.then_some(candle_core::DType::BF16);
     Ok((model, encoder))
 }
 

@@ -73,7 +73,7 @@ impl<'a> Trainer<'a> {
             n => n,
         };
         let schedule = LinearSchedule { peak_lr: cfg.learning_rate, warmup_steps: warmup, total_steps };
-        let mut opt = AdamW::new(model.params.iter(), cfg.adamw());
+        let mut opt = AdamW::new(model.params.iter(), cfg.adamw())?;
         let state = match resume {
             Some(dir) => {
                 let state = checkpoint::load_checkpoint(dir, cfg, &model, &mut opt)?;
@@ -185,7 +185,10 @@ impl<'a> Trainer<'a> {
         let tokens: Vec<&Tokenized> = rows.iter().map(|&i| &data.train_rows[i]).collect();
         let batch = data.encoder.batch(&tokens, &self.device)?;
         let targets = self.targets(rows, data)?;
-        let logits = self.model.model.forward(&batch, &self.dropout)?;
+        let logits = {
+            let _precision = crate::model::precision::autocast(self.model.autocast);
+            self.model.model.forward(&batch, &self.dropout)?
+        };
         let loss = loss(&logits, &targets, self.class_weights.as_ref())?;
         let loss_value: f32 = loss.to_scalar()?;
         // The loss of a uniform guess: ln(labels) for a softmax, ln 2 per label for sigmoids.

@@ -60,8 +60,9 @@ impl Reference {
 /// Largest absolute difference between two tensors of one shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
+    let cpu = &Device::Cpu;
+    let a = a.to_dtype(DType::F32).unwrap().to_device(cpu).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().to_device(cpu).unwrap();
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 

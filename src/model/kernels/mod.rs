@@ -40,9 +40,10 @@ pub use simd::{fast_erf, fast_exp};
 
 use candle_core::Tensor;
 
-/// True where the fused kernels apply (they are written for contiguous f32 on the CPU).
+/// True where the fused kernels apply: they are written for contiguous f32 on the CPU, and
+/// step aside under [`super::precision`]'s autocast and composed-ops guards.
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && super::precision::fused_allowed()
 }
 
 #[cfg(test)]

@@ -1,0 +1,90 @@
+//! What the forward pass computes in, per thread, as `torch.autocast` does it: a guard that
+//! lives for the duration of a forward (and its backward) and is dropped after.
+//!
+//! - [`autocast`]`(Some(BF16))`: the matmuls (every linear layer and attention's two) run in
+//!   bf16 on bf16 copies of their f32 inputs and weights, and hand back f32; parameters,
+//!   optimiser state, softmax, LayerNorm, GELU and the loss stay f32. Gradients flow back
+//!   through the casts, so the master weights receive f32 gradients.
+//! - [`composed_ops`]: the fused f32 CPU kernels are switched off and every layer runs as
+//!   candle's primitive ops, the path a GPU takes. Tests use it to check that path on the CPU
+//!   against PyTorch's numbers, where no GPU is at hand.
+//!
+//! Per thread and scoped, because tests run side by side in one process and a server's worker
+//! thread sets its own.
+
+use candle_core::DType;
+use std::cell::Cell;
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+    static COMPOSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Restores the previous setting when dropped.
+#[must_use = "the setting lasts as long as the guard"]
+pub struct Guard {
+    autocast: Option<DType>,
+    composed: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        AUTOCAST.with(|a| a.set(self.autocast));
+        COMPOSED.with(|c| c.set(self.composed));
+    }
+}
+
+fn guard() -> Guard {
+    Guard { autocast: AUTOCAST.with(Cell::get), composed: COMPOSED.with(Cell::get) }
+}
+
+/// Matmuls in `dtype` (None: as their inputs) on this thread while the guard lives.
+pub fn autocast(dtype: Option<DType>) -> Guard {
+    let g = guard();
+    AUTOCAST.with(|a| a.set(dtype));
+    g
+}
+
+/// The composed (device-generic) layers instead of the fused CPU kernels, on this thread while
+/// the guard lives.
+pub fn composed_ops() -> Guard {
+    let g = guard();
+    COMPOSED.with(|c| c.set(true));
+    g
+}
+
+/// The dtype matmuls run in on this thread, if autocast is on.
+pub fn autocast_dtype() -> Option<DType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// False while [`composed_ops`] or [`autocast`] is on: the fused kernels are f32 only.
+pub fn fused_allowed() -> bool {
+    !COMPOSED.with(Cell::get) && AUTOCAST.with(Cell::get).is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_nest_and_restore() {
+        assert!(fused_allowed());
+        {
+            let _a = autocast(Some(DType::BF16));
+            assert_eq!(autocast_dtype(), Some(DType::BF16));
+            assert!(!fused_allowed());
+            {
+                let _c = composed_ops();
+                let _off = autocast(None);
+                assert_eq!(autocast_dtype(), None);
+                assert!(!fused_allowed());
+            }
+            assert_eq!(autocast_dtype(), Some(DType::BF16));
+        }
+        assert!(fused_allowed() && autocast_dtype().is_none());
+        // Per thread: another thread sees the defaults.
+        let _a = autocast(Some(DType::BF16));
+        assert!(std::thread::spawn(fused_allowed).join().unwrap());
+    }
+}
