@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--latency-runs", type=int, default=50, help="forward passes of one text for p50/p99")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's)")
     ap.add_argument("--skip-training", action="store_true", help="measure inference only")
@@ -72,14 +73,15 @@ def main():
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(args.config, num_labels=6)
     gen = torch.Generator().manual_seed(0)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    dev = torch.device(args.device)
+    autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
     for seq in seqs:
         reset_peak_rss()
-        model = AutoModelForSequenceClassification.from_config(config)
-        ids = torch.randint(1000, config.vocab_size, (args.batch, seq), generator=gen)
+        model = AutoModelForSequenceClassification.from_config(config).to(dev)
+        ids = torch.randint(1000, config.vocab_size, (args.batch, seq), generator=gen).to(dev)
         mask = torch.ones_like(ids)
-        labels = torch.randint(0, 6, (args.batch,), generator=gen)
+        labels = torch.randint(0, 6, (args.batch,), generator=gen).to(dev)
         train = None
         if not (args.skip_training or args.quantize):
             train = time_training(model, ids, mask, labels, args, autocast)
@@ -94,6 +96,8 @@ def main():
             "impl": "pytorch-int8" if args.quantize else "pytorch-bf16" if args.bf16 else "pytorch",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": args.device,
+            "bf16": args.bf16,
             "batch": args.batch,
             "seq": seq,
             "quantize": args.quantize,
@@ -106,6 +110,12 @@ def main():
             "steps": args.steps,
         }), flush=True)
         del model
+
+
+def sync():
+    """Waits for the GPU's queued work, so it is timed where it was issued (as emotune does)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def time_training(model, ids, mask, labels, args, autocast):
@@ -125,9 +135,11 @@ def time_training(model, ids, mask, labels, args, autocast):
         loss.item()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         if i >= args.warmup:
             t["fwd"].append(t1 - t0)

@@ -10,7 +10,14 @@ weight decay 0.01 (Trainer excludes biases and LayerNorm weights), lr 2e-5 linea
 warmup, batch 64 for training and evaluation, 2 epochs, evaluation after each epoch, per-batch
 dynamic padding (DataCollatorWithPadding), gradient clipping at 1.0 (the Trainer's default).
 Prints one JSON line per epoch: training loss (mean over the epoch), validation loss, accuracy
-and weighted F1. Needs torch, transformers, pandas, pyarrow and scikit-learn.
+and weighted F1, and a last line with the whole run's seconds. Needs torch and transformers;
+pandas and pyarrow to read the Hub cache's parquet.
+
+On a GPU (scripts/gpu-check runs it so): `--device cuda [--bf16]` (the Trainer's own device
+handling and `bf16=True`), `--data-dir DIR` reads DIR/{train,validation}.txt (`text;label`
+lines, as ../shared/data/emotion) where there is no Hub cache, and `--random-config CONFIG`
+trains a randomly initialised model of that shape (with --model's tokenizer), to time the
+recipe at a size whose pretrained weights are not at hand.
 """
 
 import argparse
@@ -20,10 +27,9 @@ import os
 import time
 
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -46,6 +52,33 @@ class Dataset(torch.utils.data.Dataset):
         item = {k: v[i] for k, v in self.enc.items()}
         item["labels"] = int(self.labels[i])
         return item
+
+
+def weighted_f1(y, p, k):
+    """scikit-learn's f1_score(average="weighted"), without scikit-learn."""
+    total = 0.0
+    for c in range(k):
+        tp = np.sum((p == c) & (y == c))
+        prec_den, rec_den = np.sum(p == c), np.sum(y == c)
+        f1 = 2 * tp / (prec_den + rec_den) if prec_den + rec_den else 0.0
+        total += f1 * rec_den
+    return total / len(y)
+
+
+def read_split(args, name):
+    """(texts, label ids) of a split: plain `text;label` lines, or the Hub cache's parquet."""
+    if args.data_dir:
+        texts, labels = [], []
+        with open(os.path.join(args.data_dir, f"{name}.txt"), encoding="utf-8") as f:
+            for line in f:
+                text, label = line.rstrip("\n").rsplit(";", 1)
+                texts.append(text)
+                labels.append(LABELS.index(label))
+        return texts, np.array(labels)
+    import pandas as pd
+
+    df = pd.read_parquet(split_file(name))
+    return list(df["text"]), df["label"].to_numpy()
 
 
 def split_file(name):
@@ -87,23 +120,32 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--out", default="/tmp/trainer-seed-recipe")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bf16", action="store_true", help="the Trainer's bf16=True (autocast)")
+    ap.add_argument("--data-dir", help="read DIR/{train,validation}.txt (text;label) instead of the Hub cache")
+    ap.add_argument("--random-config", help="a config.json: train a randomly initialised model of that shape")
     args = ap.parse_args()
+    started = time.time()
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    train = pd.read_parquet(split_file("train"))
-    val = pd.read_parquet(split_file("validation"))
-    enc = lambda df: tok(list(df["text"]), truncation=True)  # noqa: E731  (padding per batch)
-    train_ds = Dataset(enc(train), train["label"].to_numpy())
-    val_ds = Dataset(enc(val), val["label"].to_numpy())
+    enc = lambda texts: tok(texts, truncation=True)  # noqa: E731  (padding per batch)
+    train_texts, train_labels = read_split(args, "train")
+    val_texts, val_labels = read_split(args, "validation")
+    train_ds = Dataset(enc(train_texts), train_labels)
+    val_ds = Dataset(enc(val_texts), val_labels)
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
-    )
+    names = dict(num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    if args.random_config:
+        torch.manual_seed(args.seed)
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(args.random_config, **names))
+    else:
+        # float32 whatever the checkpoint stores (an f16 copy is what fits on the GPU machine).
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=torch.float32, **names)
 
     def metrics(pred):
         y = pred.label_ids
         p = pred.predictions.argmax(-1)
-        return {"accuracy": accuracy_score(y, p), "f1": f1_score(y, p, average="weighted")}
+        return {"accuracy": float(np.mean(p == y)), "f1": weighted_f1(y, p, len(LABELS))}
 
     targs = TrainingArguments(
         output_dir=args.out,
@@ -118,12 +160,14 @@ def main():
         report_to=[],
         seed=args.seed,
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
     )
     cb = EpochLog()
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, callbacks=[cb])
     trainer.train()
+    print(json.dumps({"device": args.device, "bf16": args.bf16, "total_s": round(time.time() - started, 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,33 @@ fn bare_roberta_model_loads_with_a_new_head() {
     assert_eq!(max_abs(&param(&m, "classifier.out_proj.bias")), 0.0);
     assert!(max_abs_diff(&param(&m, "classifier.dense.weight"), &orig["classifier.dense.weight"]) > 0.0);
 }
+
+/// Half-precision checkpoints (f16 and bf16, as `bench/f16_copy.py` writes for the GPU machine)
+/// load into float32 parameters: every value is the stored one widened exactly, and the logits
+/// stay within the half format's rounding of PyTorch's f32 ones.
+#[test]
+fn f16_and_bf16_checkpoints_load_as_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Reference::load(&fixture("tiny-bert").join("reference.safetensors"));
+    for (dtype, bound) in [(candle_core::DType::F16, 2e-3), (candle_core::DType::BF16, 2e-2)] {
+        let half: HashMap<String, Tensor> =
+            original("tiny-bert").into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
+        let p = dir.path().join(format!("{dtype:?}.safetensors"));
+        candle_core::safetensors::save(&half, &p).unwrap();
+        let m = load("tiny-bert", &p, 0);
+        for (name, stored) in &half {
+            let loaded = param(&m, name);
+            assert_eq!(loaded.dtype(), candle_core::DType::F32, "{name}");
+            assert_eq!(max_abs_diff(&loaded, &stored.to_dtype(candle_core::DType::F32).unwrap()), 0.0, "{name}");
+        }
+        let ids = r.rows_u32("input_ids");
+        let mask = r.rows_u32("attention_mask");
+        let mut batch = emotune::tokenize::Batch::from_rows(&ids, &mask, &Device::Cpu).unwrap();
+        let (b, s) = batch.dims();
+        batch.token_type_ids =
+            Some(Tensor::from_vec(r.rows_u32("token_type_ids").concat(), (b, s), &Device::Cpu).unwrap());
+        let logits = m.model.forward(&batch, &emotune::model::Dropout::eval()).unwrap();
+        let err = max_abs_diff(&logits, r.get("logits")) / max_abs(r.get("logits"));
+        assert!(err <= bound, "{dtype:?}: logits off by {err} of the largest");
+    }
+}

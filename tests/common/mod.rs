@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// `../shared` beside the repository (CI lays it there).
+/// `../shared` beside the checkout, or `$EMOTUNE_SHARED` (scripts/gpu-check runs the test
+/// binaries on a machine where the checkout's path is not the one they were built at).
 pub fn shared() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let p = std::env::var_os("EMOTUNE_SHARED")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"), PathBuf::from);
     assert!(p.is_dir(), "expected the shared fixtures at {}", p.display());
     p
 }
