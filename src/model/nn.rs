@@ -12,7 +12,7 @@ use super::precision;
 use crate::weights::{Init, Quantize, WeightLoader};
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -54,6 +54,13 @@ impl Dropout {
         if kernels::applies(x) {
             return Ok(kernels::dropout(x, p, &mut rng.borrow_mut())?);
         }
+        if !x.device().is_cpu() {
+            // Drawn on the device: drawing ~30M mask values per step on the host and copying
+            // them over would take longer than the step. Seeded from this dropout's stream, so
+            // a run, and a resumed one, draws the same masks.
+            x.device().set_seed(rng.borrow_mut().next_u64())?;
+            return device_dropout(x, p);
+        }
         let (keep, scale) = kernels::keep_mask(x.elem_count(), p, &mut rng.borrow_mut());
         let mask: Vec<f32> = keep.into_iter().map(|k| if k { scale } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
@@ -68,6 +75,14 @@ impl Dropout {
     pub fn from_state(rng: ChaCha8Rng) -> Dropout {
         Dropout { rng: Some(RefCell::new(rng)), keep_for_backward: true }
     }
+}
+
+/// Inverted dropout with the mask drawn by the tensor's device (its generator seeded by the
+/// caller): keep where a uniform draw is at least `p`, scale by `1 / (1 - p)`.
+fn device_dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+    let keep = (u.ge(p)?.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
+    Ok(x.mul(&keep)?)
 }
 
 /// The activation of the feed-forward blocks.
@@ -304,6 +319,30 @@ mod tests {
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
         let e: Vec<f32> = Dropout::eval().apply(&x, 0.1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert!(e.iter().all(|&v| v == 1.0));
+    }
+
+    /// The GPU's dropout (run here on CPU tensors: the same ops): drops about `p`, scales the
+    /// rest exactly, and its gradient is the mask.
+    #[test]
+    fn device_drawn_dropout_drops_p_and_scales_the_rest() {
+        let x = candle_core::Var::from_tensor(&Tensor::ones((400, 250), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let y = device_dropout(x.as_tensor(), 0.1).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let dropped = v.iter().filter(|&&a| a == 0.0).count() as f64 / v.len() as f64;
+        assert!((dropped - 0.1).abs() < 0.005, "dropped fraction {dropped}");
+        assert!(v.iter().all(|&a| a == 0.0 || a == 1.0 / 0.9f32), "kept values scaled by 1/(1-p)");
+        let g: Vec<f32> = y
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, v, "d(sum y)/dx is the scaled mask");
     }
 
     #[test]
