@@ -86,11 +86,12 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device> {
-    use anyhow::Context;
-    let device = Device::new_cuda(ordinal).with_context(|| {
-        format!(
+    let device = Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace to driver errors; the first line is the message.
+        let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+        anyhow::anyhow!(
             "--device cuda:{ordinal}: no usable CUDA GPU with that number (is the NVIDIA driver loaded, \
-             and are libcublas.so.13 and libcudart.so.13 on LD_LIBRARY_PATH?)"
+             and are libcublas.so.13 and libcudart.so.13 on LD_LIBRARY_PATH?): {cause}"
         )
     })?;
     log::info!("device: CUDA GPU {ordinal}");
