@@ -144,3 +144,21 @@ fn bench_quantize_int8_reports_inference_only() {
     assert!(r["train_step_s"].is_null() && r["backward_s"].is_null(), "{r}");
     assert!(r["one_text_p50_s"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+/// `serve --quantize int8` says at start-up what computes (the int8 kernel's instructions) and
+/// `/info` reports the int8 dtype; without it, float32.
+#[test]
+fn serve_names_the_int8_kernel_at_start_up() {
+    let isa = emotune::model::kernels::qlinear::Isa::detect().name();
+    for (extra, dtype, line) in [
+        (&["--quantize", "int8"][..], "int8", format!("on cpu: int8 (dot products on {isa})")),
+        (&[], "float32", "on cpu: float32".into()),
+    ] {
+        let s = server::Server::start_with(&fixture("tiny-bert"), extra, &[]);
+        assert!(s.log().contains(&line), "start-up log lacks {line:?}:\n{}", s.log());
+        let (status, body) = s.get("/info");
+        assert_eq!(status, 200);
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(info["model_dtype"], dtype, "{body}");
+    }
+}

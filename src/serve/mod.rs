@@ -100,6 +100,19 @@ async fn shutdown_signal() {
     eprintln!("shutting down: finishing in-flight requests");
 }
 
+/// What computes: the device, and the number format of the encoder's matmuls (with the
+/// instructions of the int8 kernel, which depend on the CPU).
+fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
+    let format = match (cfg.quantize, cfg.compute.bf16) {
+        (Some(q), _) => {
+            format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
+        }
+        (None, true) => "bf16 matmuls, float32 weights".to_string(),
+        (None, false) => "float32".to_string(),
+    };
+    format!("model {} on {}: {format}", crate::display::escape(&cfg.model), crate::device::name(device))
+}
+
 /// Who may call: says whether a key is set, never the key.
 fn access_line(cfg: &ServeConfig) -> String {
     let key = match cfg.api_key {
@@ -164,6 +177,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
         // The access line first: whoever waits for "listening on" then finds it in the log.
+        eprintln!("{}", compute_line(&cfg, &device));
         eprintln!("{}", access_line(&cfg));
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
