@@ -190,6 +190,12 @@ impl<'a> Trainer<'a> {
             self.model.model.forward(&batch, &self.dropout)?
         };
         let loss = loss(&logits, &targets, self.class_weights.as_ref())?;
+        let grads = backward(&loss)?;
+        let lr = self.schedule.lr(self.state.global_step);
+        let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
+        // Read after the update is queued: on a GPU, reading the loss first would make the host
+        // wait for the forward pass before queueing the backward. A diverged step's update is
+        // discarded with the run, which stops here and replaces nothing.
         let loss_value: f32 = loss.to_scalar()?;
         // The loss of a uniform guess: ln(labels) for a softmax, ln 2 per label for sigmoids.
         let uniform = match self.model.config.task {
@@ -201,9 +207,6 @@ impl<'a> Trainer<'a> {
             let what = format!("the training loss became {loss_value} (a model that learns stays below {limit:.0})");
             return Err(self.diverged(&what, rows, data));
         }
-        let grads = backward(&loss)?;
-        let lr = self.schedule.lr(self.state.global_step);
-        let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
         if !grad_norm.is_finite() {
             return Err(self.diverged(&format!("the gradient norm became {grad_norm}"), rows, data));
         }
