@@ -72,13 +72,35 @@ def trainer_run(path):
     return run
 
 
+def process_seconds(d):
+    """Each step's wall seconds and exit status, as scripts/gpu-check recorded them."""
+    steps = {}
+    path = os.path.join(d, "summary.txt")
+    if os.path.exists(path):
+        for line in open(path, encoding="utf-8"):
+            m = re.fullmatch(r"(\S+) rc=(\d+) seconds=(\d+)\s*", line)
+            if m:
+                steps[m.group(1)] = {"rc": int(m.group(2)), "seconds": int(m.group(3))}
+    return steps
+
+
 def main(d):
     summary = {"gpu": open(os.path.join(d, "gpu.txt")).read().strip() if os.path.exists(os.path.join(d, "gpu.txt")) else None}
     summary["bench"] = benches(d)
+    steps = process_seconds(d)
+    summary["steps"] = steps
     recipes = {}
     for prec in ("f32", "bf16"):
         ours, theirs = emotune_run(os.path.join(d, f"recipe-{prec}.log")), trainer_run(os.path.join(d, f"trainer-{prec}.log"))
-        recipes[prec] = {"emotune": ours, "trainer": theirs, "seconds_ratio": ratio(ours.get("seconds"), theirs.get("seconds"))}
+        wall = [steps.get(f"{who}-{prec}", {}).get("seconds") for who in ("recipe", "trainer")]
+        recipes[prec] = {
+            "emotune": ours,
+            "trainer": theirs,
+            # Each side's own count of its run (emotune: training and evaluation; the Trainer
+            # script: from its start, tokenisation included), then whole processes.
+            "seconds_ratio": ratio(ours.get("seconds"), theirs.get("seconds")),
+            "process_seconds_ratio": ratio(*wall),
+        }
     summary["seed_recipe"] = recipes
     for prec in ("f32", "bf16"):
         run = emotune_run(os.path.join(d, f"minilm-{prec}.log"))

@@ -297,7 +297,11 @@ fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> R
 /// The README it writes says that the weights are random.
 pub fn write_random_model(shape: &Shape, tokenizer: &str, dir: &Path) -> Result<()> {
     let model = random_classifier(shape.config.clone(), SEED, &Device::Cpu)?;
-    let source = crate::hub::ModelFiles::resolve(tokenizer)?.source;
+    // Only the tokenizer is taken: `tokenizer` may be a directory without weights.
+    let source = crate::hub::Source::parse(tokenizer, hf_hub::RepoType::Model)?;
+    if source.get_optional("tokenizer.json")?.is_none() {
+        anyhow::bail!("--tokenizer {}: no tokenizer.json there", source.describe());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::fsx::write_atomic(&dir.join("config.json"), shape.json.as_bytes())?;
     crate::hub::copy_tokenizer_files(&source, dir)?;

@@ -223,18 +223,20 @@ fn bench_writes_a_random_base_model_that_trains() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("random-tiny");
     let tiny = fixture("tiny-distilbert");
-    let o = emotune(
-        &[
-            "bench",
-            "--config",
-            tiny.join("config.json").to_str().unwrap(),
-            "--write-model",
-            out.to_str().unwrap(),
-            "--tokenizer",
-            tiny.to_str().unwrap(),
-        ],
-        None,
-    );
+    // The tokenizer comes from a directory that has nothing else (no weights, no config).
+    let tok = dir.path().join("tokenizer-only");
+    std::fs::create_dir(&tok).unwrap();
+    let write = |tokenizer: &std::path::Path| {
+        let config = tiny.join("config.json");
+        let args = ["bench", "--config", config.to_str().unwrap(), "--write-model", out.to_str().unwrap()];
+        emotune(&[&args[..], &["--tokenizer", tokenizer.to_str().unwrap()]].concat(), None)
+    };
+    let o = write(&tok);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no tokenizer.json"));
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny.join(f), tok.join(f)).unwrap();
+    }
+    let o = write(&tok);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(readme.contains("random"), "{readme}");
