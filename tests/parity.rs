@@ -187,7 +187,7 @@ fn composed_path_matches_pytorch_on_every_fixture() {
     ignore = "needs a CUDA build and a GPU (scripts/build-cuda --tests; scripts/gpu-check)"
 )]
 fn every_fixture_matches_pytorch_on_the_gpu() {
-    let device = Device::new_cuda(0).expect("a CUDA build's GPU tests need a GPU");
+    let device = gpu();
     for name in FIXTURES {
         check_fixture_on(name, &device);
     }
@@ -256,10 +256,15 @@ fn bf16_autocast_stays_near_pytorch_on_every_fixture() {
     ignore = "needs a CUDA build and a GPU (scripts/build-cuda --tests; scripts/gpu-check)"
 )]
 fn bf16_autocast_stays_near_pytorch_on_the_gpu() {
-    let device = Device::new_cuda(0).expect("a CUDA build's GPU tests need a GPU");
+    let device = gpu();
     for name in FIXTURES {
         check_bf16_fixture(name, &device);
     }
+}
+
+/// The first CUDA GPU: in a CUDA build, its absence fails a GPU test rather than passing it.
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("a CUDA build's GPU tests need a GPU")
 }
 
 const FIXTURES: [&str; 5] =

@@ -148,13 +148,7 @@ fn reloaded_model_gives_the_in_memory_logits() {
     cfg.train_batch_size = 32;
     cfg.num_train_epochs = 1;
     cfg.learning_rate = 1e-3;
-    let spec = DataSpec {
-        train: Some(data_file("train")),
-        validation: Some(data_file("validation")),
-        text_column: "text".into(),
-        label_column: "label".into(),
-        ..Default::default()
-    };
+    let spec = text_label_files();
     let outcome = train(&cfg, &spec, &Device::Cpu).unwrap();
     // Labels of `text;label` files are sorted names.
     assert_eq!(outcome.model.config.labels, ["anger", "fear", "joy", "love", "sadness", "surprise"]);
@@ -336,13 +330,7 @@ fn composed_path_trains_and_resumes_bitwise() {
     std::env::set_var("HF_HUB_OFFLINE", "1");
     let _composed = emotune::model::precision::composed_ops();
     let tmp = tempfile::tempdir().unwrap();
-    let spec = DataSpec {
-        train: Some(data_file("train")),
-        validation: Some(data_file("validation")),
-        text_column: "text".into(),
-        label_column: "label".into(),
-        ..Default::default()
-    };
+    let spec = text_label_files();
     let cfg = |name: &str| {
         let mut cfg = TrainConfig::seed_recipe(fixture("tiny-bert").to_str().unwrap(), tmp.path().join(name));
         (cfg.train_limit, cfg.eval_limit, cfg.train_batch_size) = (Some(128), Some(64), 32);
@@ -362,4 +350,15 @@ fn composed_path_trains_and_resumes_bitwise() {
     let first = whole.rows.first().unwrap().training_loss;
     let last = whole.rows.last().unwrap().training_loss;
     assert!(last < first, "the composed path learns: training loss {first} -> {last}");
+}
+
+/// The emotion train and validation splits as `text;label` files.
+fn text_label_files() -> DataSpec {
+    DataSpec {
+        train: Some(data_file("train")),
+        validation: Some(data_file("validation")),
+        text_column: "text".into(),
+        label_column: "label".into(),
+        ..Default::default()
+    }
 }
