@@ -124,7 +124,7 @@ impl Linear {
             Some(Quantize::Int8) if l.weight.device().is_cpu() => {
                 l.int8 = Some(Arc::new(QuantizedLinear::from_tensors(&l.weight, &l.bias)?));
             }
-            Some(q) => anyhow::bail!("--quantize {} runs on the CPU only", q.name()),
+            Some(q) => anyhow::bail!("--quantize {} runs on the CPU only: add --device cpu", q.name()),
             None => {}
         }
         Ok(l)
