@@ -5,7 +5,7 @@
 use crate::model::kernels::profile;
 use crate::model::kernels::qlinear::Isa;
 use crate::model::{
-    cross_entropy, random_classifier, random_classifier_quantized, Dropout, LoadedModel, ModelConfig, Quantize,
+    cross_entropy, random_classifier, random_classifier_for_inference, Dropout, LoadedModel, ModelConfig, Quantize,
 };
 use crate::optim::AdamW;
 use crate::tokenize::Batch;
@@ -176,13 +176,20 @@ pub fn run(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for &seq in &opts.seqs {
         reset_peak_rss();
-        let mut m: LoadedModel = random_classifier_quantized(config.clone(), SEED, opts.quantize, device)?;
-        m.autocast = opts.bf16.then_some(DType::BF16);
         let batch = synthetic_batch(&mut rng, opts.batch, seq, vocab, device)?;
         let labels: Vec<u32> = (0..opts.batch).map(|_| rng.gen_range(0..config.num_labels() as u32)).collect();
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
-        let train =
-            if opts.train && opts.quantize.is_none() { Some(time_training(&m, &batch, &labels, opts)?) } else { None };
+        let train = match opts.train && opts.quantize.is_none() {
+            true => {
+                let mut m = random_classifier(config.clone(), SEED, device)?;
+                m.autocast = opts.bf16.then_some(DType::BF16);
+                Some(time_training(&m, &batch, &labels, opts)?)
+            }
+            false => None,
+        };
+        // Inference on the model as `predict` loads it (weights prepared for inference).
+        let mut m: LoadedModel = random_classifier_for_inference(config.clone(), SEED, opts.quantize, device)?;
+        m.autocast = opts.bf16.then_some(DType::BF16);
         let eval_forward_s = median(time_forward(&m, &batch, opts.warmup, opts.steps)?);
         let one = synthetic_batch(&mut rng, 1, seq, vocab, device)?;
         let latency = time_forward(&m, &one, opts.warmup.max(3), opts.latency_runs)?;

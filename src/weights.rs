@@ -185,7 +185,9 @@ pub struct WeightLoader {
     fresh_head: bool,
     /// Every parameter must be in the file: nothing is initialised (for inference).
     trained_only: bool,
-    /// Quantise the encoder's linear layers as they load (for inference).
+    /// Prepare the encoder's linear layers for inference as they load (packed float32, or
+    /// quantised as `quantize` says); such a model cannot train.
+    for_inference: bool,
     quantize: Option<Quantize>,
 }
 
@@ -219,6 +221,7 @@ impl WeightLoader {
             created: Vec::new(),
             fresh_head: false,
             trained_only: false,
+            for_inference: false,
             quantize: None,
         }
     }
@@ -237,11 +240,17 @@ impl WeightLoader {
         self
     }
 
-    /// Quantises the encoder's linear layers as `q` says while loading (for inference only:
-    /// quantised layers have no backward pass).
-    pub fn quantized(mut self, q: Option<Quantize>) -> WeightLoader {
+    /// Prepares the encoder's linear layers for inference while loading: quantised as `q`
+    /// says, else float32 packed for the CPU's inference kernel. Prepared layers have no
+    /// backward pass, and do not follow later changes of the parameters.
+    pub fn for_inference(mut self, q: Option<Quantize>) -> WeightLoader {
+        self.for_inference = true;
         self.quantize = q;
         self
+    }
+
+    pub fn inference(&self) -> bool {
+        self.for_inference
     }
 
     pub fn quantize(&self) -> Option<Quantize> {

@@ -9,7 +9,7 @@ use emotune::hub::ModelFiles;
 use emotune::infer::text_encoder;
 use emotune::model::task::loss;
 use emotune::model::ModelConfig;
-use emotune::model::{cross_entropy, load_classifier, Dropout, LoadedModel, Targets, Task};
+use emotune::model::{cross_entropy, load_classifier, load_trained_classifier, Dropout, LoadedModel, Targets, Task};
 use emotune::optim::{check_all_have_grads, AdamW, AdamWConfig, LinearSchedule};
 use emotune::tokenize::Batch;
 
@@ -286,13 +286,42 @@ fn minilm_encoder_matches_pytorch() {
     let type_ids: Vec<Vec<u32>> = batch.token_type_ids.unwrap().to_vec2().unwrap();
     assert_eq!(type_ids, r.rows_u32("token_type_ids"));
     let batch = reference_batch(&r, true);
-    let encoded = m.model.encode(&batch, &Dropout::eval()).unwrap();
-    let (hidden, pooled) = (encoded.hidden, encoded.pooled.expect("BERT has a pooler"));
-    let e_hidden = max_abs_diff(&hidden, r.get("last_hidden_state"));
-    let e_pooled = max_abs_diff(&pooled, r.get("pooler_output"));
-    println!("all-MiniLM-L6-v2: last_hidden_state max abs err {e_hidden:.3e}, pooler_output {e_pooled:.3e}");
-    assert!(e_hidden <= 1e-4, "last_hidden_state err {e_hidden}");
-    assert!(e_pooled <= 1e-4, "pooler_output err {e_pooled}");
+    // as trained, and as loaded for inference (the projections' weights packed at load)
+    let prefix = m.config.arch.weight_prefix();
+    let wl = emotune::weights::WeightLoader::open(&files.weights, prefix, 0, &Device::Cpu).unwrap();
+    let packed = m.config.arch.build(&mut wl.for_inference(None), 2).unwrap();
+    for (how, model) in [("as trained", &m.model), ("packed for inference", &packed)] {
+        let encoded = model.encode(&batch, &Dropout::inference()).unwrap();
+        let (hidden, pooled) = (encoded.hidden, encoded.pooled.expect("BERT has a pooler"));
+        let e_hidden = max_abs_diff(&hidden, r.get("last_hidden_state"));
+        let e_pooled = max_abs_diff(&pooled, r.get("pooler_output"));
+        println!("all-MiniLM-L6-v2 {how}: last_hidden_state max abs err {e_hidden:.3e}, pooler_output {e_pooled:.3e}");
+        assert!(e_hidden <= 1e-4, "{how}: last_hidden_state err {e_hidden}");
+        assert!(e_pooled <= 1e-4, "{how}: pooler_output err {e_pooled}");
+    }
+}
+
+/// Models loaded for inference (`predict`, `eval`, `serve`) run the encoder's projections on
+/// weights packed at load: their logits meet the trained path's bound, and a backward pass
+/// through them is refused (which also shows that the packed path computed them).
+#[test]
+fn inference_loaded_models_match_pytorch_on_every_fixture() {
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+        let config = ModelConfig::load(&files.config).unwrap();
+        let m = load_trained_classifier(config, &files.weights, None, &Device::Cpu).unwrap();
+        let r = Reference::load(&dir.join("reference.safetensors"));
+        let batch = reference_batch(&r, m.config.arch.uses_token_types());
+        let logits = m.model.forward(&batch, &Dropout::inference()).unwrap();
+        let e_logits = max_abs_diff(&logits, r.get("logits"));
+        println!("{name} packed for inference: logits max abs err {e_logits:.3e}");
+        assert!(e_logits <= 1e-5, "{name}: logits err {e_logits}");
+        let logits = m.model.forward(&batch, &Dropout::eval()).unwrap();
+        let l = loss(&logits, &targets(&r, m.config.task, &Device::Cpu), None).unwrap();
+        let refused = emotune::model::backward(&l).expect_err("a backward pass through packed weights");
+        assert!(refused.to_string().contains("inference"), "{name}: {refused}");
+    }
 }
 
 /// The Trainer clips the global gradient norm (`clip_grad_norm_`, max 1.0): the norm is

@@ -63,7 +63,8 @@ fn int8_minilm_hidden_states_keep_their_direction() {
     let files = ModelFiles::resolve("sentence-transformers/all-MiniLM-L6-v2").unwrap();
     let config = ModelConfig::load(&files.config).unwrap();
     let prefix = config.arch.weight_prefix();
-    let mut wl = WeightLoader::open(&files.weights, prefix, 0, &Device::Cpu).unwrap().quantized(Some(Quantize::Int8));
+    let mut wl =
+        WeightLoader::open(&files.weights, prefix, 0, &Device::Cpu).unwrap().for_inference(Some(Quantize::Int8));
     let model = config.arch.build(&mut wl, 2).unwrap();
     let r = Reference::load(&fixture("all-MiniLM-L6-v2.reference.safetensors"));
     let hidden = model.encode(&batch(&r, &["token_type_ids"]), &Dropout::inference()).unwrap().hidden;

@@ -22,7 +22,7 @@
 //! [`backward`], which adds them to the `GradStore` that `loss.backward()` returns.
 //! Always take gradients through [`backward`]: a bare `loss.backward()` misses them.
 
-use super::kernels::qlinear::QuantizedLinear;
+use super::kernels::prepared::Prepared;
 use super::kernels::{self, profile, AttentionOp, Slices};
 use super::nn::{Activation, Dropout, LayerNorm, Linear, SelfAttention};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -111,9 +111,10 @@ pub fn encoder_layer(
     let drop1 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.attention_output, r)));
     let drop2 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.output, r)));
     std::mem::drop(rng);
-    let int8: Vec<_> = [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.int8.clone()).collect();
-    // int8 layers have no backward pass: nothing to keep for one
-    let keep = drop.keep_for_backward && int8.iter().all(Option::is_none);
+    let prepared: Vec<_> =
+        [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.prepared.clone()).collect();
+    // weights prepared for inference have no backward pass: nothing to keep for one
+    let keep = drop.keep_for_backward && prepared.iter().all(Option::is_none);
     let op = EncoderLayerOp {
         params,
         attention,
@@ -122,7 +123,7 @@ pub fn encoder_layer(
         eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
         dims: (b, s, d, ffn),
         keep,
-        int8,
+        prepared,
         saved: Mutex::new(None),
     };
     let anchor = op.params[LN2_W].clone();
@@ -156,16 +157,16 @@ struct EncoderLayerOp {
     /// `(batch, seq, width, ffn width)`.
     dims: (usize, usize, usize, usize),
     /// Keep the activations for a backward pass (false under `Dropout::inference` and for a
-    /// quantised layer).
+    /// layer prepared for inference).
     keep: bool,
-    /// Int8 forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]), when
-    /// the model was loaded quantised (then there is no backward pass).
-    int8: Vec<Option<Arc<QuantizedLinear>>>,
+    /// Inference forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]),
+    /// when the model was loaded for inference (then there is no backward pass).
+    prepared: Vec<Option<Arc<Prepared>>>,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
 /// The weights' indices into [`EncoderLayerOp::params`] of the projections in
-/// [`EncoderLayerOp::int8`], in order.
+/// [`EncoderLayerOp::prepared`], in order.
 const PROJECTIONS: [usize; 6] = [WQ, WQ + 2, WQ + 4, WO, W1, W2];
 
 fn masked<'a>(mask: &Mask, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
@@ -189,10 +190,10 @@ impl EncoderLayerOp {
     }
 
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
-    /// `which`, side by side; int8 where the layer has int8 forms.
+    /// `which`, side by side; by the prepared forms where the layer has them.
     fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
         let slot = |i| PROJECTIONS.iter().position(|&p| p == i).expect("a projection's weight");
-        let layers: Vec<_> = which.iter().map(|&i| (w[i], w[i + 1], self.int8[slot(i)].as_deref())).collect();
+        let layers: Vec<_> = which.iter().map(|&i| (w[i], w[i + 1], self.prepared[slot(i)].as_deref())).collect();
         kernels::project(x, (x.len() / k, k), &layers)
     }
 }
@@ -264,7 +265,7 @@ impl CustomOp2 for EncoderLayerOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
         let Some(sv) = crate::sync::lock(&self.saved).clone() else {
-            bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded with --quantize int8)");
+            bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded for inference)");
         };
         let (b, s, d, ffn) = self.dims;
         let m = b * s;
@@ -386,7 +387,7 @@ mod tests {
         Linear {
             weight: var(&[d_out, d_in], 0.3, rng).as_tensor().clone(),
             bias: var(&[d_out], 0.1, rng).as_tensor().clone(),
-            int8: None,
+            prepared: None,
         }
     }
 

@@ -28,7 +28,7 @@ pub fn load_classifier(config: ModelConfig, weights: &Path, seed: u64, device: &
 
 /// The classifier of a fine-tuned checkpoint, for prediction: every parameter, the task head
 /// included, must be in `weights` (nothing is drawn at random); the encoder's linear layers
-/// quantised as `quantize` says.
+/// prepared for inference (quantised as `quantize` says). It cannot train.
 pub fn load_trained_classifier(
     config: ModelConfig,
     weights: &Path,
@@ -36,7 +36,7 @@ pub fn load_trained_classifier(
     device: &Device,
 ) -> Result<LoadedModel> {
     let prefix = config.arch.weight_prefix();
-    build_classifier(config, WeightLoader::open(weights, prefix, 0, device)?.trained_only().quantized(quantize))
+    build_classifier(config, WeightLoader::open(weights, prefix, 0, device)?.trained_only().for_inference(quantize))
 }
 
 /// Like [`load_classifier`], but the checkpoint's task head is ignored and created afresh
@@ -54,19 +54,21 @@ pub fn load_classifier_fresh_head(
 /// A classifier of `config`'s shape with every weight drawn at random from `seed`, for speed
 /// work only (it has learned nothing).
 pub fn random_classifier(config: ModelConfig, seed: u64, device: &Device) -> Result<LoadedModel> {
-    random_classifier_quantized(config, seed, None, device)
+    let wl = WeightLoader::random(config.arch.weight_prefix(), seed, config.arch.initializer_range(), device);
+    build_classifier(config, wl)
 }
 
-/// [`random_classifier`] with the encoder's linear layers quantised as `quantize` says (the
-/// same random draws, so the int8 model is the quantised float32 one).
-pub fn random_classifier_quantized(
+/// [`random_classifier`] with the encoder's linear layers prepared for inference (quantised as
+/// `quantize` says; the same random draws, so the int8 model is the quantised float32 one). It
+/// cannot train.
+pub fn random_classifier_for_inference(
     config: ModelConfig,
     seed: u64,
     quantize: Option<Quantize>,
     device: &Device,
 ) -> Result<LoadedModel> {
     let wl = WeightLoader::random(config.arch.weight_prefix(), seed, config.arch.initializer_range(), device);
-    build_classifier(config, wl.quantized(quantize))
+    build_classifier(config, wl.for_inference(quantize))
 }
 
 fn build_classifier(config: ModelConfig, mut wl: WeightLoader) -> Result<LoadedModel> {

@@ -22,7 +22,7 @@ pub use config::ModelConfig;
 pub use layer::backward;
 pub use load::{
     load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier,
-    random_classifier_quantized, LoadedModel,
+    random_classifier_for_inference, LoadedModel,
 };
 pub use nn::{
     activate, attention_bias, log_softmax_last_dim, softmax_last_dim, Activation, Dropout, Embedding, LayerNorm,

@@ -7,6 +7,8 @@
 //! backward op). The composed forms are also the reference the kernels are tested against.
 
 use super::kernels;
+use super::kernels::panels::PanelLinear;
+use super::kernels::prepared::Prepared;
 use super::kernels::qlinear::QuantizedLinear;
 use super::precision;
 use crate::weights::{Init, Quantize, WeightLoader};
@@ -112,21 +114,25 @@ impl Activation {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
-    /// The int8 form, for inference, when the model was loaded with `--quantize int8`.
-    pub int8: Option<Arc<QuantizedLinear>>,
+    /// The weight prepared for inference (float32 panels, or int8 with `--quantize int8`), when
+    /// the model was loaded for inference on the CPU.
+    pub prepared: Option<Arc<Prepared>>,
 }
 
 impl Linear {
-    /// An encoder layer's projection: quantised when the loader says so.
+    /// An encoder layer's projection: prepared for inference when the loader says so.
     pub fn load(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
         let mut l = Self::load_init(wl, name, d_in, d_out, Init::Required, Init::Required)?;
-        match wl.quantize() {
-            Some(Quantize::Int8) if l.weight.device().is_cpu() => {
-                l.int8 = Some(Arc::new(QuantizedLinear::from_tensors(&l.weight, &l.bias)?));
+        let cpu = l.weight.device().is_cpu() && l.weight.dtype() == DType::F32;
+        l.prepared = match (wl.quantize(), wl.inference()) {
+            (Some(Quantize::Int8), _) if cpu => {
+                Some(Prepared::Int8(QuantizedLinear::from_tensors(&l.weight, &l.bias)?))
             }
-            Some(q) => anyhow::bail!("--quantize {} runs on the CPU only: add --device cpu", q.name()),
-            None => {}
+            (Some(q), _) => anyhow::bail!("--quantize {} runs on the CPU only: add --device cpu", q.name()),
+            (None, true) if cpu => Some(Prepared::F32(PanelLinear::from_tensors(&l.weight, &l.bias)?)),
+            (None, _) => None,
         }
+        .map(Arc::new);
         Ok(l)
     }
 
@@ -138,12 +144,12 @@ impl Linear {
     fn load_init(wl: &mut WeightLoader, name: &str, d_in: usize, d_out: usize, wi: Init, bi: Init) -> Result<Linear> {
         let weight = wl.param(&format!("{name}.weight"), &[d_out, d_in], wi)?;
         let bias = wl.param(&format!("{name}.bias"), &[d_out], bi)?;
-        Ok(Linear { weight, bias, int8: None })
+        Ok(Linear { weight, bias, prepared: None })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let (Some(q), true) = (&self.int8, kernels::applies(x)) {
-            return Ok(q.forward(x)?);
+        if let (Some(p), true) = (&self.prepared, kernels::applies(x)) {
+            return Ok(p.forward(x)?);
         }
         if kernels::applies(x) {
             return Ok(kernels::linear(x, &self.weight, &self.bias)?);

@@ -242,7 +242,8 @@ mod tests {
         let w = Var::from_tensor(&rand_tensor(&[30, 20], 15)).unwrap();
         let b = Var::from_tensor(&rand_tensor(&[30], 16)).unwrap();
         let up = rand_tensor(&[3, 37, 30], 17);
-        let composed = crate::model::Linear { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), int8: None };
+        let composed =
+            crate::model::Linear { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), prepared: None };
         let y0 = composed.forward_composed(x.as_tensor()).unwrap();
         let y1 = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
         assert_eq!(y0.dims(), y1.dims());

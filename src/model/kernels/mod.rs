@@ -1,6 +1,7 @@
 //! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
 //! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
-//! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout.
+//! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. For inference
+//! only, linear layers whose weights were prepared at load: float32 panels and int8.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/nn.rs`
@@ -19,6 +20,8 @@ mod gelu;
 mod int8_simd;
 mod layer_norm;
 mod linear;
+pub mod panels;
+pub mod prepared;
 pub mod profile;
 pub mod qlinear;
 mod simd;
@@ -35,7 +38,7 @@ pub use layer_norm::{add_layer_norm, layer_norm};
 pub(crate) use layer_norm::{add_layer_norm_rows, layer_norm_backward_into};
 pub use linear::linear;
 pub(crate) use linear::{column_sums, linear_into, matmul_into, weight_grad_into};
-pub(crate) use qlinear::project;
+pub(crate) use prepared::project;
 pub use simd::{fast_erf, fast_exp};
 
 use candle_core::Tensor;

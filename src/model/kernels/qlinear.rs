@@ -18,15 +18,13 @@
 //! validation texts than 7-bit activations with 8-bit weights. The dot products run over `W`
 //! as stored, row by row, in the block walk of `tiles.rs`; the SIMD loops are in `int8_simd.rs`.
 
-use super::buffer::{f32_slice, filled};
 use super::int8_simd as simd;
-use super::linear::linear_into;
 use super::simd::lane_sum;
 use super::tiles::{for_each_block, walk_tiles, Block};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// The largest quantised activation and weight magnitude (see the module header).
 const X_MAX: i32 = 255;
@@ -34,6 +32,10 @@ const W_MAX: i32 = 63;
 
 /// Rows are padded with zeros to a multiple of this many bytes (one AVX-512 load).
 const K_ALIGN: usize = 64;
+
+/// Output rows and columns per parallel work item (multiples of every register tile's).
+const BLOCK_ROWS: usize = 48;
+const BLOCK_COLS: usize = 32;
 
 /// The instructions the integer dot products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +182,10 @@ impl QuantizedLinear {
         Ok(QuantizedLinear::new(&w, &b, (n, k)))
     }
 
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
     pub fn out_features(&self) -> usize {
         self.n
     }
@@ -199,7 +205,7 @@ impl QuantizedLinear {
         assert_eq!((x.k, x.kp), (self.k, self.kp), "activations of width {} for a weight of width {}", x.k, self.k);
         assert!(Isa::available().contains(&isa), "this CPU cannot run {}", isa.name());
         // Each block's whole walk is compiled for its instructions, so the dot products inline.
-        for_each_block(dst, dst_rs, (x.m, self.n), |block| match isa {
+        for_each_block(dst, dst_rs, (x.m, self.n), (BLOCK_ROWS, BLOCK_COLS), |block| match isa {
             // SAFETY: checked above that the CPU has AVX-512 VNNI.
             Isa::Avx512Vnni => unsafe {
                 simd::with_avx512_vnni(|| {
@@ -289,36 +295,6 @@ impl QuantizedLinear {
             block.write_row(r0 + i, c0, &out);
         }
     }
-
-    /// `x Wᵀ + b` over the last dimension of the f32 CPU tensor `x` (inference only: there is no
-    /// backward).
-    pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
-        // tracked, so that a backward pass through it fails loudly instead of stopping the gradient
-        x.contiguous()?.apply_op1(QuantizedLinearOp(self.clone()))
-    }
-}
-
-/// One linear layer of [`project`]: weight `[n, k]`, bias `[n]`, and its int8 form if any.
-pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a QuantizedLinear>);
-
-/// `x Wᵀ + b` of `x [m, k]` by each of `layers`, side by side in one `[m, Σ n]` output: int8
-/// where a layer has its int8 form (the activations quantised once for all of them), f32
-/// otherwise.
-pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
-    let total: usize = layers.iter().map(|l| l.1.len()).sum();
-    let rows = layers.iter().any(|l| l.2.is_some()).then(|| QuantizedRows::new(x, (m, k)));
-    filled(m * total, |out| {
-        let mut offset = 0;
-        for &(w, b, int8) in layers {
-            let n = b.len();
-            let dst = &mut out[offset..];
-            match (int8, &rows) {
-                (Some(q), Some(rows)) => q.forward_into(rows, dst, total),
-                _ => linear_into(dst, total, x, w, b, (m, n, k)),
-            }
-            offset += n;
-        }
-    })
 }
 
 impl QuantizedRows {
@@ -366,32 +342,10 @@ fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, i32) {
     out
 }
 
-struct QuantizedLinearOp(Arc<QuantizedLinear>);
-
-impl CustomOp1 for QuantizedLinearOp {
-    fn name(&self) -> &'static str {
-        "emotune-int8-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "int8 linear x")?;
-        let (n, k) = (self.0.n, self.0.k);
-        let dims = l.dims();
-        if dims.last() != Some(&k) {
-            bail!("int8 linear: input {dims:?} against weight [{n}, {k}]");
-        }
-        let m = x.len() / k.max(1);
-        let rows = QuantizedRows::new(x, (m, k));
-        let y = filled(m * n, |y| self.0.forward_into(&rows, y, n));
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(y), Shape::from(out)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::buffer::filled;
     use crate::model::kernels::testing::on_threads;
     use rand::{Rng, SeedableRng};
 

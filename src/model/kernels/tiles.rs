@@ -1,16 +1,11 @@
-//! The output-block walk of the int8 linear kernel (`qlinear.rs`): the output is cut into
-//! fixed blocks of [`BLOCK_ROWS`] × [`BLOCK_COLS`] (never per thread), run in parallel, and each
-//! block is visited in register tiles. Every output element is computed by the same sequence
-//! of operations whichever block, tile or thread it falls in, so results do not depend on the
-//! thread count.
+//! The output-block walk of the inference linear kernels (`qlinear.rs`, `panels.rs`): the
+//! output is cut into fixed blocks of a size the kernel chooses (never per thread), run in
+//! parallel, and each block is visited in register tiles. Every output element is computed by
+//! the same sequence of operations whichever block, tile or thread it falls in, so results do
+//! not depend on the thread count.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
-
-/// Output rows per parallel work item (a multiple of every register tile's row count).
-const BLOCK_ROWS: usize = 48;
-/// Output columns per parallel work item (a multiple of every register tile's column count).
-const BLOCK_COLS: usize = 32;
 
 /// One work item's rectangle of the output, and the only way to write into it.
 pub(crate) struct Block {
@@ -38,12 +33,14 @@ impl Block {
     }
 }
 
-/// Runs `f` once per block of the `m × n` output `dst` (rows `dst_rs` apart), in parallel; `f`
-/// must write every element of its block.
+/// Runs `f` once per block of `block_rows × block_cols` of the `m × n` output `dst` (rows
+/// `dst_rs` apart), in parallel, row block by row block; `f` must write every element of its
+/// block.
 pub(crate) fn for_each_block(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
     (m, n): (usize, usize),
+    (block_rows, block_cols): (usize, usize),
     f: impl Fn(&Block) + Sync,
 ) {
     use rayon::prelude::*;
@@ -52,12 +49,13 @@ pub(crate) fn for_each_block(
     }
     assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "output buffer too small");
     let ptr = dst.as_mut_ptr().cast::<f32>();
-    let (row_blocks, col_blocks) = (m.div_ceil(BLOCK_ROWS), n.div_ceil(BLOCK_COLS));
+    assert!(block_rows > 0 && block_cols > 0, "empty blocks");
+    let (row_blocks, col_blocks) = (m.div_ceil(block_rows), n.div_ceil(block_cols));
     let blocks: Vec<Block> = (0..row_blocks * col_blocks)
         .map(|i| {
             let (rb, cb) = (i / col_blocks, i % col_blocks);
-            let rows = rb * BLOCK_ROWS..((rb + 1) * BLOCK_ROWS).min(m);
-            let cols = cb * BLOCK_COLS..((cb + 1) * BLOCK_COLS).min(n);
+            let rows = rb * block_rows..((rb + 1) * block_rows).min(m);
+            let cols = cb * block_cols..((cb + 1) * block_cols).min(n);
             Block { ptr, rs: dst_rs, rows, cols }
         })
         .collect();
@@ -99,7 +97,7 @@ mod tests {
             let mut dst = vec![0f32; m * dst_rs];
             let tiles = std::sync::Mutex::new(Vec::new());
             on_threads(3, || {
-                for_each_block(crate::model::kernels::as_uninit(&mut dst), dst_rs, (m, n), |block| {
+                for_each_block(crate::model::kernels::as_uninit(&mut dst), dst_rs, (m, n), (48, 32), |block| {
                     walk_tiles::<3, 4>(block, |r0, c0, nr, nc| {
                         tiles.lock().unwrap().push((nr, nc));
                         for r in r0..r0 + nr {
@@ -125,7 +123,7 @@ mod tests {
     #[should_panic(expected = "outside the block")]
     fn a_block_refuses_to_write_outside_itself() {
         let mut dst = vec![0f32; 100 * 100];
-        for_each_block(crate::model::kernels::as_uninit(&mut dst), 100, (100, 100), |block| {
+        for_each_block(crate::model::kernels::as_uninit(&mut dst), 100, (100, 100), (48, 32), |block| {
             block.write_row(block.rows.end, block.cols.start, &[1.0])
         });
     }

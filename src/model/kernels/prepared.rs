@@ -1,0 +1,92 @@
+//! A linear layer's weight prepared once at load for inference: float32 panels (`panels.rs`)
+//! or int8 (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the
+//! optimizer, so only models loaded for inference carry one, and a backward pass through it
+//! fails loudly instead of stopping the gradient.
+
+use super::buffer::{f32_slice, filled};
+use super::linear::linear_into;
+use super::panels::PanelLinear;
+use super::qlinear::{QuantizedLinear, QuantizedRows};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub enum Prepared {
+    F32(PanelLinear),
+    Int8(QuantizedLinear),
+}
+
+impl Prepared {
+    pub fn in_features(&self) -> usize {
+        match self {
+            Prepared::F32(l) => l.in_features(),
+            Prepared::Int8(l) => l.in_features(),
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Prepared::F32(l) => l.out_features(),
+            Prepared::Int8(l) => l.out_features(),
+        }
+    }
+
+    /// `x Wᵀ + b` over the last dimension of the f32 CPU tensor `x` (no backward).
+    pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
+        // tracked, so that a backward pass through it fails loudly instead of stopping the gradient
+        x.contiguous()?.apply_op1(PreparedOp(self.clone()))
+    }
+}
+
+/// One linear layer of [`project`]: weight `[n, k]`, bias `[n]`, and its prepared form if any.
+pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a Prepared>);
+
+/// `x Wᵀ + b` of `x [m, k]` by each of `layers`, side by side in one `[m, Σ n]` output: by the
+/// prepared form where a layer has one (int8 activations quantised once for all of them), by
+/// gemm otherwise.
+pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
+    let total: usize = layers.iter().map(|l| l.1.len()).sum();
+    let int8 = layers.iter().any(|l| matches!(l.2, Some(Prepared::Int8(_))));
+    let rows = int8.then(|| QuantizedRows::new(x, (m, k)));
+    filled(m * total, |out| {
+        let mut offset = 0;
+        for &(w, b, prepared) in layers {
+            let n = b.len();
+            let dst = &mut out[offset..];
+            match (prepared, &rows) {
+                (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
+                (Some(Prepared::F32(p)), _) => p.forward_into(x, m, dst, total),
+                _ => linear_into(dst, total, x, w, b, (m, n, k)),
+            }
+            offset += n;
+        }
+    })
+}
+
+struct PreparedOp(Arc<Prepared>);
+
+impl CustomOp1 for PreparedOp {
+    fn name(&self) -> &'static str {
+        match *self.0 {
+            Prepared::F32(_) => "emotune-panel-linear",
+            Prepared::Int8(_) => "emotune-int8-linear",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, k) = (self.0.out_features(), self.0.in_features());
+        let dims = l.dims();
+        if dims.last() != Some(&k) {
+            bail!("{}: input {dims:?} against weight [{n}, {k}]", self.name());
+        }
+        let m = x.len() / k.max(1);
+        let y = filled(m * n, |y| match &*self.0 {
+            Prepared::F32(p) => p.forward_into(x, m, y, n),
+            Prepared::Int8(q) => q.forward_into(&QuantizedRows::new(x, (m, k)), y, n),
+        });
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
