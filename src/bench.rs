@@ -58,6 +58,9 @@ pub struct ShapeReport {
     pub quantize: Option<Quantize>,
     /// The instructions of the int8 kernel, when quantised.
     pub int8_kernel: Option<&'static str>,
+    /// The instructions of the float32 inference kernel (weights packed at load), on the CPU
+    /// without `--quantize` and `--bf16`; else null.
+    pub f32_kernel: Option<&'static str>,
     /// Median seconds of one full training step (forward + backward + optimiser); null when
     /// training was not measured (`--skip-training`, or a quantised model, which cannot train).
     pub train_step_s: Option<f64>,
@@ -208,6 +211,8 @@ pub fn run(
             bf16: opts.bf16,
             quantize: opts.quantize,
             int8_kernel: opts.quantize.map(|_| Isa::detect().name()),
+            f32_kernel: (device.is_cpu() && opts.quantize.is_none() && !opts.bf16)
+                .then(|| crate::model::kernels::panels::Isa::detect().name()),
             train_step_s: train.as_ref().map(|t| median(step(t))),
             forward_s: train.as_ref().map(|t| median(t.fwd.clone())),
             backward_s: train.as_ref().map(|t| median(t.bwd.clone())),

@@ -142,18 +142,20 @@ fn bench_quantize_int8_reports_inference_only() {
     let r: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(r["quantize"], "int8");
     assert!(r["int8_kernel"].as_str().is_some_and(|k| !k.is_empty()), "{r}");
+    assert!(r["f32_kernel"].is_null(), "{r}");
     assert!(r["train_step_s"].is_null() && r["backward_s"].is_null(), "{r}");
     assert!(r["one_text_p50_s"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 /// `serve --quantize int8` says at start-up what computes (the int8 kernel's instructions) and
-/// `/info` reports the int8 dtype; without it, float32.
+/// `/info` reports the int8 dtype; without it, float32 on weights packed for the CPU's kernel.
 #[test]
 fn serve_names_the_int8_kernel_at_start_up() {
     let isa = emotune::model::kernels::qlinear::Isa::detect().name();
+    let f32_isa = emotune::model::kernels::panels::Isa::detect().name();
     for (extra, dtype, line) in [
         (&["--quantize", "int8"][..], "int8", format!("on cpu: int8 (dot products on {isa})")),
-        (&[], "float32", "on cpu: float32".into()),
+        (&[], "float32", format!("on cpu: float32 (weights packed at load, {f32_isa})")),
     ] {
         let s = server::Server::start_with(&fixture("tiny-bert"), extra, &[]);
         assert!(s.log().contains(&line), "start-up log lacks {line:?}:\n{}", s.log());

@@ -301,6 +301,8 @@ fn bench_reports_latency_percentiles_and_throughput_per_batch() {
     let (p50, p99) = (r["one_text_p50_s"].as_f64().unwrap(), r["one_text_p99_s"].as_f64().unwrap());
     assert!(0.0 < p50 && p50 <= p99, "{r}");
     assert_eq!(r["latency_runs"], 30);
+    let packed = emotune::model::kernels::panels::Isa::detect().name();
+    assert_eq!(r["f32_kernel"], packed, "the inference timings ran on weights packed at load: {r}");
     let batches: Vec<u64> = r["throughput"].as_array().unwrap().iter().map(|t| t["batch"].as_u64().unwrap()).collect();
     assert_eq!(batches, [1, 8, 16]);
     assert!(r["throughput"].as_array().unwrap().iter().all(|t| t["texts_per_s"].as_f64().unwrap() > 0.0));

@@ -97,6 +97,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             q.name(),
             isa.name()
         )?;
+    } else if !args.json && device.is_cpu() && autocast.is_none() {
+        let isa = crate::model::kernels::panels::Isa::detect();
+        writeln!(out, "inference: the encoder's linear layers on float32 weights packed at load; {}", isa.name())?;
     }
     if !args.json {
         writeln!(

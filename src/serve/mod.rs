@@ -101,13 +101,16 @@ async fn shutdown_signal() {
 }
 
 /// What computes: the device, and the number format of the encoder's matmuls (with the
-/// instructions of the int8 kernel, which depend on the CPU).
+/// instructions of the CPU kernel, which depend on the CPU).
 fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
     let format = match (cfg.quantize, cfg.compute.bf16) {
         (Some(q), _) => {
             format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
         }
         (None, true) => "bf16 matmuls, float32 weights".to_string(),
+        (None, false) if device.is_cpu() => {
+            format!("float32 (weights packed at load, {})", crate::model::kernels::panels::Isa::detect().name())
+        }
         (None, false) => "float32".to_string(),
     };
     format!("model {} on {}: {format}", crate::display::escape(&cfg.model), crate::device::name(device))
