@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """emotune against PyTorch on this machine, in one run: per shape, `emotune bench --json` and
-`bench/torch_bench.py` (fp32, and PyTorch's bf16 autocast with --bf16; emotune has no bf16
-path yet, so its fp32 step is compared with both) one after the other, then a table of median
+`bench/torch_bench.py` (fp32, and PyTorch's bf16 autocast with --bf16; emotune trains in fp32
+only, so its fp32 step is compared with both) one after the other, then a table of median
 step times and their ratios, and of inference: one-text latency p50/p99 and texts/s at batch
 1, 8 and --batch (ratios are emotune's time over PyTorch's: below 1, emotune is faster).
+With --bf16 the inference table adds `emotune bench --dtype bf16` against PyTorch's bf16
+autocast (on a CPU without AVX-512 BF16 emotune says so and runs fp32: the column is marked).
 
     python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--int8] [--skip-training]
                             [--emotune target/release/emotune]
@@ -64,6 +66,8 @@ def main():
         r["pytorch"] = run_json([*torch_bench, *common, *shape])[0]
         if args.bf16:
             r["pytorch-bf16"] = run_json([*torch_bench, "--bf16", *common, *shape])[0]
+            inference = [c for c in common if c != "--skip-training"] + ["--skip-training"]
+            r["emotune-bf16"] = run_json([*bench, "--dtype", "bf16", *inference, *shape])[0]
         if args.int8:
             r["emotune-int8"] = run_json([*bench, "--quantize", "int8", *common, *shape])[0]
             r["pytorch-int8"] = run_json([*torch_bench, "--quantize", "int8", *common, *shape])[0]
@@ -102,6 +106,11 @@ def print_inference(rows, args):
     (emotune's time over PyTorch's: below 1, emotune is faster)."""
     cols = ["emotune", "pytorch"] + (["emotune-int8", "pytorch-int8"] if args.int8 else [])
     ratios = [("emotune", "pytorch")] + ([("emotune-int8", "pytorch-int8"), ("emotune-int8", "pytorch")] if args.int8 else [])
+    if args.bf16:
+        cols += ["emotune-bf16", "pytorch-bf16"]
+        ratios += [("emotune-bf16", "pytorch-bf16"), ("emotune-bf16", "pytorch")]
+        if any(r["emotune-bf16"]["quantize"] != "bf16" for r in rows):
+            print("NOTE: emotune-bf16 ran in fp32 (this CPU has no AVX-512 BF16)\n")
     print(f"Inference: one text ({args.latency_runs} runs, ms), eval forward of {args.batch} texts (s), "
           "texts/s per batch size; ratios are emotune's time over the other's\n")
     print("| tokens | measure | " + " | ".join(cols) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")

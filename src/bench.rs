@@ -54,7 +54,8 @@ pub struct ShapeReport {
     pub device: String,
     /// Mixed precision (`--bf16`): the matmuls in bf16, everything else f32.
     pub bf16: bool,
-    /// `"int8"` when the encoder's linear layers were quantised (`--quantize`), else null.
+    /// `"int8"` or `"bf16"` when the encoder's linear layers ran in that format (`--quantize`,
+    /// `--dtype`), else null (float32).
     pub quantize: Option<Quantize>,
     /// The instructions of the int8 kernel, when quantised.
     pub int8_kernel: Option<&'static str>,
@@ -115,6 +116,20 @@ pub struct BenchOptions {
     pub quantize: Option<Quantize>,
     /// Mixed precision: matmuls in bf16 (GPUs).
     pub bf16: bool,
+}
+
+/// What the encoder's linear layers run on at inference, for the CPU's formats: the number
+/// format, and the instructions (which depend on the CPU).
+pub fn inference_kernel(quantize: Option<Quantize>, device: &Device, bf16: bool) -> Option<String> {
+    use crate::model::kernels::{panels, panels_bf16};
+    match quantize {
+        Some(Quantize::Int8) => Some(format!("in int8; integer dot products on {}", Isa::detect().name())),
+        Some(Quantize::Bf16) => Some(format!("in bf16 with float32 sums; {}", panels_bf16::NAME)),
+        None if device.is_cpu() && !bf16 => {
+            Some(format!("on float32 weights packed at load; {}", panels::Isa::detect().name()))
+        }
+        None => None,
+    }
 }
 
 /// The `q`-th percentile (nearest rank) of `v`.
@@ -210,7 +225,7 @@ pub fn run(
             device: crate::device::name(device),
             bf16: opts.bf16,
             quantize: opts.quantize,
-            int8_kernel: opts.quantize.map(|_| Isa::detect().name()),
+            int8_kernel: (opts.quantize == Some(Quantize::Int8)).then(|| Isa::detect().name()),
             f32_kernel: (device.is_cpu() && opts.quantize.is_none() && !opts.bf16)
                 .then(|| crate::model::kernels::panels::Isa::detect().name()),
             train_step_s: train.as_ref().map(|t| median(step(t))),

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype as FileDtype, SafeTensors};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -112,7 +112,9 @@ pub fn f32_safetensors_bytes(
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
         .iter()
         .zip(&buffers)
-        .map(|((n, shape, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .map(|((n, shape, _), b)| {
+            Ok((n.clone(), safetensors::tensor::TensorView::new(FileDtype::F32, shape.clone(), b)?))
+        })
         .collect::<Result<_>>()?;
     Ok(safetensors::tensor::serialize(views, Some(meta))?)
 }
@@ -146,22 +148,46 @@ pub enum Init {
     Ones,
 }
 
-/// How the encoder's linear layers are stored for inference, chosen at load (`--quantize`).
+/// How the encoder's linear layers are stored for inference when not in float32, chosen at
+/// load (`--quantize int8`, `--dtype bf16`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quantize {
     /// Int8 weights per output channel, activations quantised per token at run time; the
     /// embeddings, LayerNorms, attention, GELU and the task head stay float32.
     Int8,
+    /// Bf16 weights and activations with float32 sums (`--dtype bf16`, not a `--quantize`
+    /// value); the rest stays float32.
+    #[value(skip)]
+    Bf16,
 }
 
 impl Quantize {
-    /// The flag's spelling (`int8`).
+    /// The format's name (`int8`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {
             Quantize::Int8 => "int8",
+            Quantize::Bf16 => "bf16",
         }
     }
+
+    /// The flag that asks for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Quantize::Int8 => "--quantize int8",
+            Quantize::Bf16 => "--dtype bf16",
+        }
+    }
+}
+
+/// The number format of the encoder's linear layers for inference (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Dtype {
+    #[default]
+    F32,
+    /// Bf16 weights and activations, float32 sums, on CPUs with AVX-512 BF16; elsewhere float32
+    /// (with a warning saying so).
+    Bf16,
 }
 
 /// Builds a [`ParamStore`] from a safetensors checkpoint, one named parameter at a time.
@@ -172,7 +198,7 @@ pub struct WeightLoader {
     init_std: f64,
     bytes: Vec<u8>,
     /// Names in the file with their dtype and shape.
-    available: HashMap<String, (Dtype, Vec<usize>)>,
+    available: HashMap<String, (FileDtype, Vec<usize>)>,
     used: BTreeSet<String>,
     /// The base-model prefix (`distilbert.`, `bert.`): checkpoints of a bare base model store
     /// names without it.
@@ -374,12 +400,14 @@ fn is_pretraining_or_buffer(name: &str) -> bool {
         || name.ends_with("position_ids")
 }
 
-fn to_f32(data: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+fn to_f32(data: &[u8], dtype: FileDtype) -> Result<Vec<f32>> {
     Ok(match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+        FileDtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        FileDtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        FileDtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        FileDtype::F64 => {
+            data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+        }
         other => bail!("unsupported dtype {other:?} (expected a floating-point tensor)"),
     })
 }

@@ -1,6 +1,7 @@
 //! `--quantize int8`: the tiny fixtures' logits and the real MiniLM encoder's hidden states
 //! against PyTorch's float32 ground truth, within stated bounds; a quantised model refuses a
-//! backward pass; the command-line flag reaches the model.
+//! backward pass; the command-line flag reaches the model. `--dtype bf16`: bf16 where the CPU
+//! has it, float32 with a warning where not.
 
 mod common;
 
@@ -25,11 +26,11 @@ fn batch(r: &Reference, names: &[&str]) -> Batch {
     b
 }
 
-fn int8_logit_error(name: &str, types: bool) -> (f32, f32) {
+fn logit_error(name: &str, types: bool, format: Quantize) -> (f32, f32) {
     let dir = fixture(name);
     let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
     let config = ModelConfig::load(&files.config).unwrap();
-    let m = load_trained_classifier(config, &files.weights, Some(Quantize::Int8), &Device::Cpu).unwrap();
+    let m = load_trained_classifier(config, &files.weights, Some(format), &Device::Cpu).unwrap();
     let r = Reference::load(&dir.join("reference.safetensors"));
     let b = batch(&r, if types { &["token_type_ids"] } else { &[] });
     let logits = m.model.forward(&b, &Dropout::inference()).unwrap();
@@ -45,13 +46,28 @@ fn int8_logits_of_every_fixture_stay_within_the_bound_of_pytorch() {
         ("tiny-roberta", false),
         ("tiny-xlm-roberta", false),
     ] {
-        let (err, largest) = int8_logit_error(name, types);
+        let (err, largest) = logit_error(name, types, Quantize::Int8);
         println!(
             "{name}: int8 logits max abs err {err:.3e} (largest reference logit {largest:.3e}, ratio {:.4})",
             err / largest
         );
         assert!(err <= LOGIT_BOUND * largest, "{name}: int8 logits off by {err}, more than {LOGIT_BOUND} of {largest}");
         assert!(err > 0.0, "{name}: int8 gave float32's logits exactly: was it quantised?");
+    }
+}
+
+/// Where the CPU has AVX-512 BF16, `--dtype bf16` logits stay within bf16's reach of PyTorch's
+/// float32 ones (elsewhere the format is refused at load, and this says it was not checked).
+#[test]
+fn bf16_logits_of_every_fixture_stay_near_pytorch() {
+    if !emotune::model::kernels::panels_bf16::available() {
+        eprintln!("NOT CHECKED here (this CPU lacks it): {}", emotune::model::kernels::panels_bf16::NAME);
+        return;
+    }
+    for (name, types) in [("tiny-distilbert", false), ("tiny-bert", true), ("tiny-roberta", false)] {
+        let (err, largest) = logit_error(name, types, Quantize::Bf16);
+        println!("{name}: bf16 logits max abs err {err:.3e} (largest reference logit {largest:.3e})");
+        assert!(err > 0.0 && err <= 0.02 * largest, "{name}: bf16 logits off by {err} (largest {largest})");
     }
 }
 
@@ -126,6 +142,41 @@ fn predict_quantize_int8_reaches_the_model() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("int8"));
 }
 
+fn predict_logits(extra: &[&str]) -> (Vec<f64>, String) {
+    let model = fixture("tiny-distilbert");
+    let out = std::process::Command::new(bin())
+        .args(["predict", "--model", model.to_str().unwrap(), "--logits", "--format", "jsonl", "i feel great"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logits = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    (logits, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `--dtype bf16` runs bf16 where the CPU has AVX-512 BF16 (the logits move by bf16's rounding
+/// only); elsewhere it says so and runs float32 (the same logits). It excludes `--quantize`.
+#[test]
+fn predict_dtype_bf16_runs_bf16_or_says_why_not() {
+    let (f32_logits, _) = predict_logits(&[]);
+    let (bf16_logits, stderr) = predict_logits(&["--dtype", "bf16"]);
+    if emotune::model::kernels::panels_bf16::available() {
+        let largest = f32_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let diff = f32_logits.iter().zip(&bf16_logits).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff > 0.0 && diff <= 0.02 * largest, "bf16 logits {bf16_logits:?} against {f32_logits:?}");
+    } else {
+        assert!(stderr.contains("no AVX-512 BF16") && stderr.contains("float32"), "{stderr}");
+        assert_eq!(bf16_logits, f32_logits);
+    }
+    let model = fixture("tiny-distilbert");
+    let both = std::process::Command::new(bin())
+        .args(["predict", "--model", model.to_str().unwrap(), "--quantize", "int8", "--dtype", "bf16", "x"])
+        .output()
+        .unwrap();
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--dtype"));
+}
+
 /// `bench --quantize int8` measures inference of the int8 model, names the instructions, and
 /// leaves the training keys null (a quantised model cannot train).
 #[test]
@@ -148,14 +199,21 @@ fn bench_quantize_int8_reports_inference_only() {
 }
 
 /// `serve --quantize int8` says at start-up what computes (the int8 kernel's instructions) and
-/// `/info` reports the int8 dtype; without it, float32 on weights packed for the CPU's kernel.
+/// `/info` reports the int8 dtype; without it, float32 on weights packed for the CPU's kernel;
+/// with `--dtype bf16`, bf16 where the CPU has it, else float32.
 #[test]
 fn serve_names_the_int8_kernel_at_start_up() {
     let isa = emotune::model::kernels::qlinear::Isa::detect().name();
     let f32_isa = emotune::model::kernels::panels::Isa::detect().name();
+    let f32_line = format!("on cpu: float32 (weights packed at load, {f32_isa})");
+    let bf16 = match emotune::model::kernels::panels_bf16::available() {
+        true => ("bf16", format!("on cpu: bf16 (float32 sums; {})", emotune::model::kernels::panels_bf16::NAME)),
+        false => ("float32", f32_line.clone()),
+    };
     for (extra, dtype, line) in [
         (&["--quantize", "int8"][..], "int8", format!("on cpu: int8 (dot products on {isa})")),
-        (&[], "float32", format!("on cpu: float32 (weights packed at load, {f32_isa})")),
+        (&[], "float32", f32_line.clone()),
+        (&["--dtype", "bf16"], bf16.0, bf16.1),
     ] {
         let s = server::Server::start_with(&fixture("tiny-bert"), extra, &[]);
         assert!(s.log().contains(&line), "start-up log lacks {line:?}:\n{}", s.log());

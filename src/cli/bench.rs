@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// only (a quantised model cannot train).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    /// Run the encoder's linear layers in bf16 as `predict --dtype` does, and measure inference
+    /// only (on CPUs without AVX-512 BF16: float32, with a warning).
+    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
+    pub dtype: crate::model::Dtype,
     /// Instead of measuring, write a randomly initialised model of --config's shape to this
     /// directory (with --tokenizer's tokenizer files), to time whole training runs with
     /// `emotune train --model DIR`. Its weights have learned nothing.
@@ -86,20 +90,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         latency_runs: args.latency_runs,
         profile: args.profile,
         train: !args.skip_training,
-        quantize: args.quantize,
+        quantize: crate::model::inference_format(args.quantize, args.dtype, &device)?,
         bf16: autocast.is_some(),
     };
-    if let (Some(q), false) = (args.quantize, args.json) {
-        let isa = crate::model::kernels::qlinear::Isa::detect();
-        writeln!(
-            out,
-            "--quantize {}: the encoder's linear layers in int8; integer dot products on {}",
-            q.name(),
-            isa.name()
-        )?;
-    } else if !args.json && device.is_cpu() && autocast.is_none() {
-        let isa = crate::model::kernels::panels::Isa::detect();
-        writeln!(out, "inference: the encoder's linear layers on float32 weights packed at load; {}", isa.name())?;
+    if let (Some(kernel), false) = (crate::bench::inference_kernel(opts.quantize, &device, opts.bf16), args.json) {
+        writeln!(out, "inference: the encoder's linear layers {kernel}")?;
     }
     if !args.json {
         writeln!(

@@ -3,7 +3,7 @@
 
 use super::arch::SequenceClassifier;
 use super::config::ModelConfig;
-use crate::weights::{ParamStore, Quantize, WeightLoader};
+use crate::weights::{Dtype, ParamStore, Quantize, WeightLoader};
 use anyhow::Result;
 use candle_core::{DType, Device};
 use std::path::Path;
@@ -16,6 +16,23 @@ pub struct LoadedModel {
     /// The dtype its matmuls run in under mixed precision (`--bf16`), set by whoever runs it;
     /// None: as the parameters (f32). See [`super::precision`].
     pub autocast: Option<DType>,
+}
+
+/// The format of a model loaded for inference, from `--quantize` and `--dtype`: bf16 only where
+/// the CPU has AVX-512 BF16; elsewhere float32, with a warning saying so.
+pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Device) -> Result<Option<Quantize>> {
+    match (quantize, dtype) {
+        (Some(q), Dtype::Bf16) => anyhow::bail!("{} and --dtype bf16 exclude each other", q.flag()),
+        (q, Dtype::F32) => Ok(q),
+        (None, Dtype::Bf16) if !device.is_cpu() => {
+            anyhow::bail!("--dtype bf16 is the CPU's bf16 path; on a GPU use --bf16 (bf16 matmuls)")
+        }
+        (None, Dtype::Bf16) if super::kernels::panels_bf16::available() => Ok(Some(Quantize::Bf16)),
+        (None, Dtype::Bf16) => {
+            log::warn!("--dtype bf16: this CPU has no AVX-512 BF16 (avx512_bf16), so the model runs in float32");
+            Ok(None)
+        }
+    }
 }
 
 /// Builds the classifier described by `config` from the safetensors file `weights`.

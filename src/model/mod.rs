@@ -16,12 +16,12 @@ pub mod roberta;
 pub mod task;
 pub mod xlm_roberta;
 
-pub use crate::weights::Quantize;
+pub use crate::weights::{Dtype, Quantize};
 pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
 pub use config::ModelConfig;
 pub use layer::backward;
 pub use load::{
-    load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier,
+    inference_format, load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier,
     random_classifier_for_inference, LoadedModel,
 };
 pub use nn::{

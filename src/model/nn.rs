@@ -8,6 +8,7 @@
 
 use super::kernels;
 use super::kernels::panels::PanelLinear;
+use super::kernels::panels_bf16::Bf16PanelLinear;
 use super::kernels::prepared::Prepared;
 use super::kernels::qlinear::QuantizedLinear;
 use super::precision;
@@ -128,7 +129,11 @@ impl Linear {
             (Some(Quantize::Int8), _) if cpu => {
                 Some(Prepared::Int8(QuantizedLinear::from_tensors(&l.weight, &l.bias)?))
             }
-            (Some(q), _) => anyhow::bail!("--quantize {} runs on the CPU only: add --device cpu", q.name()),
+            (Some(Quantize::Bf16), _) if cpu && kernels::panels_bf16::available() => {
+                Some(Prepared::Bf16(Bf16PanelLinear::from_tensors(&l.weight, &l.bias)?))
+            }
+            (Some(q), _) if cpu => anyhow::bail!("{}: this CPU cannot run it", q.flag()),
+            (Some(q), _) => anyhow::bail!("{} runs on the CPU only: add --device cpu", q.flag()),
             (None, true) if cpu => Some(Prepared::F32(PanelLinear::from_tensors(&l.weight, &l.bias)?)),
             (None, _) => None,
         }

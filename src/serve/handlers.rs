@@ -224,10 +224,10 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
         .then(|| labels.iter().zip(&st.predictor.thresholds).map(|(l, &t)| (l.clone(), json!(t))).collect());
     Json(json!({
         "model_id": st.cfg.model,
-        "model_dtype": match (st.cfg.quantize.is_some(), st.cfg.compute.bf16) {
-            (true, _) => "int8",
-            (false, true) => "bf16",
-            (false, false) => "float32",
+        "model_dtype": match (st.cfg.quantize, st.cfg.compute.bf16) {
+            (Some(q), _) => q.name(),
+            (None, true) => "bf16",
+            (None, false) => "float32",
         },
         "problem_type": st.predictor.task().problem_type(),
         "thresholds": thresholds,

@@ -56,6 +56,10 @@ pub struct ServeConfig {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    /// Run the encoder's linear layers in bf16 (weights rounded at load, activations at each
+    /// call, float32 sums) on CPUs with AVX-512 BF16; elsewhere float32, with a warning.
+    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
+    pub dtype: crate::model::Dtype,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
     /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.
@@ -104,8 +108,11 @@ async fn shutdown_signal() {
 /// instructions of the CPU kernel, which depend on the CPU).
 fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
     let format = match (cfg.quantize, cfg.compute.bf16) {
-        (Some(q), _) => {
+        (Some(q @ crate::model::Quantize::Int8), _) => {
             format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
+        }
+        (Some(q @ crate::model::Quantize::Bf16), _) => {
+            format!("{} (float32 sums; {})", q.name(), crate::model::kernels::panels_bf16::NAME)
         }
         (None, true) => "bf16 matmuls, float32 weights".to_string(),
         (None, false) if device.is_cpu() => {
@@ -139,6 +146,8 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         "--read-timeout must be between 0.001 and 3600 seconds"
     );
     let (device, autocast) = cfg.compute.resolve()?;
+    // from here on `quantize` is the format the model runs in (`--dtype bf16` included)
+    let cfg = ServeConfig { quantize: crate::model::inference_format(cfg.quantize, cfg.dtype, &device)?, ..cfg };
     let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &device)?;
     predictor.model.autocast = autocast;
     if let Some(t) = cfg.threshold {

@@ -1,7 +1,7 @@
 //! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
 //! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
 //! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. For inference
-//! only, linear layers whose weights were prepared at load: float32 panels and int8.
+//! only, linear layers whose weights were prepared at load: float32 or bf16 panels, and int8.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/nn.rs`
@@ -21,6 +21,7 @@ mod int8_simd;
 mod layer_norm;
 mod linear;
 pub mod panels;
+pub mod panels_bf16;
 pub mod prepared;
 pub mod profile;
 pub mod qlinear;

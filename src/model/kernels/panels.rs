@@ -26,9 +26,9 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Columns per panel (one AVX-512 register, two AVX2 ones).
-const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 /// Rows per parallel work item: a multiple of every tile's row count.
-const BLOCK_ROWS: usize = 192;
+pub(crate) const BLOCK_ROWS: usize = 192;
 
 /// The instructions the tiles use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +81,10 @@ impl Isa {
 }
 
 /// The most rows any tile has.
-const MAX_R: usize = 12;
+pub(crate) const MAX_R: usize = 12;
 
 /// A tile's sums, `[row][column]`.
-type Sums = [[f32; NR]; MAX_R];
+pub(crate) type Sums = [[f32; NR]; MAX_R];
 
 /// Calls `f::<R>` for the `R` among the listed literals that equals `nr`.
 macro_rules! rows {
@@ -95,6 +95,7 @@ macro_rules! rows {
         }
     };
 }
+pub(crate) use rows;
 
 /// A linear layer's weight in panels, with its bias.
 #[derive(Debug)]
@@ -164,27 +165,38 @@ impl PanelLinear {
     /// Computes and writes `block` (one panel's columns) in tiles of `isa`'s rows.
     #[inline(always)]
     fn walk(&self, isa: Isa, block: &Block, x: &[f32]) {
-        let (k, c0) = (self.k, block.cols.start);
-        let panel = &self.panels[(c0 / NR) * k * NR..(c0 / NR + 1) * k * NR];
-        let bias = &self.bias[block.cols.clone()];
-        let mut sums: Sums = [[0f32; NR]; MAX_R];
-        let mut r0 = block.rows.start;
-        while r0 < block.rows.end {
-            let nr = (block.rows.end - r0).min(isa.tile_rows());
+        let (k, p) = (self.k, block.cols.start / NR);
+        let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
+        walk_panel(block, isa.tile_rows(), &self.bias, |r0, nr, sums| {
             let xs = &x[r0 * k..(r0 + nr) * k];
             match isa {
                 // SAFETY: `forward_with` checked that the CPU has AVX-512F.
-                Isa::Avx512 => unsafe { rows!(nr, tile_avx512(xs, k, panel, &mut sums); 1 2 3 4 5 6 7 8 9 10 11 12) },
+                Isa::Avx512 => unsafe { rows!(nr, tile_avx512(xs, k, panel, sums); 1 2 3 4 5 6 7 8 9 10 11 12) },
                 // SAFETY: `forward_with` checked that the CPU has AVX2 and FMA.
-                Isa::Avx2Fma => unsafe { rows!(nr, tile_avx2(xs, k, panel, &mut sums); 1 2 3 4 5 6) },
-                Isa::Scalar => rows!(nr, tile_scalar(xs, k, panel, &mut sums); 1 2 3 4),
+                Isa::Avx2Fma => unsafe { rows!(nr, tile_avx2(xs, k, panel, sums); 1 2 3 4 5 6) },
+                Isa::Scalar => rows!(nr, tile_scalar(xs, k, panel, sums); 1 2 3 4),
             }
-            for (i, row) in sums[..nr].iter().enumerate() {
-                let out: [f32; NR] = std::array::from_fn(|c| row[c] + bias.get(c).copied().unwrap_or(0.0));
-                block.write_row(r0 + i, c0, &out[..bias.len()]);
-            }
-            r0 += nr;
+        });
+    }
+}
+
+/// Visits `block` (the columns of one panel) in tiles of at most `tile_rows` rows:
+/// `tile(r0, nr, sums)` fills the first `nr` rows of `sums` with the products of rows
+/// `r0..r0 + nr`; the bias (`bias` of the whole layer) is added and the rows written.
+#[inline(always)]
+pub(crate) fn walk_panel(block: &Block, tile_rows: usize, bias: &[f32], mut tile: impl FnMut(usize, usize, &mut Sums)) {
+    let c0 = block.cols.start;
+    let bias = &bias[block.cols.clone()];
+    let mut sums: Sums = [[0f32; NR]; MAX_R];
+    let mut r0 = block.rows.start;
+    while r0 < block.rows.end {
+        let nr = (block.rows.end - r0).min(tile_rows);
+        tile(r0, nr, &mut sums);
+        for (i, row) in sums[..nr].iter().enumerate() {
+            let out: [f32; NR] = std::array::from_fn(|c| row[c] + bias.get(c).copied().unwrap_or(0.0));
+            block.write_row(r0 + i, c0, &out[..bias.len()]);
         }
+        r0 += nr;
     }
 }
 

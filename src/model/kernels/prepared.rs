@@ -1,11 +1,12 @@
-//! A linear layer's weight prepared once at load for inference: float32 panels (`panels.rs`)
-//! or int8 (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the
+//! A linear layer's weight prepared once at load for inference: float32 panels (`panels.rs`),
+//! bf16 panels (`panels_bf16.rs`, `--dtype bf16`) or int8 (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the
 //! optimizer, so only models loaded for inference carry one, and a backward pass through it
 //! fails loudly instead of stopping the gradient.
 
 use super::buffer::{f32_slice, filled};
 use super::linear::linear_into;
 use super::panels::PanelLinear;
+use super::panels_bf16::Bf16PanelLinear;
 use super::qlinear::{QuantizedLinear, QuantizedRows};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Prepared {
     F32(PanelLinear),
+    Bf16(Bf16PanelLinear),
     Int8(QuantizedLinear),
 }
 
@@ -20,6 +22,7 @@ impl Prepared {
     pub fn in_features(&self) -> usize {
         match self {
             Prepared::F32(l) => l.in_features(),
+            Prepared::Bf16(l) => l.in_features(),
             Prepared::Int8(l) => l.in_features(),
         }
     }
@@ -27,6 +30,7 @@ impl Prepared {
     pub fn out_features(&self) -> usize {
         match self {
             Prepared::F32(l) => l.out_features(),
+            Prepared::Bf16(l) => l.out_features(),
             Prepared::Int8(l) => l.out_features(),
         }
     }
@@ -56,6 +60,7 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
             match (prepared, &rows) {
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
                 (Some(Prepared::F32(p)), _) => p.forward_into(x, m, dst, total),
+                (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
             }
             offset += n;
@@ -69,6 +74,7 @@ impl CustomOp1 for PreparedOp {
     fn name(&self) -> &'static str {
         match *self.0 {
             Prepared::F32(_) => "emotune-panel-linear",
+            Prepared::Bf16(_) => "emotune-bf16-linear",
             Prepared::Int8(_) => "emotune-int8-linear",
         }
     }
@@ -83,6 +89,7 @@ impl CustomOp1 for PreparedOp {
         let m = x.len() / k.max(1);
         let y = filled(m * n, |y| match &*self.0 {
             Prepared::F32(p) => p.forward_into(x, m, y, n),
+            Prepared::Bf16(p) => p.forward_into(x, m, y, n),
             Prepared::Int8(q) => q.forward_into(&QuantizedRows::new(x, (m, k)), y, n),
         });
         let mut out = dims.to_vec();
