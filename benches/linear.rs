@@ -7,7 +7,7 @@
 //! `cargo bench --bench linear [-- RUNS]` (default 30 runs per case, alternating the two).
 
 use candle_core::{Device, Tensor};
-use emotune::model::kernels::{self, panels::PanelLinear, prepared::Prepared};
+use emotune::model::kernels::{self, prepared::Prepared};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
             let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
             let b = Tensor::randn(0f32, 0.02, n, &Device::Cpu)?;
-            let packed = Arc::new(Prepared::F32(PanelLinear::from_tensors(&w, &b)?));
+            let packed = Arc::new(Prepared::f32(&w, &b)?);
             let (mut gemm, mut panels) = (Vec::new(), Vec::new());
             for i in 0..runs + 2 {
                 let t = Instant::now();

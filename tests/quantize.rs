@@ -118,17 +118,7 @@ fn a_quantised_model_refuses_a_backward_pass() {
 #[test]
 fn predict_quantize_int8_reaches_the_model() {
     let model = fixture("tiny-distilbert");
-    let run = |extra: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args(["predict", "--model", model.to_str().unwrap(), "--logits", "--format", "jsonl", "i feel great"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>()
-    };
-    let (f32_logits, int8_logits) = (run(&[]), run(&["--quantize", "int8"]));
+    let (f32_logits, int8_logits) = (predict_logits(&[]).0, predict_logits(&["--quantize", "int8"]).0);
     let largest = f32_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
     let diff = f32_logits.iter().zip(&int8_logits).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
     assert!(

@@ -7,10 +7,7 @@
 //! backward op). The composed forms are also the reference the kernels are tested against.
 
 use super::kernels;
-use super::kernels::panels::PanelLinear;
-use super::kernels::panels_bf16::Bf16PanelLinear;
 use super::kernels::prepared::Prepared;
-use super::kernels::qlinear::QuantizedLinear;
 use super::precision;
 use crate::weights::{Init, Quantize, WeightLoader};
 use anyhow::Result;
@@ -126,15 +123,13 @@ impl Linear {
         let mut l = Self::load_init(wl, name, d_in, d_out, Init::Required, Init::Required)?;
         let cpu = l.weight.device().is_cpu() && l.weight.dtype() == DType::F32;
         l.prepared = match (wl.quantize(), wl.inference()) {
-            (Some(Quantize::Int8), _) if cpu => {
-                Some(Prepared::Int8(QuantizedLinear::from_tensors(&l.weight, &l.bias)?))
-            }
+            (Some(Quantize::Int8), _) if cpu => Some(Prepared::int8(&l.weight, &l.bias)?),
             (Some(Quantize::Bf16), _) if cpu && kernels::panels_bf16::available() => {
-                Some(Prepared::Bf16(Bf16PanelLinear::from_tensors(&l.weight, &l.bias)?))
+                Some(Prepared::bf16(&l.weight, &l.bias)?)
             }
             (Some(q), _) if cpu => anyhow::bail!("{}: this CPU cannot run it", q.flag()),
             (Some(q), _) => anyhow::bail!("{} runs on the CPU only: add --device cpu", q.flag()),
-            (None, true) if cpu => Some(Prepared::F32(PanelLinear::from_tensors(&l.weight, &l.bias)?)),
+            (None, true) if cpu => Some(Prepared::f32(&l.weight, &l.bias)?),
             (None, _) => None,
         }
         .map(Arc::new);

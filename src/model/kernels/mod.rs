@@ -67,6 +67,13 @@ pub(crate) mod testing {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
+    /// `n` values drawn uniformly from `[-scale, scale)`.
+    pub fn uniform(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+    }
+
     /// `f` run on a rayon pool of `threads` threads.
     pub fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)

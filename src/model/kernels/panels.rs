@@ -123,17 +123,6 @@ impl PanelLinear {
         PanelLinear { n, k, panels, bias: bias.to_vec() }
     }
 
-    /// From a `[n, k]` weight and `[n]` bias tensor (on the CPU).
-    pub fn from_tensors(weight: &candle_core::Tensor, bias: &candle_core::Tensor) -> anyhow::Result<PanelLinear> {
-        let (n, k) = weight.dims2()?;
-        let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-        let b: Vec<f32> = bias.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        if b.len() != n {
-            anyhow::bail!("a bias of {} values for a weight of shape [{n}, {k}]", b.len());
-        }
-        Ok(PanelLinear::new(&w, &b, (n, k)))
-    }
-
     pub fn in_features(&self) -> usize {
         self.k
     }
@@ -203,12 +192,25 @@ pub(crate) fn walk_panel(block: &Block, tile_rows: usize, bias: &[f32], mut tile
 /// The sums of `R` rows of `x` (each `k` long) against `panel`, in plain Rust: the same fused
 /// multiply-adds in the same order as the SIMD tiles.
 fn tile_scalar<const R: usize>(x: &[f32], k: usize, panel: &[f32], out: &mut Sums) {
+    tile_plain::<R, f32>(x, k, panel, out, |s, v, w| v.mul_add(w, s))
+}
+
+/// A tile in plain Rust: for each `q` in order, `acc[i][c] = step(acc[i][c], x[i][q],
+/// panel[q][c])`, from 0.
+#[inline(always)]
+pub(crate) fn tile_plain<const R: usize, T: Copy>(
+    x: &[T],
+    k: usize,
+    panel: &[T],
+    out: &mut Sums,
+    step: impl Fn(f32, T, T) -> f32,
+) {
     let mut acc = [[0f32; NR]; R];
     for (q, w) in panel.chunks_exact(NR).enumerate().take(k) {
         for (i, a) in acc.iter_mut().enumerate() {
             let v = x[i * k + q];
             for (s, &wc) in a.iter_mut().zip(w) {
-                *s = v.mul_add(wc, *s);
+                *s = step(*s, v, wc);
             }
         }
     }
@@ -307,12 +309,7 @@ mod tests {
     use super::*;
     use crate::model::kernels::buffer::filled;
     use crate::model::kernels::testing::on_threads;
-    use rand::{Rng, SeedableRng};
-
-    fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
+    use crate::model::kernels::testing::uniform as data;
 
     fn run(isa: Isa, lin: &PanelLinear, x: &[f32], m: usize) -> Vec<f32> {
         filled(m * lin.n, |y| lin.forward_with(isa, x, m, y, lin.n))

@@ -15,7 +15,7 @@
 //! first, each sum rounded to nearest, subnormals flushed) and is what the tests check the
 //! instruction against where the CPU has it.
 
-use super::panels::{rows, walk_panel, Sums, BLOCK_ROWS, NR};
+use super::panels::{rows, tile_plain, walk_panel, Sums, BLOCK_ROWS, NR};
 use super::tiles::for_each_block;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -78,17 +78,6 @@ impl Bf16PanelLinear {
             }
         });
         Bf16PanelLinear { n, k, k2, panels, bias: bias.to_vec() }
-    }
-
-    /// From a `[n, k]` weight and `[n]` bias tensor (on the CPU).
-    pub fn from_tensors(weight: &candle_core::Tensor, bias: &candle_core::Tensor) -> anyhow::Result<Bf16PanelLinear> {
-        let (n, k) = weight.dims2()?;
-        let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-        let b: Vec<f32> = bias.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        if b.len() != n {
-            anyhow::bail!("a bias of {} values for a weight of shape [{n}, {k}]", b.len());
-        }
-        Ok(Bf16PanelLinear::new(&w, &b, (n, k)))
     }
 
     pub fn in_features(&self) -> usize {
@@ -154,17 +143,10 @@ fn flush(v: f32) -> f32 {
 /// The sums of `R` rows of pairs `x` (each `k2` long) against `panel`, by the definition of
 /// `vdpbf16ps`: per pair, the odd product added first, then the even one, each sum rounded.
 fn tile_scalar<const R: usize>(x: &[u32], k2: usize, panel: &[u32], out: &mut Sums) {
-    let mut acc = [[0f32; NR]; R];
-    for (q, w) in panel.chunks_exact(NR).enumerate().take(k2) {
-        for (i, a) in acc.iter_mut().enumerate() {
-            let v = x[i * k2 + q];
-            for (s, &wc) in a.iter_mut().zip(w) {
-                *s = flush(*s + widen(v >> 16) * widen(wc >> 16));
-                *s = flush(*s + widen(v & 0xffff) * widen(wc & 0xffff));
-            }
-        }
-    }
-    out[..R].copy_from_slice(&acc);
+    tile_plain::<R, u32>(x, k2, panel, out, |s, v, w| {
+        let s = flush(s + widen(v >> 16) * widen(w >> 16));
+        flush(s + widen(v & 0xffff) * widen(w & 0xffff))
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -227,12 +209,7 @@ mod tests {
     use super::*;
     use crate::model::kernels::buffer::filled;
     use crate::model::kernels::testing::on_threads;
-    use rand::{Rng, SeedableRng};
-
-    fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
+    use crate::model::kernels::testing::uniform as data;
 
     fn run(simd: bool, lin: &Bf16PanelLinear, x: &[f32], m: usize) -> Vec<f32> {
         filled(m * lin.n, |y| lin.forward_with(simd, x, m, y, lin.n))

@@ -19,6 +19,24 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// Float32 panels of the `[n, k]` weight and `[n]` bias tensors (on the CPU).
+    pub fn f32(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
+        let (w, b, nk) = host(weight, bias)?;
+        Ok(Prepared::F32(PanelLinear::new(&w, &b, nk)))
+    }
+
+    /// Bf16 panels (the CPU must have AVX-512 BF16 to run them).
+    pub fn bf16(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
+        let (w, b, nk) = host(weight, bias)?;
+        Ok(Prepared::Bf16(Bf16PanelLinear::new(&w, &b, nk)))
+    }
+
+    /// Int8 weights per output channel.
+    pub fn int8(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
+        let (w, b, nk) = host(weight, bias)?;
+        Ok(Prepared::Int8(QuantizedLinear::new(&w, &b, nk)))
+    }
+
     pub fn in_features(&self) -> usize {
         match self {
             Prepared::F32(l) => l.in_features(),
@@ -40,6 +58,20 @@ impl Prepared {
         // tracked, so that a backward pass through it fails loudly instead of stopping the gradient
         x.contiguous()?.apply_op1(PreparedOp(self.clone()))
     }
+}
+
+/// A weight and bias as f32 host vectors, with the weight's `(n, k)`.
+type HostLinear = (Vec<f32>, Vec<f32>, (usize, usize));
+
+/// A `[n, k]` weight and `[n]` bias as f32 host vectors, with `(n, k)`.
+fn host(weight: &Tensor, bias: &Tensor) -> anyhow::Result<HostLinear> {
+    let (n, k) = weight.dims2()?;
+    let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = bias.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    if b.len() != n {
+        anyhow::bail!("a bias of {} values for a weight of shape [{n}, {k}]", b.len());
+    }
+    Ok((w, b, (n, k)))
 }
 
 /// One linear layer of [`project`]: weight `[n, k]`, bias `[n]`, and its prepared form if any.

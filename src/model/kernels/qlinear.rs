@@ -21,7 +21,6 @@
 use super::int8_simd as simd;
 use super::simd::lane_sum;
 use super::tiles::{for_each_block, walk_tiles, Block};
-use candle_core::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -169,17 +168,6 @@ impl QuantizedLinear {
             weight.par_chunks(k.max(1)).zip(w.par_chunks_mut(kp)).map(|(row, q)| quantize_weight_row(row, q)).collect();
         let (scales, col_sums) = rows.into_iter().unzip();
         QuantizedLinear { n, k, w, kp, scales, col_sums, bias: bias.to_vec() }
-    }
-
-    /// From a `[n, k]` weight and `[n]` bias tensor (f32, on the CPU).
-    pub fn from_tensors(weight: &Tensor, bias: &Tensor) -> anyhow::Result<QuantizedLinear> {
-        let (n, k) = weight.dims2()?;
-        let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-        let b: Vec<f32> = bias.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        if b.len() != n {
-            anyhow::bail!("a bias of {} values for a weight of shape [{n}, {k}]", b.len());
-        }
-        Ok(QuantizedLinear::new(&w, &b, (n, k)))
     }
 
     pub fn in_features(&self) -> usize {
@@ -347,12 +335,7 @@ mod tests {
     use super::*;
     use crate::model::kernels::buffer::filled;
     use crate::model::kernels::testing::on_threads;
-    use rand::{Rng, SeedableRng};
-
-    fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
+    use crate::model::kernels::testing::uniform as data;
 
     fn run(isa: Isa, lin: &QuantizedLinear, x: &[f32], m: usize) -> Vec<f32> {
         let rows = QuantizedRows::new(x, (m, lin.k));
