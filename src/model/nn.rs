@@ -112,8 +112,8 @@ impl Activation {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
-    /// The weight prepared for inference (float32 panels, or int8 with `--quantize int8`), when
-    /// the model was loaded for inference on the CPU.
+    /// The weight prepared for inference (float32 panels; bf16 panels with `--dtype bf16`; int8
+    /// with `--quantize int8`), when the model was loaded for inference on the CPU.
     pub prepared: Option<Arc<Prepared>>,
 }
 
