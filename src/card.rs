@@ -4,7 +4,8 @@ use crate::data::Dataset;
 use crate::display::last_segment;
 use crate::model::{ModelConfig, Task};
 use crate::optim::LinearSchedule;
-use crate::train::{format_table, ClassWeights, EpochRow, TrainConfig};
+use crate::train::config::{ClassWeights, TrainConfig};
+use crate::train::history::{format_table, EpochRow};
 use std::fmt::Write;
 
 /// Python's spelling of a float in exponent form (`2e-05` for 2e-5).

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod card;
 pub mod check;
 pub mod cli;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod display;

@@ -2,6 +2,7 @@
 //! so nothing depends on the fonts a machine has.
 
 use crate::display::clip;
+use crate::train::history::{EpochRow, LogPoint};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -117,7 +118,7 @@ pub fn per_label_f1_png(path: &Path, labels: &[String], f1: &[f64], title: &str)
 
 /// Learning curves: training loss per logging step with validation loss per evaluation (left),
 /// validation accuracy and F1 per evaluation (right).
-pub fn learning_curves_png(path: &Path, log: &[crate::train::LogPoint], rows: &[crate::train::EpochRow]) -> Result<()> {
+pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> Result<()> {
     render_atomic(path, (1100, 450), |root| {
         let (left, right) = root.split_horizontally(560);
         let max_step = log.iter().map(|p| p.step).chain(rows.iter().map(|r| r.step)).max().unwrap_or(1).max(1) as f64;
@@ -163,8 +164,8 @@ pub fn learning_curves_png(path: &Path, log: &[crate::train::LogPoint], rows: &[
             .map_err(err)?;
         chart.configure_mesh().x_desc("step").label_style((FAMILY, 13)).draw().map_err(err)?;
         for (name, color, get) in [
-            ("accuracy", GREEN, (|r: &crate::train::EpochRow| r.accuracy) as fn(&crate::train::EpochRow) -> f64),
-            ("F1 (weighted)", MAGENTA, |r: &crate::train::EpochRow| r.f1),
+            ("accuracy", GREEN, (|r: &EpochRow| r.accuracy) as fn(&EpochRow) -> f64),
+            ("F1 (weighted)", MAGENTA, |r: &EpochRow| r.f1),
         ] {
             chart
                 .draw_series(LineSeries::new(rows.iter().map(|r| (r.step as f64, get(r))), color.stroke_width(2)))

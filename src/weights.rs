@@ -73,6 +73,20 @@ impl ParamStore {
         Ok(())
     }
 
+    /// The parameter holding the value of largest magnitude, and that magnitude (the likely
+    /// culprit when a model's outputs overflow).
+    pub fn largest_magnitude(&self) -> Result<Option<(&str, f32)>> {
+        let mut best: Option<(&str, f32)> = None;
+        for (name, var) in &self.entries {
+            let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            if best.is_none_or(|(_, b)| m > b) {
+                best = Some((name, m));
+            }
+        }
+        Ok(best)
+    }
+
     /// The first parameter holding a NaN or an infinity, if any.
     pub fn first_non_finite(&self) -> Result<Option<&str>> {
         for (name, var) in &self.entries {

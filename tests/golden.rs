@@ -4,17 +4,28 @@
 //! predictions the trained model makes. This is what makes refactoring safe: same inputs, same
 //! bits.
 //!
-//! Bits depend on the CPU's numerics (gemm's microkernel and its cache blocking, which it picks
-//! at run time), so each record is keyed by a fingerprint of what gemm computes here. On a CPU
-//! with a recorded fingerprint the comparison is exact; on another one the runs must still
-//! repeat bitwise and land within a loose tolerance of the recorded metrics, and the test says
-//! that the exact check was not possible. `EMOTUNE_RECORD_GOLDEN=1` adds or replaces the
-//! record of this CPU (do that only on a commit whose numerics are known to be right).
+//! Bits depend on the CPU, so each record is keyed by the CPU as the code sees it
+//! ([`emotune::cpu::CpuIdentity::key`]: vendor, family/model, the instruction sets the kernels
+//! dispatch on, the cache sizes gemm blocks by). An earlier key, a hash of one fused linear's
+//! output, was the same on an AMD Zen 4 and an Intel Xeon with AMX whose training bits differ
+//! (by 1.5e-8 at most in any loss). What differs is not gemm's cache blocking (this Xeon, shown
+//! Zen 4's caches through a bind mount over /sys/devices/system/cpu, gives bitwise its own
+//! results) nor the thread count (RAYON_NUM_THREADS=1 gives the same bits); the kernels dispatch
+//! the same way on both (AVX-512 F/VL/BW). It was not found; hence a key that names the CPU.
+//!
+//! - A record with this machine's key: the comparison is exact.
+//! - No such record: both runs are made twice and must repeat bitwise, and every epoch's losses
+//!   must lie within [`LOSS_TOLERANCE`] of the record of the same instruction sets (or the first
+//!   record), accuracy within one validation example. The test says the exact check was not made.
+//!
+//! After a change that is meant to alter numerics: `EMOTUNE_RECORD_GOLDEN=1 cargo test --release
+//! --test golden` on your machine replaces its record; drop the records of machines you cannot
+//! rerun (their CI would otherwise fail on the next session there), and say so in the commit.
 
 mod common;
 
-use candle_core::{Device, Tensor, Var};
 use common::*;
+use emotune::cpu::CpuIdentity;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -24,34 +35,6 @@ const RECORD: &str = "tests/golden/training.json";
 
 fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Values in [-0.5, 0.5) from a fixed formula: no RNG, so the fingerprint's inputs never change.
-fn pattern(shape: &[usize], salt: usize) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|i| ((i * 7919 + salt * 104_729) % 1000) as f32 * 1e-3 - 0.5).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn tensor_bits(t: &Tensor) -> Vec<u8> {
-    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The sha256 of the fused linear's forward and backward on shapes like the tiny models' (the
-/// weight gradient sums over 2048 rows, so gemm's blocking of the summed dimension shows).
-fn numerics_fingerprint() -> String {
-    let x = Var::from_tensor(&pattern(&[2048, 64], 1)).unwrap();
-    let w = Var::from_tensor(&pattern(&[96, 64], 2)).unwrap();
-    let b = Var::from_tensor(&pattern(&[96], 3)).unwrap();
-    let y = emotune::model::kernels::linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
-    let loss = y.mul(&pattern(&[2048, 96], 4)).unwrap().sum_all().unwrap();
-    let grads = loss.backward().unwrap();
-    let mut bytes = tensor_bits(&y);
-    for v in [&x, &w, &b] {
-        bytes.extend(tensor_bits(grads.get(v.as_tensor()).unwrap()));
-    }
-    sha256(&bytes)
 }
 
 struct Run {
@@ -164,12 +147,6 @@ fn load_records(path: &Path) -> Vec<Value> {
     }
 }
 
-fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let name = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)));
-    name.map_or("unknown".into(), |n| n.trim().to_string())
-}
-
 /// Compares two runs' hashes; returns what differs.
 fn differences(want: &Value, got: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -190,26 +167,45 @@ fn differences(want: &Value, got: &Value) -> Vec<String> {
     out
 }
 
+/// How far another CPU's losses may lie from the record. Measured: an Intel Xeon (AMX, AVX-512)
+/// against the AMD Zen 4 record differ by at most 1.5e-8 in any loss (tiny-bert's epoch-2
+/// training loss); CPUs with other gemm microkernels (AVX2 only) were not measured against it,
+/// hence 1e-5, still 1700x below what the tiny-distilbert run learns (1.7824 -> 1.7651).
+const LOSS_TOLERANCE: f64 = 1e-5;
+/// One of the 64 validation examples.
+const ACCURACY_TOLERANCE: f64 = 1.0 / 64.0 + 1e-9;
+
 fn metrics_close(want: &Value, got: &Value) -> Vec<String> {
     let (w, g) = (want["metrics"].as_array().unwrap(), got["metrics"].as_array().unwrap());
     let mut out = Vec::new();
     if w.len() != g.len() {
         return vec![format!("{} evaluations, recorded {}", g.len(), w.len())];
     }
+    let tolerances =
+        [("training_loss", LOSS_TOLERANCE), ("validation_loss", LOSS_TOLERANCE), ("accuracy", ACCURACY_TOLERANCE)];
     for (rw, rg) in w.iter().zip(g) {
-        for (key, tol) in [("training_loss", 0.02), ("validation_loss", 0.02), ("accuracy", 0.05)] {
+        for (key, tol) in tolerances {
             let (a, b) = (rw[key].as_f64().unwrap(), rg[key].as_f64().unwrap());
             if (a - b).abs() > tol {
-                out.push(format!("{key} {b} is not within {tol} of the recorded {a}"));
+                out.push(format!("epoch {}: {key} {b} is not within {tol} of the recorded {a}", rw["epoch"]));
             }
         }
     }
     out
 }
 
+/// The record to compare metrics with on a CPU without its own: one with the same instruction
+/// sets (the same microkernels), else the first.
+fn nearest<'a>(records: &'a [Value], cpu: &CpuIdentity) -> &'a Value {
+    let features = cpu.features.join(",");
+    let same = |r: &&Value| r["key"].as_str().is_some_and(|k| k.split(' ').nth(2) == Some(features.as_str()));
+    records.iter().find(same).unwrap_or(&records[0])
+}
+
 #[test]
 fn training_output_is_bitwise_as_recorded() {
-    let fingerprint = numerics_fingerprint();
+    let cpu = CpuIdentity::current();
+    let key = cpu.key();
     let tmp = tempfile::tempdir().unwrap();
     let mut got = Map::new();
     for run in runs() {
@@ -218,33 +214,37 @@ fn training_output_is_bitwise_as_recorded() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(RECORD);
     let mut records = load_records(&path);
     if std::env::var_os("EMOTUNE_RECORD_GOLDEN").is_some() {
-        records.retain(|r| r["fingerprint"] != fingerprint);
-        records.push(json!({"fingerprint": fingerprint, "cpu": cpu_name(), "runs": got}));
+        records.retain(|r| r["key"] != key.as_str());
+        records.push(json!({"key": key, "cpu": cpu.name, "runs": got}));
         let text = serde_json::to_string_pretty(&json!({"records": records})).unwrap() + "\n";
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap();
-        eprintln!("recorded the golden hashes of fingerprint {fingerprint} ({}) in {RECORD}", cpu_name());
+        eprintln!("recorded the golden hashes of {key} ({}) in {RECORD}", cpu.name);
         return;
     }
     assert!(!records.is_empty(), "{RECORD} holds no records");
-    match records.iter().find(|r| r["fingerprint"] == fingerprint) {
+    match records.iter().find(|r| r["key"] == key.as_str()) {
         Some(record) => {
+            eprintln!("golden: exact check against the record of {key}");
             for (name, run) in &got {
                 let diff = differences(&record["runs"][name], run);
-                assert!(diff.is_empty(), "{name} differs from the recorded run:\n{}", diff.join("\n"));
+                assert!(diff.is_empty(), "{name} differs from the recorded run of {key}:\n{}", diff.join("\n"));
             }
         }
         None => {
+            let near = nearest(&records, &cpu);
             eprintln!(
-                "note: no golden record for this CPU's numerics (fingerprint {fingerprint}, {}); checking that runs \
-                 repeat bitwise and stay near the recorded metrics instead",
-                cpu_name()
+                "golden: NOT CHECKED here bit for bit: no record for {key} ({}); checking that both runs repeat \
+                 bitwise and stay within {LOSS_TOLERANCE} of the losses recorded on {}",
+                cpu.name, near["key"]
             );
-            let again = run_and_hash(&runs()[0], &tmp.path().join("again"));
-            let diff = differences(&got["tiny-distilbert"], &again);
-            assert!(diff.is_empty(), "a second identical run differs:\n{}", diff.join("\n"));
+            for run in runs() {
+                let again = run_and_hash(&run, &tmp.path().join(format!("{}-again", run.name)));
+                let diff = differences(&got[run.name], &again);
+                assert!(diff.is_empty(), "{}: a second identical run differs:\n{}", run.name, diff.join("\n"));
+            }
             for (name, run) in &got {
-                let far = metrics_close(&records[0]["runs"][name], run);
+                let far = metrics_close(&near["runs"][name], run);
                 assert!(far.is_empty(), "{name}: {}", far.join("; "));
             }
         }

@@ -131,6 +131,26 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 }
 
 #[test]
+fn weights_that_overflow_are_refused_naming_the_tensor() {
+    // Finite weights whose products overflow float32: the logits become infinite or NaN.
+    let dir = copy_fixture("tiny-distilbert");
+    rewrite_weights(dir.path(), |name, v| {
+        if name == "classifier.weight" {
+            v.iter_mut().for_each(|x| *x = 3e38);
+        }
+        true
+    });
+    let o = predict(dir.path(), &["i feel fine", "so sad"]);
+    let err = fails_with(&o, "outputs are not finite");
+    assert!(err.contains("classifier.weight"), "{err}");
+    assert!(o.stdout.is_empty(), "no predictions from a broken model: {}", String::from_utf8_lossy(&o.stdout));
+    let data = shared().join("data/emotion/validation.txt");
+    let model = dir.path().to_str().unwrap();
+    let o = emotune(&["eval", "--model", model, "--file", data.to_str().unwrap(), "--limit", "8"]);
+    fails_with(&o, "outputs are not finite");
+}
+
+#[test]
 fn duplicate_label_names_are_refused() {
     let dir = copy_fixture("tiny-distilbert");
     edit_config(dir.path(), |c| {
@@ -228,6 +248,22 @@ fn a_diverging_run_stops_and_keeps_the_good_model() {
 }
 
 #[test]
+fn checkpoints_on_the_way_to_a_divergence_are_removed() {
+    // Step 1's update at this rate is finite but huge (checkpoint-1 is written); step 2 diverges.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = train_args(out.to_str().unwrap(), "1e4", &["--save-steps", "1"]);
+    let err = fails_with(&run(&with_model(args, "tiny-distilbert")), "training diverged at step");
+    let step: usize = err.split("at step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    if step > 1 {
+        assert!(err.contains("Removed") && err.contains("checkpoint-1"), "{err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&out).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the diverged run left {left:?}");
+    assert!(!out.exists(), "an output directory holding no usable checkpoint is removed");
+}
+
+#[test]
 fn a_run_failing_early_leaves_no_output_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("fresh");
@@ -279,6 +315,32 @@ fn check_data_names_the_rows_whose_labels_train_lacks() {
     assert!(out.contains("31 unusable row(s)") || out.contains("30 unusable row(s)"), "{out}");
     assert!(out.contains("validation.txt:1: label \"elation\" is not among the training labels"), "{out}");
     assert!(!stderr(&o).contains("has no rows"), "{}", stderr(&o));
+}
+
+#[test]
+fn mixing_single_labels_and_lists_is_refused_naming_both_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut train: String =
+        (0..60).map(|i| format!("{{\"text\": \"i feel fine {i}\", \"label\": \"joy\"}}\n")).collect();
+    train.push_str("{\"text\": \"a list here\", \"label\": [\"joy\"]}\n");
+    std::fs::write(dir.path().join("train.jsonl"), train).unwrap();
+    std::fs::write(dir.path().join("validation.jsonl"), "{\"text\": \"so good\", \"label\": \"joy\"}\n").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let needle = "mixes single labels and lists of labels";
+    let err = fails_with(&emotune(&["check-data", "--dataset", data]), needle);
+    assert!(err.contains("train.jsonl:61 has a list") && err.contains("train.jsonl:1 a single label"), "{err}");
+    let model = fixture("tiny-distilbert");
+    let out = dir.path().join("out");
+    let o = emotune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        data,
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    fails_with(&o, needle);
 }
 
 // ------------------------------------------------------------------ 5. and 6. what is echoed

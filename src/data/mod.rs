@@ -7,6 +7,7 @@
 //! names it.
 
 mod discover;
+mod problems;
 mod readers;
 
 pub use discover::{glob_match, split_of_name};
@@ -16,7 +17,9 @@ use crate::hub::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::ArgPredicate;
 use hf_hub::RepoType;
-use readers::{Columns, RawFile, RawLabel};
+pub use problems::RowProblem;
+use problems::Sink;
+use readers::{Columns, RawFile, RawLabel, RawRow};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -103,39 +106,6 @@ impl Dataset {
             c[l] += 1;
         }
         c
-    }
-}
-
-/// A row that could not be used, found while reading leniently (`check-data`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RowProblem {
-    pub file: PathBuf,
-    /// 1-based line (text formats) or row (parquet); 0 when it concerns the whole file.
-    pub line: usize,
-    pub message: String,
-}
-
-impl std::fmt::Display for RowProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
-    }
-}
-
-/// Where row problems go: strict reading stops at the first; lenient reading records them
-/// and skips the row.
-struct Sink {
-    strict: bool,
-    problems: Vec<RowProblem>,
-}
-
-impl Sink {
-    fn row(&mut self, file: &Path, line: usize, message: String) -> Result<()> {
-        let p = RowProblem { file: file.to_path_buf(), line, message };
-        if self.strict {
-            bail!("{p}");
-        }
-        self.problems.push(p);
-        Ok(())
     }
 }
 
@@ -273,13 +243,33 @@ fn load_with(spec: &DataSpec, sink: &mut Sink) -> Result<Dataset> {
     if let Some(l) = labels.iter().find(|l| !seen.insert(*l)) {
         bail!("label name \"{}\" is given twice", label(l));
     }
-    let multi_label = separator.is_some()
-        || raw.iter().flat_map(|(_, fs)| fs).flat_map(|f| &f.rows).any(|r| matches!(r.label, Some(RawLabel::List(_))));
+    let multi_label = separator.is_some() || is_multi_label(&raw)?;
     let splits =
         raw.into_iter().map(|(split, files)| build_split(split, files, &labels, sink)).collect::<Result<_>>()?;
     let ds = Dataset { name: found.name, config_name: found.config_name, labels, splits, multi_label };
     check_labels_seen_in_train(&ds, sink)?;
     Ok(ds)
+}
+
+/// Whether the rows hold lists of labels. A dataset mixing single labels and lists is refused,
+/// naming the first row of each kind: one stray list would otherwise turn the whole task
+/// (validation included) into a multi-label one without a word.
+fn is_multi_label(raw: &[(&'static str, Vec<RawFile>)]) -> Result<bool> {
+    let rows = || raw.iter().flat_map(|(_, fs)| fs).flat_map(|f| f.rows.iter().map(move |r| (&f.path, r)));
+    let is_list = |r: &RawRow| matches!(r.label, Some(RawLabel::List(_)));
+    let first_list = rows().find(|(_, r)| is_list(r));
+    let first_single = rows().find(|(_, r)| r.label.is_some() && !is_list(r));
+    match (first_list, first_single) {
+        (Some((lp, l)), Some((sp, s))) => bail!(
+            "the data mixes single labels and lists of labels: {}:{} has a list, {}:{} a single label; \
+             write every label as a list for multi-label data (or none as a list for single-label data)",
+            lp.display(),
+            l.line,
+            sp.display(),
+            s.line
+        ),
+        (list, _) => Ok(list.is_some()),
+    }
 }
 
 /// The split `name` from its files' rows, with the labels mapped to ids (a label out of range

@@ -6,7 +6,7 @@
 //! problems, blank lines are skipped) and texts to classify (a text column only; every row is
 //! kept, empty ones too, for the caller to report).
 
-use super::Sink;
+use super::problems::Sink;
 use crate::display::clip;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::{Array, RecordBatch};

@@ -171,7 +171,27 @@ pub fn score(model: &LoadedModel, encoder: &TextEncoder, rows: &[&Tokenized], de
         Task::SingleLabel => log_softmax_last_dim(&logits)?.to_vec2()?,
         Task::MultiLabel => Vec::new(),
     };
-    Ok(Scores { probs: model.config.task.probabilities(&logits)?.to_vec2()?, log_probs, logits: logits.to_vec2()? })
+    let scores =
+        Scores { probs: model.config.task.probabilities(&logits)?.to_vec2()?, log_probs, logits: logits.to_vec2()? };
+    check_finite(model, &scores)?;
+    Ok(scores)
+}
+
+/// Refuses outputs that are NaN or infinite: finite weights can still overflow float32 on the
+/// way (every value 3e38, say), and a score of NaN printed as `null` would pass for an answer.
+fn check_finite(model: &LoadedModel, scores: &Scores) -> Result<()> {
+    let bad = |rows: &[Vec<f32>]| rows.iter().position(|r| r.iter().any(|x| !x.is_finite()));
+    let Some(row) = bad(&scores.logits).or(bad(&scores.probs)).or(bad(&scores.log_probs)) else { return Ok(()) };
+    let culprit = match model.params.largest_magnitude()? {
+        Some((name, m)) => format!("; its largest weight is {m:e}, in {name}"),
+        None => String::new(),
+    };
+    bail!(
+        "the model's outputs are not finite (text {} of the batch: logits {:?}): its weights overflow float32 \
+         arithmetic{culprit}. The checkpoint is broken; retrain it or take an earlier checkpoint",
+        row + 1,
+        scores.logits[row]
+    )
 }
 
 /// Per-example results of running a model over a labelled split.

@@ -4,9 +4,9 @@
 
 use super::api::{self, check_inputs, json_error, ApiError, Inputs, Parameters, PredictRequest, PredictResponse};
 use super::api::{Prediction, ScoreFunction};
+use super::config::ServeConfig;
 use super::metrics::Metrics;
 use super::queue::{Answer, Job, Queue};
-use super::ServeConfig;
 use crate::infer::{rank_descending, Predictor};
 use crate::model::Task;
 use crate::tokenize::Tokenized;

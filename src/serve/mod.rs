@@ -5,6 +5,7 @@
 //! inference workers under a token budget, [`metrics`] counts.
 
 pub mod api;
+mod config;
 mod guard;
 mod handlers;
 mod http;
@@ -13,6 +14,7 @@ mod queue;
 mod routes;
 mod tokens;
 
+pub use config::ServeConfig;
 pub use guard::ApiKey;
 
 use crate::infer::Predictor;
@@ -23,66 +25,6 @@ use queue::{Queue, Worker};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// Server settings (the `emotune serve` flags).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeConfig {
-    /// A model directory or a Hub id of a text-classification model.
-    #[arg(long, short)]
-    pub model: String,
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port (0: any free port; the chosen address is printed).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-    /// Most tokens (rows × longest row) in one forward pass across requests.
-    #[arg(long, default_value_t = 16384)]
-    pub max_batch_tokens: usize,
-    /// Most inputs in one request (more: 413).
-    #[arg(long, default_value_t = 32)]
-    pub max_client_batch_size: usize,
-    /// Most requests admitted at once (more: 429).
-    #[arg(long, default_value_t = 512)]
-    pub max_concurrent_requests: usize,
-    /// Inference worker threads.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Multi-label models: the probability from which the page marks a label (default: the
-    /// model's saved thresholds, else 0.5); the API returns every label's score either way.
-    #[arg(long)]
-    pub threshold: Option<f32>,
-    /// Run the encoder's linear layers in int8 (weights per output channel, quantised at load;
-    /// activations per token). CPU only; faster, with predictions that can differ slightly
-    /// from float32 (the README measures how much).
-    #[arg(long, value_enum)]
-    pub quantize: Option<crate::model::Quantize>,
-    /// Run the encoder's linear layers in bf16 (weights rounded at load, activations at each
-    /// call, float32 sums) on CPUs with AVX-512 BF16; elsewhere float32, with a warning.
-    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
-    pub dtype: crate::model::Dtype,
-    #[command(flatten)]
-    pub compute: crate::device::ComputeArgs,
-    /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.
-    #[arg(long, env = "EMOTUNE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<ApiKey>,
-    /// Origins that browsers may call the API from (CORS; comma-separated, `*` for any).
-    /// Default: none, so only pages served by this server can call it.
-    #[arg(long, value_delimiter = ',')]
-    pub cors_allow_origin: Vec<String>,
-    /// Largest request body in bytes; a larger one gets 413 before it is read.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub payload_limit: usize,
-    /// Seconds a client has to send a request's headers, and then its whole body (408), and
-    /// that an idle kept-alive connection stays open.
-    #[arg(long, default_value_t = 10.0)]
-    pub read_timeout: f64,
-    /// Most connections open at once; more wait to be accepted.
-    #[arg(long, default_value_t = 512)]
-    pub max_connections: usize,
-    /// Test hook: delay every batch by this many milliseconds.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub batch_delay_ms: u64,
-}
 
 /// Waits for Ctrl-C or SIGTERM.
 async fn shutdown_signal() {

@@ -55,6 +55,9 @@ pub struct Trainer<'a> {
     shuffle_rng: ChaCha8Rng,
     per_epoch: usize,
     pub epochs: usize,
+    /// Checkpoints this run wrote after its last evaluation: if it diverges, they may hold the
+    /// state on the way to the divergence, so they are removed with the error.
+    unvalidated: Vec<PathBuf>,
 }
 
 impl<'a> Trainer<'a> {
@@ -113,6 +116,7 @@ impl<'a> Trainer<'a> {
             state,
             per_epoch,
             epochs: total_steps.div_ceil(per_epoch),
+            unvalidated: Vec::new(),
         })
     }
 
@@ -154,7 +158,7 @@ impl<'a> Trainer<'a> {
             let b = self.state.batches_done;
             let batch_size = self.cfg.train_batch_size;
             let rows = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
-            let loss = self.step(rows, data)?;
+            let loss = self.step(rows, data).map_err(|e| self.discard_unvalidated(e))?;
             pb.set_message(format!("loss {loss:.4}"));
             pb.inc(1);
             if pb.is_hidden() {
@@ -165,7 +169,8 @@ impl<'a> Trainer<'a> {
             let interrupted = (stop.requested)() || stop.after_step == Some(self.state.global_step);
             let periodic = self.cfg.save_steps.is_some_and(|n| self.state.global_step.is_multiple_of(n));
             if !epoch_end && (interrupted || periodic) {
-                let dir = self.checkpoint()?;
+                let dir = self.checkpoint().map_err(|e| self.discard_unvalidated(e))?;
+                self.unvalidated.push(dir.clone());
                 if interrupted {
                     pb.finish_and_clear();
                     return Ok(Some(dir));
@@ -174,6 +179,21 @@ impl<'a> Trainer<'a> {
         }
         pb.finish_and_clear();
         Ok(None)
+    }
+
+    /// Removes the checkpoints written since the last evaluation and says so in `err`, the
+    /// error of a step that diverged (or of a state found non-finite).
+    fn discard_unvalidated(&mut self, err: anyhow::Error) -> anyhow::Error {
+        let written: Vec<PathBuf> = self.unvalidated.drain(..).filter(|d| d.exists()).collect();
+        if written.is_empty() {
+            return err;
+        }
+        let names: Vec<String> = written.iter().map(|d| d.display().to_string()).collect();
+        let what = "written after the last evaluation, on the way to the divergence";
+        match written.iter().try_for_each(std::fs::remove_dir_all) {
+            Ok(()) => anyhow::anyhow!("{err:#} Removed {} ({what}).", names.join(", ")),
+            Err(e) => anyhow::anyhow!("{err:#} {} ({what}) are unusable; removing them failed: {e}", names.join(", ")),
+        }
     }
 
     fn steps_this_epoch(&self) -> usize {
@@ -319,6 +339,7 @@ impl<'a> Trainer<'a> {
         s.epoch_loss_sum = 0.0;
         s.shuffle_rng = self.shuffle_rng.clone();
         self.checkpoint()?;
+        self.unvalidated.clear();
         Ok(())
     }
 
