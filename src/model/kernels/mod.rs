@@ -13,6 +13,7 @@
 //! chunks' partial sums in chunk order; gemm splits its output, never the summed dimension. So
 //! results are bitwise the same on any number of threads.
 
+pub mod amx;
 mod attention;
 mod buffer;
 mod dropout;

@@ -1,0 +1,372 @@
+//! bf16 matrix products on Intel's AMX tiles, for `--dtype bf16` on CPUs that have them
+//! (Sapphire Rapids and later): `C[m, n] (+)= A[m, k] · B[k, n]` with A and B rounded to bf16
+//! (nearest even) and every sum kept in f32, as `torch.autocast("cpu", dtype=torch.bfloat16)`
+//! computes a linear layer's three products (x·Wᵀ, dY·W, dYᵀ·X).
+//!
+//! ```text
+//! A packed: per block of 16 rows, per 32 of k: a 16 × 32 bf16 tile (1 KiB), rows 64 bytes apart
+//! B packed: per block of 16 columns, per 32 of k: 16 rows of k pairs × (16 columns × 2) bf16,
+//!           the pairs along k side by side (the layout TDPBF16PS reads)
+//! kernel:   2 × 2 C tiles (32 × 32 f32) stay in tmm0-3 over the whole k loop; each step loads
+//!           two A tiles (tmm4-5) and two B tiles (tmm6-7) and issues four TDPBF16PS
+//! ```
+//!
+//! Rows and columns are padded with zeros to multiples of 32 and k to a multiple of 32, so the
+//! kernel only ever sees whole tiles; the epilogue writes the valid part. The result of each
+//! output does not depend on the blocking or the thread count: it is the instruction's chain over
+//! k in order ([`reference`] is that chain in plain Rust; the tests compare them).
+//!
+//! Rust has no stable AMX intrinsics (rust-lang/rust#126622), so the microkernel is one `asm!`
+//! block: tile registers cannot be operands, only clobbered state inside a block that configures
+//! the tiles, computes, stores and releases them. Linux hands out the tile state only to a
+//! process that asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
+
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+/// Tile edge in rows and f32 columns; bf16 values per tile row.
+const T: usize = 16;
+const KT: usize = 32;
+/// One packed tile: 16 rows of 64 bytes.
+const TILE: usize = T * KT;
+
+/// True where AMX bf16 runs: the CPU has AMX-TILE and AMX-BF16 and Linux granted this process
+/// the tile state.
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let cpu = crate::cpu::CpuIdentity::current();
+        cpu.features.contains(&"amx-tile") && cpu.features.contains(&"amx-bf16") && request_tile_state()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permission to use
+    // the AMX tile state; it reads and writes no memory of ours.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// f32 → bf16, rounded to nearest even (NaN stays NaN), as `torch`'s and `vcvtneps2bf16` do.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        0x7fc0
+    } else {
+        rounded as u16
+    }
+}
+
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32).
+pub struct Packed {
+    data: Vec<u16>,
+    rows: usize,
+    k_tiles: usize,
+}
+
+impl Packed {
+    fn blocks(&self) -> usize {
+        self.rows.div_ceil(2 * T) * 2
+    }
+
+    /// The tiles of the 16-row block `b`, one per 32 of k.
+    fn block(&self, b: usize) -> &[u16] {
+        &self.data[b * self.k_tiles * TILE..(b + 1) * self.k_tiles * TILE]
+    }
+}
+
+/// Packs `A[m, k]` (element `(i, j)` at `src[i * rs + j * cs]`) as the left operand.
+pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
+    let k_tiles = k.div_ceil(KT);
+    let blocks = m.div_ceil(2 * T) * 2;
+    let mut data = vec![0u16; blocks * k_tiles * TILE];
+    data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
+        for r in 0..T.min(m.saturating_sub(b * T)) {
+            let i = b * T + r;
+            for j in 0..k {
+                block[(j / KT) * TILE + r * KT + j % KT] = to_bf16(src[i * rs + j * cs]);
+            }
+        }
+    });
+    Packed { data, rows: m, k_tiles }
+}
+
+/// Packs `B[k, n]` (element `(j, c)` at `src[j * rs + c * cs]`) as the right operand: per block
+/// of 16 columns, tiles whose row `p` holds, for each column, the pair `B[2p], B[2p + 1]` of k.
+pub fn pack_rhs(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Packed {
+    let k_tiles = k.div_ceil(KT);
+    let blocks = n.div_ceil(2 * T) * 2;
+    let mut data = vec![0u16; blocks * k_tiles * TILE];
+    data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
+        for col in 0..T.min(n.saturating_sub(b * T)) {
+            let c = b * T + col;
+            for j in 0..k {
+                let (tile, within) = (j / KT, j % KT);
+                block[tile * TILE + (within / 2) * KT + 2 * col + within % 2] = to_bf16(src[j * rs + c * cs]);
+            }
+        }
+    });
+    Packed { data, rows: n, k_tiles }
+}
+
+/// `dst[i, c] (+)= Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n columns, the
+/// same k); `dst` rows `dst_rs` apart. Needs [`available`].
+pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: &Packed, b: &Packed) {
+    assert!(available(), "AMX bf16 kernel called on a CPU without it");
+    assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
+    let (m, n) = (a.rows, b.rows);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    // Blocks of 32 rows in parallel; each walks the column blocks with its A tiles in cache.
+    let ptr = SendPtr(dst.as_mut_ptr().cast::<f32>());
+    (0..a.blocks() / 2).into_par_iter().for_each(|rb| {
+        let mut c = [0f32; 4 * T * T];
+        let rows = (m - rb * 2 * T).min(2 * T);
+        for cb in 0..b.blocks() / 2 {
+            tile_block(
+                &mut c,
+                [a.block(2 * rb), a.block(2 * rb + 1)],
+                [b.block(2 * cb), b.block(2 * cb + 1)],
+                a.k_tiles,
+            );
+            let cols = (n - cb * 2 * T).min(2 * T);
+            for r in 0..rows {
+                let at = (rb * 2 * T + r) * dst_rs + cb * 2 * T;
+                let p = ptr;
+                // SAFETY: row `rb * 32 + r` < m and columns `cb * 32 ..+ cols` ≤ n lie inside
+                // `dst` (asserted above); each task writes only its own 32 rows, so no two tasks
+                // touch the same element, and `dst` is borrowed mutably for the whole call.
+                let out = unsafe { std::slice::from_raw_parts_mut(p.0.add(at), cols) };
+                for (o, v) in out.iter_mut().zip(&c[r * 2 * T..r * 2 * T + cols]) {
+                    *o = if accumulate { *o + v } else { *v };
+                }
+            }
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only used to write disjoint rows of one mutably borrowed slice (see
+// `matmul`), never shared state.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// The 32 × 32 product of two A tile columns and two B tile columns over `k_tiles` steps, into
+/// `c` (row-major, 32 wide).
+fn tile_block(c: &mut [f32; 4 * T * T], a: [&[u16]; 2], b: [&[u16]; 2], k_tiles: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1; // palette 1
+        for t in 0..8 {
+            cfg[16 + 2 * t] = 64; // bytes per row
+            cfg[48 + t] = T as u8; // rows
+        }
+        // SAFETY: `available()` was checked by the caller (the CPU has AMX and the process has
+        // the tile state). Every tile load reads 16 rows of 64 bytes at 64-byte strides from
+        // `k_tiles` consecutive 1 KiB tiles of each slice, which hold exactly `k_tiles * TILE`
+        // u16 (asserted); the stores write 16 rows of 64 bytes at 128-byte strides into the
+        // four quadrants of `c` (32 × 32 f32). The tile registers live only inside this block,
+        // which configures them first and releases them last.
+        unsafe {
+            assert!(a.iter().chain(&b).all(|s| s.len() == k_tiles * TILE) && k_tiles > 0);
+            std::arch::asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {s64}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s64}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 1024",
+                "add {a1}, 1024",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {s128}*1], tmm0",
+                "tilestored [{c} + {s128}*1 + 64], tmm1",
+                "tilestored [{c2} + {s128}*1], tmm2",
+                "tilestored [{c2} + {s128}*1 + 64], tmm3",
+                "tilerelease",
+                cfg = in(reg) cfg.as_ptr(),
+                a0 = inout(reg) a[0].as_ptr() => _,
+                a1 = inout(reg) a[1].as_ptr() => _,
+                b0 = inout(reg) b[0].as_ptr() => _,
+                b1 = inout(reg) b[1].as_ptr() => _,
+                n = inout(reg) k_tiles => _,
+                c = in(reg) c.as_mut_ptr(),
+                c2 = in(reg) c.as_mut_ptr().add(T * 2 * T),
+                s64 = in(reg) 64usize,
+                s128 = in(reg) 128usize,
+                options(nostack),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (c, a, b, k_tiles);
+        unreachable!("AMX is x86-64 only; available() is false elsewhere");
+    }
+}
+
+/// TDPBF16PS's definition for one output: starting from `c`, for each pair of k in order,
+/// `c += a[2p]·b[2p]` then `c += a[2p+1]·b[2p+1]`, each product exact (bf16 × bf16 fits f32)
+/// and each sum rounded to nearest even; bf16 inputs that are subnormal count as zero and
+/// subnormal sums are flushed to zero (Intel's SDM: DAZ and FTZ regardless of MXCSR).
+pub fn reference_dot(mut c: f32, a: &[u16], b: &[u16]) -> f32 {
+    let daz = |h: u16| if h & 0x7f80 == 0 { 0.0 } else { from_bf16(h) };
+    for (x, y) in a.iter().zip(b) {
+        c += daz(*x) * daz(*y);
+        if c.is_subnormal() {
+            c = 0.0f32.copysign(c);
+        }
+    }
+    c
+}
+
+/// `dst = A · B` by [`reference_dot`] (A `[m, k]`, B `[k, n]`, row-major f32, rounded to bf16).
+pub fn reference(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+    let a16: Vec<u16> = a.iter().map(|&x| to_bf16(x)).collect();
+    let mut out = vec![0f32; m * n];
+    for c in 0..n {
+        let col: Vec<u16> = (0..k).map(|j| to_bf16(b[j * n + c])).collect();
+        for i in 0..m {
+            out[i * n + c] = reference_dot(0.0, &a16[i * k..(i + 1) * k], &col);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::testing::{on_threads, uniform};
+
+    fn run(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let (pa, pb) = (pack_lhs(a, (k, 1), m, k), pack_rhs(b, (n, 1), k, n));
+        let mut out = vec![MaybeUninit::new(0f32); m * n];
+        matmul(&mut out, n, false, &pa, &pb);
+        // SAFETY: every element was initialised above.
+        out.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // halfway cases go to the even neighbour; above halfway rounds up
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(to_bf16(f32::NAN) & 0x7fc0, 0x7fc0);
+        assert_eq!(to_bf16(f32::from_bits(0x7f80_0001)), 0x7fc0, "a NaN payload never rounds to infinity");
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+        for x in uniform(10_000, 1, 100.0) {
+            let r = from_bf16(to_bf16(x));
+            assert!(((r - x) / x).abs() <= 1.0 / 256.0, "{x} -> {r}");
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn the_reference_is_the_exact_product_within_f32_rounding() {
+        let (m, n, k) = (5, 7, 200);
+        let (a, b) = (uniform(m * k, 2, 1.0), uniform(k * n, 3, 1.0));
+        let r = reference(&a, &b, (m, n, k));
+        for i in 0..m {
+            for c in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|j| from_bf16(to_bf16(a[i * k + j])) as f64 * from_bf16(to_bf16(b[j * n + c])) as f64)
+                    .sum();
+                let bound: f64 =
+                    (0..k).map(|j| (a[i * k + j] * b[j * n + c]).abs() as f64).sum::<f64>() * k as f64 * 6e-8;
+                assert!((r[i * n + c] as f64 - exact).abs() <= bound, "({i}, {c}): {} vs {exact}", r[i * n + c]);
+            }
+        }
+    }
+
+    #[test]
+    fn amx_matches_the_instruction_definition() {
+        if !available() {
+            eprintln!("amx_matches_the_instruction_definition: NOT CHECKED here (no AMX bf16 on this CPU)");
+            return;
+        }
+        // Odd shapes: partial tiles in every dimension. The hardware does not add the products
+        // strictly one after the other (a third of the outputs differ from that chain by 1-2
+        // ulps), so the check is bounded: by the sum of |products| times 2^-22, where 8.0e-8
+        // times that sum was the largest difference measured on a Xeon with AMX (a factor of
+        // 3 below the bound).
+        let mut worst_ratio = 0f64;
+        for (m, n, k) in [(1, 1, 1), (17, 33, 40), (64, 48, 96), (70, 100, 300)] {
+            let (a, b) = (uniform(m * k, 4, 2.0), uniform(k * n, 5, 2.0));
+            let want = reference(&a, &b, (m, n, k));
+            let got = run(&a, &b, (m, n, k));
+            for i in 0..m {
+                for c in 0..n {
+                    let mag: f64 = (0..k)
+                        .map(|j| (from_bf16(to_bf16(a[i * k + j])) * from_bf16(to_bf16(b[j * n + c]))).abs() as f64)
+                        .sum();
+                    let diff = (got[i * n + c] - want[i * n + c]).abs() as f64;
+                    worst_ratio = worst_ratio.max(diff / mag);
+                    assert!(
+                        diff <= mag * 2f64.powi(-22),
+                        "{m}x{n}x{k} ({i}, {c}): {} vs {}",
+                        got[i * n + c],
+                        want[i * n + c]
+                    );
+                }
+            }
+        }
+        eprintln!("AMX against the sequential definition: largest difference {worst_ratio:.2e} x sum |products|");
+    }
+
+    #[test]
+    fn amx_results_do_not_depend_on_threads_or_strides() {
+        if !available() {
+            eprintln!("amx_results_do_not_depend_on_threads_or_strides: NOT CHECKED here (no AMX bf16 on this CPU)");
+            return;
+        }
+        let (m, n, k) = (96, 64, 128);
+        let (a, b) = (uniform(m * k, 6, 1.0), uniform(k * n, 7, 1.0));
+        let one = on_threads(1, || run(&a, &b, (m, n, k)));
+        let two = on_threads(2, || run(&a, &b, (m, n, k)));
+        assert_eq!(one, two);
+        // A given transposed (strides (1, m)) packs to the same tiles.
+        let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
+        let pa = pack_lhs(&at, (1, m), m, k);
+        assert_eq!(pa.data, pack_lhs(&a, (k, 1), m, k).data);
+        // accumulate adds onto what is there
+        let pb = pack_rhs(&b, (n, 1), k, n);
+        let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(1.0); m * n];
+        matmul(&mut out, n, true, &pa, &pb);
+        // SAFETY: initialised above.
+        let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert!(got.iter().zip(&one).all(|(g, o)| *g == 1.0 + o));
+    }
+}
