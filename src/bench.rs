@@ -270,7 +270,7 @@ fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOp
         // where it was issued (on the CPU it returns at once).
         let t0 = Instant::now();
         let logits = {
-            let _precision = crate::model::precision::autocast(m.autocast);
+            let _precision = crate::model::precision::enter(m.autocast, &device);
             m.model.forward(batch, &dropout)?
         };
         let loss = cross_entropy(&logits, labels, None)?;
@@ -307,10 +307,11 @@ fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOp
 /// Seconds of each of `runs` inference forward passes (after `warmup` unmeasured ones).
 fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> Result<Vec<f64>> {
     let eval = Dropout::inference();
+    let device = m.params.iter().next().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
     let mut times = Vec::with_capacity(runs);
     for i in 0..warmup + runs {
         let t0 = Instant::now();
-        let _precision = crate::model::precision::autocast(m.autocast);
+        let _precision = crate::model::precision::enter(m.autocast, &device);
         let _: Vec<Vec<f32>> = m.model.forward(batch, &eval)?.to_vec2()?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());

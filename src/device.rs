@@ -63,8 +63,8 @@ impl ComputeArgs {
     /// The device, and the dtype the matmuls run in (None: f32).
     pub fn resolve(&self) -> Result<(Device, Option<DType>)> {
         let device = select(self.device)?;
-        check_bf16(&device, self.bf16)?;
-        Ok((device, self.bf16.then_some(DType::BF16)))
+        let bf16 = bf16_on(&device, self.bf16);
+        Ok((device, bf16.then_some(DType::BF16)))
     }
 }
 
@@ -106,12 +106,15 @@ fn cuda(ordinal: usize) -> Result<Device> {
     )
 }
 
-/// Refuses `--bf16` where it cannot run: mixed precision is for GPUs; the CPU kernels are f32.
-pub fn check_bf16(device: &Device, bf16: bool) -> Result<()> {
-    if bf16 && device.is_cpu() {
-        bail!("--bf16 runs on a CUDA GPU only (the CPU path computes in float32); use --device cuda or drop --bf16");
+/// Whether `--bf16` runs in bf16 on `device`: on a GPU, autocast; on a CPU, only where it has
+/// AMX bf16 tiles (elsewhere bf16 would be emulated, slower than float32: it says so and
+/// computes in float32).
+pub fn bf16_on(device: &Device, bf16: bool) -> bool {
+    if bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
+        log::warn!("--bf16: this CPU has no AMX bf16 (amx_bf16), so the model computes in float32");
+        return false;
     }
-    Ok(())
+    bf16
 }
 
 /// What the bench and `/info` call the device: `cpu` or `cuda:N`.
@@ -150,10 +153,9 @@ mod tests {
     }
 
     #[test]
-    fn bf16_is_refused_on_the_cpu() {
-        let e = check_bf16(&Device::Cpu, true).unwrap_err().to_string();
-        assert!(e.contains("--bf16") && e.contains("CUDA"), "{e}");
-        check_bf16(&Device::Cpu, false).unwrap();
+    fn bf16_on_the_cpu_needs_amx() {
+        assert!(!bf16_on(&Device::Cpu, false));
+        assert_eq!(bf16_on(&Device::Cpu, true), crate::model::kernels::amx::available());
     }
 
     #[cfg(not(feature = "cuda"))]

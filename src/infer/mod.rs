@@ -164,7 +164,7 @@ pub struct Scores {
 
 /// Scores `rows` in one forward pass (padded to the longest row, dropout off, no gradients).
 pub fn score(model: &LoadedModel, encoder: &TextEncoder, rows: &[&Tokenized], device: &Device) -> Result<Scores> {
-    let _precision = crate::model::precision::autocast(model.autocast);
+    let _precision = crate::model::precision::enter(model.autocast, device);
     let batch = encoder.batch(rows, device)?;
     let logits = model.model.forward(&batch, &Dropout::inference())?;
     let log_probs = match model.config.task {

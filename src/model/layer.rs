@@ -124,6 +124,7 @@ pub fn encoder_layer(
         dims: (b, s, d, ffn),
         keep,
         prepared,
+        bf16: super::precision::cpu_bf16_on(),
         saved: Mutex::new(None),
     };
     let anchor = op.params[LN2_W].clone();
@@ -162,6 +163,9 @@ struct EncoderLayerOp {
     /// Inference forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]),
     /// when the model was loaded for inference (then there is no backward pass).
     prepared: Vec<Option<Arc<Prepared>>>,
+    /// The projections' products in bf16 on AMX (`precision::cpu_bf16` when the layer was
+    /// built), forward and backward alike.
+    bf16: bool,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -205,6 +209,7 @@ impl CustomOp2 for EncoderLayerOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, _l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let _span = profile::Span::new(self.name());
+        let _precision = super::precision::cpu_bf16(self.bf16);
         let (b, s, d, ffn) = self.dims;
         let m = b * s;
         let x = kernels::f32_slice(s1, l1, "encoder layer x")?;
@@ -264,6 +269,7 @@ impl CustomOp2 for EncoderLayerOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = profile::Span::new("emotune-encoder-layer-backward");
+        let _precision = super::precision::cpu_bf16(self.bf16);
         let Some(sv) = crate::sync::lock(&self.saved).clone() else {
             bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded for inference)");
         };

@@ -18,6 +18,7 @@ use std::cell::Cell;
 thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
     static COMPOSED: Cell<bool> = const { Cell::new(false) };
+    static CPU_BF16: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous setting when dropped.
@@ -25,17 +26,44 @@ thread_local! {
 pub struct Guard {
     autocast: Option<DType>,
     composed: bool,
+    cpu_bf16: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         AUTOCAST.with(|a| a.set(self.autocast));
         COMPOSED.with(|c| c.set(self.composed));
+        CPU_BF16.with(|c| c.set(self.cpu_bf16));
     }
 }
 
 fn guard() -> Guard {
-    Guard { autocast: AUTOCAST.with(Cell::get), composed: COMPOSED.with(Cell::get) }
+    Guard { autocast: AUTOCAST.with(Cell::get), composed: COMPOSED.with(Cell::get), cpu_bf16: CPU_BF16.with(Cell::get) }
+}
+
+/// The precision a model runs in on `device`: on a CPU with AMX, bf16 means the fused kernels'
+/// projections on AMX tiles ([`cpu_bf16`]); anywhere else, [`autocast`].
+pub fn enter(dtype: Option<DType>, device: &candle_core::Device) -> Guard {
+    if dtype == Some(DType::BF16) && device.is_cpu() && super::kernels::amx::available() {
+        let g = guard();
+        CPU_BF16.with(|c| c.set(true));
+        return g;
+    }
+    autocast(dtype)
+}
+
+/// The fused CPU kernels' linear layers (forward and backward products) in bf16 on AMX tiles,
+/// f32 sums, on this thread while the guard lives (set `on` false to force f32). A fused op
+/// reads this when it is built and keeps it for its backward.
+pub fn cpu_bf16(on: bool) -> Guard {
+    let g = guard();
+    CPU_BF16.with(|c| c.set(on && super::kernels::amx::available()));
+    g
+}
+
+/// Whether [`cpu_bf16`] is on for this thread.
+pub fn cpu_bf16_on() -> bool {
+    CPU_BF16.with(Cell::get)
 }
 
 /// Matmuls in `dtype` (None: as their inputs) on this thread while the guard lives.

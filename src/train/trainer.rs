@@ -206,7 +206,7 @@ impl<'a> Trainer<'a> {
         let batch = data.encoder.batch(&tokens, &self.device)?;
         let targets = self.targets(rows, data)?;
         let logits = {
-            let _precision = crate::model::precision::autocast(self.model.autocast);
+            let _precision = crate::model::precision::enter(self.model.autocast, &self.device);
             self.model.model.forward(&batch, &self.dropout)?
         };
         let loss = loss(&logits, &targets, self.class_weights.as_ref())?;

@@ -24,6 +24,7 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, all row-major and contiguous in `dst`, with the
 /// operands given by (row stride, column stride) in elements; threads from rayon's pool.
+/// Under [`crate::model::precision::cpu_bf16`], in bf16 on AMX tiles with f32 sums.
 pub(crate) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
     accumulate: bool,
@@ -33,6 +34,14 @@ pub(crate) fn matmul_into(
     rhs: &[f32],
     rhs_strides: (usize, usize),
 ) {
+    if crate::model::precision::cpu_bf16_on() {
+        let (m, n, k) = mnk;
+        let (a, b) = rayon::join(
+            || super::amx::pack_lhs(lhs, lhs_strides, m, k),
+            || super::amx::pack_rhs(rhs, rhs_strides, k, n),
+        );
+        return super::amx::matmul(dst, n, accumulate, &a, &b);
+    }
     gemm_strided(dst, mnk.1, accumulate, mnk, lhs, lhs_strides, rhs, rhs_strides, parallelism())
 }
 
@@ -101,6 +110,10 @@ pub(crate) fn linear_into(
         }
     });
     // dst += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
+    if crate::model::precision::cpu_bf16_on() {
+        let (a, wt) = rayon::join(|| super::amx::pack_lhs(x, (k, 1), m, k), || super::amx::pack_rhs(w, (1, k), k, n));
+        return super::amx::matmul(dst, dst_rs, true, &a, &wt);
+    }
     gemm_strided(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k), parallelism());
 }
 
@@ -155,6 +168,9 @@ impl CustomOp3 for LinearOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = profile::Span::new(self.name());
+        // The classification head's few rows stay f32: its backward runs outside the caller's
+        // precision guard, and a bf16 forward would not match it.
+        let _f32 = crate::model::precision::cpu_bf16(false);
         let x = f32_slice(s1, l1, "linear x")?;
         let w = f32_slice(s2, l2, "linear weight")?;
         let b = f32_slice(s3, l3, "linear bias")?;
