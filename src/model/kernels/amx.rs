@@ -96,10 +96,11 @@ pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Pa
     let blocks = m.div_ceil(2 * T) * 2;
     let mut data = vec![0u16; blocks * k_tiles * TILE];
     data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
-        for r in 0..T.min(m.saturating_sub(b * T)) {
-            let i = b * T + r;
-            for j in 0..k {
-                block[(j / KT) * TILE + r * KT + j % KT] = to_bf16(src[i * rs + j * cs]);
+        // k outer, the block's 16 rows inner: 16 read streams, whichever way the source runs.
+        let rows = T.min(m.saturating_sub(b * T));
+        for j in 0..k {
+            for r in 0..rows {
+                block[(j / KT) * TILE + r * KT + j % KT] = to_bf16(src[(b * T + r) * rs + j * cs]);
             }
         }
     });
@@ -113,11 +114,12 @@ pub fn pack_rhs(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Pa
     let blocks = n.div_ceil(2 * T) * 2;
     let mut data = vec![0u16; blocks * k_tiles * TILE];
     data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
-        for col in 0..T.min(n.saturating_sub(b * T)) {
-            let c = b * T + col;
-            for j in 0..k {
-                let (tile, within) = (j / KT, j % KT);
-                block[tile * TILE + (within / 2) * KT + 2 * col + within % 2] = to_bf16(src[j * rs + c * cs]);
+        let cols = T.min(n.saturating_sub(b * T));
+        for j in 0..k {
+            let (tile, within) = (j / KT, j % KT);
+            let row = &mut block[tile * TILE + (within / 2) * KT..][..KT];
+            for col in 0..cols {
+                row[2 * col + within % 2] = to_bf16(src[j * rs + (b * T + col) * cs]);
             }
         }
     });
