@@ -68,6 +68,9 @@ def main():
             r["pytorch-bf16"] = run_json([*torch_bench, "--bf16", *common, *shape])[0]
             inference = [c for c in common if c != "--skip-training"] + ["--skip-training"]
             r["emotune-bf16"] = run_json([*bench, "--dtype", "bf16", *inference, *shape])[0]
+            if not args.skip_training:
+                # training in bf16: AMX tiles where the CPU has them (emotune says when it fell back)
+                r["emotune-bf16-train"] = run_json([*bench, "--bf16", *common, *shape])[0]
         if args.int8:
             r["emotune-int8"] = run_json([*bench, "--quantize", "int8", *common, *shape])[0]
             r["pytorch-int8"] = run_json([*torch_bench, "--quantize", "int8", *common, *shape])[0]
@@ -85,18 +88,20 @@ def main():
 
 
 def print_training(rows, args):
-    cols = ["emotune", "pytorch"] + (["pytorch-bf16"] if args.bf16 else [])
+    cols = ["emotune", "pytorch"] + (["emotune-bf16-train", "pytorch-bf16"] if args.bf16 else [])
     print(f"batch {args.batch}; median of {args.steps} steps after {args.warmup} warm-up; seconds per training step "
           "(forward / backward / optimiser)\n")
-    print("| tokens | " + " | ".join(cols) + " | emotune / pytorch" + (" | emotune / pytorch bf16" if args.bf16 else "") + " |")
-    print("|---" * (len(cols) + 2 + (1 if args.bf16 else 0)) + "|")
+    bf16_heads = " | emotune / pytorch bf16 | emotune bf16 / pytorch bf16 | emotune bf16 / emotune"
+    print("| tokens | " + " | ".join(cols) + " | emotune / pytorch" + (bf16_heads if args.bf16 else "") + " |")
+    print("|---" * (len(cols) + 2 + (3 if args.bf16 else 0)) + "|")
     for r in rows:
         cells = [f"{r[c]['train_step_s']:.3f} ({r[c]['forward_s']:.2f} / {r[c]['backward_s']:.2f} / {r[c]['optimizer_s']:.2f})"
                  for c in cols]
         ratio = r["emotune"]["train_step_s"] / r["pytorch"]["train_step_s"]
         extra = ""
         if args.bf16:
-            extra = f" | {r['emotune']['train_step_s'] / r['pytorch-bf16']['train_step_s']:.2f}"
+            e, eb, pb = (r[c]["train_step_s"] for c in ("emotune", "emotune-bf16-train", "pytorch-bf16"))
+            extra = f" | {e / pb:.2f} | {eb / pb:.2f} | {eb / e:.2f}"
         print(f"| {r['seq']} | " + " | ".join(cells) + f" | {ratio:.2f}{extra} |")
     print()
 
