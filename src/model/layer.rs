@@ -163,8 +163,7 @@ struct EncoderLayerOp {
     /// Inference forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]),
     /// when the model was loaded for inference (then there is no backward pass).
     prepared: Vec<Option<Arc<Prepared>>>,
-    /// The projections' products in bf16 on AMX (`precision::cpu_bf16` when the layer was
-    /// built), forward and backward alike.
+    /// Projections in bf16 on AMX (`precision::cpu_bf16` when built), forward and backward.
     bf16: bool,
     saved: Mutex<Option<Arc<Saved>>>,
 }
@@ -501,16 +500,13 @@ mod tests {
             assert!(max_rel_diff(&y, &y_ref) < 1e-5, "output differs: {}", max_rel_diff(&y, &y_ref));
             let mut tensors = vec![("x", x.as_tensor())];
             for (name, l) in [("q", &attention.q), ("k", &attention.k), ("v", &attention.v), ("out", &attention.out)] {
-                tensors.push((name, &l.weight));
-                tensors.push((name, &l.bias));
+                tensors.extend([(name, &l.weight), (name, &l.bias)]);
             }
             for (name, l) in [("norm1", &norm1), ("norm2", &norm2)] {
-                tensors.push((name, &l.weight));
-                tensors.push((name, &l.bias));
+                tensors.extend([(name, &l.weight), (name, &l.bias)]);
             }
             for (name, l) in [("ff1", &ff1), ("ff2", &ff2)] {
-                tensors.push((name, &l.weight));
-                tensors.push((name, &l.bias));
+                tensors.extend([(name, &l.weight), (name, &l.bias)]);
             }
             assert_eq!(tensors.len(), 17);
             for (name, t) in tensors {
