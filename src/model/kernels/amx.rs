@@ -72,7 +72,8 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32).
+/// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32),
+/// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
 pub struct Packed {
     data: Vec<u16>,
     rows: usize,
@@ -84,46 +85,83 @@ impl Packed {
         self.rows.div_ceil(2 * T) * 2
     }
 
-    /// The tiles of the 16-row block `b`, one per 32 of k.
+    /// The tiles of the 16-row block `b`; one step of k is [`Packed::step`] elements further.
     fn block(&self, b: usize) -> &[u16] {
         &self.data[b * self.k_tiles * TILE..(b + 1) * self.k_tiles * TILE]
+    }
+
+    fn step(&self) -> usize {
+        TILE
     }
 }
 
 /// Packs `A[m, k]` (element `(i, j)` at `src[i * rs + j * cs]`) as the left operand.
 pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
-    let k_tiles = k.div_ceil(KT);
-    let blocks = m.div_ceil(2 * T) * 2;
-    let mut data = vec![0u16; blocks * k_tiles * TILE];
-    data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
-        // k outer, the block's 16 rows inner: 16 read streams, whichever way the source runs.
-        let rows = T.min(m.saturating_sub(b * T));
-        for j in 0..k {
-            for r in 0..rows {
-                block[(j / KT) * TILE + r * KT + j % KT] = to_bf16(src[(b * T + r) * rs + j * cs]);
-            }
-        }
-    });
-    Packed { data, rows: m, k_tiles }
+    pack(src, (rs, cs), m, k, Layout::Rows)
 }
 
 /// Packs `B[k, n]` (element `(j, c)` at `src[j * rs + c * cs]`) as the right operand: per block
 /// of 16 columns, tiles whose row `p` holds, for each column, the pair `B[2p], B[2p + 1]` of k.
 pub fn pack_rhs(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Packed {
+    pack(src, (cs, rs), n, k, Layout::Pairs)
+}
+
+/// How a tile holds its 16 lines (rows of A, columns of B) of 32 values along k.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Line `r` is tile row `r` (A).
+    Rows,
+    /// Tile row `p` holds the pairs `2p, 2p + 1` of every line side by side (B).
+    Pairs,
+}
+
+/// `lines` lines of `k` values (value `j` of line `r` at `src[r * line_stride + j * k_stride]`)
+/// in tiles. Each tile is gathered into a 16 × 32 f32 block first, reading the source along
+/// whichever stride is 1, then rounded and laid out from that block (in L1).
+fn pack(src: &[f32], (line_stride, k_stride): (usize, usize), lines: usize, k: usize, layout: Layout) -> Packed {
     let k_tiles = k.div_ceil(KT);
-    let blocks = n.div_ceil(2 * T) * 2;
+    let blocks = lines.div_ceil(2 * T) * 2;
     let mut data = vec![0u16; blocks * k_tiles * TILE];
-    data.par_chunks_mut(k_tiles * TILE).enumerate().for_each(|(b, block)| {
-        let cols = T.min(n.saturating_sub(b * T));
-        for j in 0..k {
-            let (tile, within) = (j / KT, j % KT);
-            let row = &mut block[tile * TILE + (within / 2) * KT..][..KT];
-            for col in 0..cols {
-                row[2 * col + within % 2] = to_bf16(src[j * rs + (b * T + col) * cs]);
+    let out = SendPtr(data.as_mut_ptr());
+    // Tiles in k-major order, so that neighbouring tasks read neighbouring source columns; each
+    // is written to its place in the block-major layout.
+    (0..blocks * k_tiles).into_par_iter().for_each(|i| {
+        let (t, b) = (i / blocks, i % blocks);
+        let (r0, j0) = (b * T, t * KT);
+        let (nr, nj) = (T.min(lines.saturating_sub(r0)), KT.min(k - j0));
+        if nr == 0 {
+            return;
+        }
+        let o = out;
+        // SAFETY: tile (b, t) is the TILE elements at (b * k_tiles + t) * TILE, inside `data`
+        // (b < blocks, t < k_tiles); each task writes only its own tile, while `data` lives.
+        let tile = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * k_tiles + t) * TILE), TILE) };
+        let mut block = [0f32; TILE];
+        let at = |r: usize, j: usize| (r0 + r) * line_stride + (j0 + j) * k_stride;
+        if k_stride == 1 {
+            for r in 0..nr {
+                block[r * KT..r * KT + nj].copy_from_slice(&src[at(r, 0)..at(r, 0) + nj]);
+            }
+        } else {
+            for j in 0..nj {
+                for r in 0..nr {
+                    block[r * KT + j] = src[at(r, j)];
+                }
+            }
+        }
+        match layout {
+            Layout::Rows => tile.iter_mut().zip(&block).for_each(|(o, &x)| *o = to_bf16(x)),
+            Layout::Pairs => {
+                for (p, row) in tile.chunks_exact_mut(KT).enumerate() {
+                    for r in 0..T {
+                        row[2 * r] = to_bf16(block[r * KT + 2 * p]);
+                        row[2 * r + 1] = to_bf16(block[r * KT + 2 * p + 1]);
+                    }
+                }
             }
         }
     });
-    Packed { data, rows: n, k_tiles }
+    Packed { data, rows: lines, k_tiles }
 }
 
 /// `dst[i, c] (+)= Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n columns, the
@@ -144,8 +182,8 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: 
         for cb in 0..b.blocks() / 2 {
             tile_block(
                 &mut c,
-                [a.block(2 * rb), a.block(2 * rb + 1)],
-                [b.block(2 * cb), b.block(2 * cb + 1)],
+                ([a.block(2 * rb), a.block(2 * rb + 1)], a.step()),
+                ([b.block(2 * cb), b.block(2 * cb + 1)], b.step()),
                 a.k_tiles,
             );
             let cols = (n - cb * 2 * T).min(2 * T);
@@ -165,16 +203,19 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: 
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used to write disjoint rows of one mutably borrowed slice (see
-// `matmul`), never shared state.
-unsafe impl Send for SendPtr {}
+struct SendPtr<E>(*mut E);
+// SAFETY: the pointer is only used to write disjoint parts of one mutably borrowed buffer (see
+// `matmul` and `pack`), never shared state.
+unsafe impl<E> Send for SendPtr<E> {}
 // SAFETY: as above.
-unsafe impl Sync for SendPtr {}
+unsafe impl<E> Sync for SendPtr<E> {}
 
-/// The 32 × 32 product of two A tile columns and two B tile columns over `k_tiles` steps, into
+/// Two tile blocks, each from its first tile on, and the elements from one step of k to the next.
+type Operand<'a> = ([&'a [u16]; 2], usize);
+
+/// The 32 × 32 product of two A tile blocks and two B tile blocks over `k_tiles` steps, into
 /// `c` (row-major, 32 wide).
-fn tile_block(c: &mut [f32; 4 * T * T], a: [&[u16]; 2], b: [&[u16]; 2], k_tiles: usize) {
+fn tile_block(c: &mut [f32; 4 * T * T], (a, a_step): Operand, (b, b_step): Operand, k_tiles: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let mut cfg = [0u8; 64];
@@ -183,14 +224,15 @@ fn tile_block(c: &mut [f32; 4 * T * T], a: [&[u16]; 2], b: [&[u16]; 2], k_tiles:
             cfg[16 + 2 * t] = 64; // bytes per row
             cfg[48 + t] = T as u8; // rows
         }
+        let fits = |s: &[u16], step: usize| s.len() >= (k_tiles - 1) * step + TILE;
+        assert!(k_tiles > 0 && a.iter().all(|s| fits(s, a_step)) && b.iter().all(|s| fits(s, b_step)));
         // SAFETY: `available()` was checked by the caller (the CPU has AMX and the process has
         // the tile state). Every tile load reads 16 rows of 64 bytes at 64-byte strides from
-        // `k_tiles` consecutive 1 KiB tiles of each slice, which hold exactly `k_tiles * TILE`
-        // u16 (asserted); the stores write 16 rows of 64 bytes at 128-byte strides into the
-        // four quadrants of `c` (32 × 32 f32). The tile registers live only inside this block,
-        // which configures them first and releases them last.
+        // `k_tiles` 1 KiB tiles `step` elements apart in each slice, which holds them all
+        // (asserted); the stores write 16 rows of 64 bytes at 128-byte strides into the four
+        // quadrants of `c` (32 × 32 f32). The tile registers live only inside this block, which
+        // configures them first and releases them last.
         unsafe {
-            assert!(a.iter().chain(&b).all(|s| s.len() == k_tiles * TILE) && k_tiles > 0);
             std::arch::asm!(
                 "ldtilecfg [{cfg}]",
                 "tilezero tmm0",
@@ -206,10 +248,10 @@ fn tile_block(c: &mut [f32; 4 * T * T], a: [&[u16]; 2], b: [&[u16]; 2], k_tiles:
                 "tileloadd tmm5, [{a1} + {s64}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 1024",
-                "add {a1}, 1024",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
+                "add {a0}, {sa}",
+                "add {a1}, {sa}",
+                "add {b0}, {sb}",
+                "add {b1}, {sb}",
                 "dec {n}",
                 "jnz 2b",
                 "tilestored [{c} + {s128}*1], tmm0",
@@ -227,13 +269,15 @@ fn tile_block(c: &mut [f32; 4 * T * T], a: [&[u16]; 2], b: [&[u16]; 2], k_tiles:
                 c2 = in(reg) c.as_mut_ptr().add(T * 2 * T),
                 s64 = in(reg) 64usize,
                 s128 = in(reg) 128usize,
+                sa = in(reg) a_step * 2,
+                sb = in(reg) b_step * 2,
                 options(nostack),
             );
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (c, a, b, k_tiles);
+        let _ = (c, a, a_step, b, b_step, k_tiles);
         unreachable!("AMX is x86-64 only; available() is false elsewhere");
     }
 }
@@ -370,5 +414,33 @@ mod tests {
         // SAFETY: initialised above.
         let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
         assert!(got.iter().zip(&one).all(|(g, o)| *g == 1.0 + o));
+    }
+}
+#[cfg(test)]
+mod timing_probe {
+    use super::*;
+    use crate::model::kernels::testing::uniform;
+    #[test]
+    #[ignore]
+    fn probe_time() {
+        for (m, n, k) in [(2560, 3072, 768), (2560, 768, 3072), (768, 3072, 2560)] {
+            let (a, b) = (uniform(m * k, 4, 2.0), uniform(k * n, 5, 2.0));
+            let mut out = vec![MaybeUninit::new(0f32); m * n];
+            for _ in 0..2 {
+                let t0 = std::time::Instant::now();
+                let pa = pack_lhs(&a, (k, 1), m, k);
+                let t1 = std::time::Instant::now();
+                let pb = pack_rhs(&b, (n, 1), k, n);
+                let t2 = std::time::Instant::now();
+                matmul(&mut out, n, false, &pa, &pb);
+                let t3 = std::time::Instant::now();
+                let pat = pack_lhs(&a, (1, m), m, k);
+                let t4 = std::time::Instant::now();
+                let fl = 2.0 * (m * n * k) as f64;
+                eprintln!("{m}x{n}x{k}: pack A {:.1} ms, pack B {:.1} ms, kernel {:.1} ms ({:.0} GFLOP/s), pack A strided {:.1} ms",
+                    (t1-t0).as_secs_f64()*1e3, (t2-t1).as_secs_f64()*1e3, (t3-t2).as_secs_f64()*1e3, fl/(t3-t2).as_secs_f64()/1e9, (t4-t3).as_secs_f64()*1e3);
+                drop(pat);
+            }
+        }
     }
 }
