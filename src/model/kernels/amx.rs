@@ -136,32 +136,81 @@ fn pack(src: &[f32], (line_stride, k_stride): (usize, usize), lines: usize, k: u
         // SAFETY: tile (b, t) is the TILE elements at (b * k_tiles + t) * TILE, inside `data`
         // (b < blocks, t < k_tiles); each task writes only its own tile, while `data` lives.
         let tile = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * k_tiles + t) * TILE), TILE) };
+        // Gathered as the layout reads it: line-major for rows of A, k-major for pairs of B.
         let mut block = [0f32; TILE];
+        let slot = |r: usize, j: usize| match layout {
+            Layout::Rows => r * KT + j,
+            Layout::Pairs => j * T + r,
+        };
         let at = |r: usize, j: usize| (r0 + r) * line_stride + (j0 + j) * k_stride;
         if k_stride == 1 {
             for r in 0..nr {
-                block[r * KT..r * KT + nj].copy_from_slice(&src[at(r, 0)..at(r, 0) + nj]);
+                for (j, &x) in src[at(r, 0)..at(r, 0) + nj].iter().enumerate() {
+                    block[slot(r, j)] = x;
+                }
             }
         } else {
             for j in 0..nj {
                 for r in 0..nr {
-                    block[r * KT + j] = src[at(r, j)];
+                    block[slot(r, j)] = src[at(r, j)];
                 }
             }
         }
-        match layout {
-            Layout::Rows => tile.iter_mut().zip(&block).for_each(|(o, &x)| *o = to_bf16(x)),
-            Layout::Pairs => {
-                for (p, row) in tile.chunks_exact_mut(KT).enumerate() {
-                    for r in 0..T {
-                        row[2 * r] = to_bf16(block[r * KT + 2 * p]);
-                        row[2 * r + 1] = to_bf16(block[r * KT + 2 * p + 1]);
-                    }
-                }
-            }
-        }
+        convert(layout, &block, tile);
     });
     Packed { data, rows: lines, k_tiles }
+}
+
+/// Rounds a gathered block (see [`pack`]) into its tile: rows as they are, or the 16 lines'
+/// pairs of k side by side.
+fn convert(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the instructions `convert_avx512` is compiled for.
+        return unsafe { convert_avx512(layout, block, tile) };
+    }
+    convert_plain(layout, block, tile)
+}
+
+/// The definition of [`convert`].
+fn convert_plain(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    match layout {
+        Layout::Rows => tile.iter_mut().zip(block).for_each(|(o, &x)| *o = to_bf16(x)),
+        Layout::Pairs => {
+            for (p, row) in tile.chunks_exact_mut(KT).enumerate() {
+                for r in 0..T {
+                    row[2 * r] = to_bf16(block[2 * p * T + r]);
+                    row[2 * r + 1] = to_bf16(block[(2 * p + 1) * T + r]);
+                }
+            }
+        }
+    }
+}
+
+/// [`convert`] by `vcvtne2ps2bf16` (the same rounding to nearest even; subnormal inputs, which
+/// TDPBF16PS would count as zero anyway, become zero here already) and, for pairs, a word
+/// shuffle that interleaves two converted lines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn convert_avx512(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert_eq!(tile.len(), TILE);
+    let interleave: [u16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as u16);
+    // SAFETY: `interleave` is 64 bytes.
+    let idx = unsafe { _mm512_loadu_si512(interleave.as_ptr().cast()) };
+    for row in 0..T {
+        // SAFETY: row `row` of 32 values: `block` holds 16 × 32 f32 and `tile` 16 × 32 u16
+        // (asserted), read and written 64 bytes at a time at offsets below their ends.
+        unsafe {
+            let lo = _mm512_loadu_ps(block.as_ptr().add(row * KT));
+            let hi = _mm512_loadu_ps(block.as_ptr().add(row * KT + T));
+            let mut v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            if let Layout::Pairs = layout {
+                v = _mm512_permutexvar_epi16(idx, v);
+            }
+            _mm512_storeu_si512(tile.as_mut_ptr().add(row * KT).cast(), v);
+        }
+    }
 }
 
 /// `dst[i, c] (+)= Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n columns, the
@@ -174,33 +223,129 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: 
         return;
     }
     assert!(dst.len() >= (m - 1) * dst_rs + n);
-    // Blocks of 32 rows in parallel; each walks the column blocks with its A tiles in cache.
+    // Tasks of up to 256 rows (their A tiles, 384 KiB at k = 768, stay in L2); within one, each
+    // 32-column block of B is used by all its 32-row blocks while it sits in L1/L2, so B streams
+    // from memory once per task instead of once per 32 rows.
     let ptr = SendPtr(dst.as_mut_ptr().cast::<f32>());
-    (0..a.blocks() / 2).into_par_iter().for_each(|rb| {
-        let mut c = [0f32; 4 * T * T];
-        let rows = (m - rb * 2 * T).min(2 * T);
+    let row_pairs = a.blocks() / 2;
+    (0..row_pairs.div_ceil(ROW_PAIRS_PER_TASK)).into_par_iter().for_each(|task| {
+        let _tiles = Tiles::configure();
+        let pairs = task * ROW_PAIRS_PER_TASK..((task + 1) * ROW_PAIRS_PER_TASK).min(row_pairs);
         for cb in 0..b.blocks() / 2 {
-            tile_block(
-                &mut c,
-                ([a.block(2 * rb), a.block(2 * rb + 1)], a.step()),
-                ([b.block(2 * cb), b.block(2 * cb + 1)], b.step()),
-                a.k_tiles,
-            );
-            let cols = (n - cb * 2 * T).min(2 * T);
-            for r in 0..rows {
-                let at = (rb * 2 * T + r) * dst_rs + cb * 2 * T;
+            let bs = ([b.block(2 * cb), b.block(2 * cb + 1)], b.step());
+            for rb in pairs.clone() {
+                let at = Block {
+                    row: rb * 2 * T,
+                    col: cb * 2 * T,
+                    rows: (m - rb * 2 * T).min(2 * T),
+                    cols: (n - cb * 2 * T).min(2 * T),
+                };
                 let p = ptr;
-                // SAFETY: row `rb * 32 + r` < m and columns `cb * 32 ..+ cols` ≤ n lie inside
-                // `dst` (asserted above); each task writes only its own 32 rows, so no two tasks
-                // touch the same element, and `dst` is borrowed mutably for the whole call.
-                let out = unsafe { std::slice::from_raw_parts_mut(p.0.add(at), cols) };
-                for (o, v) in out.iter_mut().zip(&c[r * 2 * T..r * 2 * T + cols]) {
-                    *o = if accumulate { *o + v } else { *v };
-                }
+                // SAFETY: the block's rows and columns lie inside `dst` (asserted above, `at` is
+                // clipped to m × n); each task writes only its own rows, so no two tasks touch
+                // the same element, and `dst` is borrowed mutably for the whole call.
+                unsafe {
+                    write_block(
+                        p.0,
+                        dst_rs,
+                        at,
+                        accumulate,
+                        ([a.block(2 * rb), a.block(2 * rb + 1)], a.step()),
+                        bs,
+                        a.k_tiles,
+                    )
+                };
             }
         }
     });
 }
+
+/// The tile configuration of [`tile_block`] (eight tiles of 16 rows × 64 bytes), loaded on
+/// this thread for as long as the guard lives and released with it. Loading it costs about as
+/// much as a 32 × 32 block at k = 768 (measured), so it is done once per task, not per block:
+/// between the kernel's `asm!` blocks nothing else on the thread touches the tiles (the
+/// compiler never uses AMX, and a task makes no rayon calls that could run other work here).
+struct Tiles;
+
+impl Tiles {
+    fn configure() -> Tiles {
+        assert!(available(), "AMX tiles configured on a CPU without them");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut cfg = [0u8; 64];
+            cfg[0] = 1; // palette 1
+            for t in 0..8 {
+                cfg[16 + 2 * t] = 64; // bytes per row
+                cfg[48 + t] = T as u8; // rows
+            }
+            // SAFETY: the CPU has AMX and the process has the tile state (asserted); `cfg` is a
+            // valid 64-byte palette-1 configuration, read once.
+            unsafe { std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) cfg.as_ptr(), options(nostack, readonly)) };
+        }
+        Tiles
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: releases the tile state this guard configured; touches no memory.
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem))
+        };
+    }
+}
+
+/// Where a 32 × 32 output block lands: its first row and column and how much of it is inside.
+#[derive(Clone, Copy)]
+struct Block {
+    row: usize,
+    col: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// Computes one output block into `dst` (rows `dst_rs` apart), starting each sum from what is
+/// there when `accumulate`. A whole block goes straight between `dst` and the tiles; one cut by
+/// the matrix's edge goes through a 32 × 32 buffer.
+///
+/// # Safety
+/// `dst` must be valid for reads (when `accumulate`) and writes of the block's `rows × cols`
+/// elements at `row * dst_rs + col`, with no other thread touching them.
+unsafe fn write_block(
+    dst: *mut f32,
+    dst_rs: usize,
+    at: Block,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    k_tiles: usize,
+) {
+    // SAFETY: the caller guarantees the block's elements are ours to read and write.
+    let origin = unsafe { dst.add(at.row * dst_rs + at.col) };
+    if at.rows == 2 * T && at.cols == 2 * T {
+        // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller guarantees.
+        return unsafe { tile_block(origin, dst_rs, accumulate, a, b, k_tiles) };
+    }
+    let mut c = [0f32; 4 * T * T];
+    for r in 0..at.rows {
+        // SAFETY: row `r` of the block, `cols` elements, inside what the caller guarantees.
+        let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
+        if accumulate {
+            c[r * 2 * T..r * 2 * T + at.cols].copy_from_slice(row);
+        }
+    }
+    // SAFETY: `c` is 32 rows of 32 f32.
+    unsafe { tile_block(c.as_mut_ptr(), 2 * T, accumulate, a, b, k_tiles) };
+    for r in 0..at.rows {
+        // SAFETY: as above.
+        let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
+        row.copy_from_slice(&c[r * 2 * T..r * 2 * T + at.cols]);
+    }
+}
+
+/// 32-row blocks per parallel task of [`matmul`].
+const ROW_PAIRS_PER_TASK: usize = 8;
 
 #[derive(Clone, Copy)]
 struct SendPtr<E>(*mut E);
@@ -213,28 +358,33 @@ unsafe impl<E> Sync for SendPtr<E> {}
 /// Two tile blocks, each from its first tile on, and the elements from one step of k to the next.
 type Operand<'a> = ([&'a [u16]; 2], usize);
 
-/// The 32 × 32 product of two A tile blocks and two B tile blocks over `k_tiles` steps, into
-/// `c` (row-major, 32 wide).
-fn tile_block(c: &mut [f32; 4 * T * T], (a, a_step): Operand, (b, b_step): Operand, k_tiles: usize) {
+/// `C += A · B` for the 32 × 32 block `c` (rows `c_rs` elements apart; C starts from `c`'s
+/// values when `load`, from zero otherwise) over `k_tiles` steps of two A and two B tiles.
+///
+/// # Safety
+/// A [`Tiles`] guard must be alive on this thread; `c` must be valid for writes (and reads when
+/// `load`) of 32 rows of 32 f32 at `c_rs` apart.
+unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand, (b, b_step): Operand, k_tiles: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let mut cfg = [0u8; 64];
-        cfg[0] = 1; // palette 1
-        for t in 0..8 {
-            cfg[16 + 2 * t] = 64; // bytes per row
-            cfg[48 + t] = T as u8; // rows
-        }
         let fits = |s: &[u16], step: usize| s.len() >= (k_tiles - 1) * step + TILE;
         assert!(k_tiles > 0 && a.iter().all(|s| fits(s, a_step)) && b.iter().all(|s| fits(s, b_step)));
-        // SAFETY: `available()` was checked by the caller (the CPU has AMX and the process has
-        // the tile state). Every tile load reads 16 rows of 64 bytes at 64-byte strides from
+        // SAFETY: the tiles are configured (a `Tiles` guard lives: the caller's contract).
+        // Every tile load reads 16 rows of 64 bytes at 64-byte strides from
         // `k_tiles` 1 KiB tiles `step` elements apart in each slice, which holds them all
-        // (asserted); the stores write 16 rows of 64 bytes at 128-byte strides into the four
-        // quadrants of `c` (32 × 32 f32). The tile registers live only inside this block, which
-        // configures them first and releases them last.
+        // (asserted); C's loads and stores touch 16 rows of 64 bytes at `c_rs` floats apart in
+        // the four quadrants of the 32 × 32 block the caller vouches for. The tile registers'
+        // values live only inside this block: C is stored before it ends.
         unsafe {
             std::arch::asm!(
-                "ldtilecfg [{cfg}]",
+                "test {load}, {load}",
+                "jz 3f",
+                "tileloadd tmm0, [{c} + {cs}*1]",
+                "tileloadd tmm1, [{c} + {cs}*1 + 64]",
+                "tileloadd tmm2, [{c2} + {cs}*1]",
+                "tileloadd tmm3, [{c2} + {cs}*1 + 64]",
+                "jmp 2f",
+                "3:",
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
@@ -254,21 +404,20 @@ fn tile_block(c: &mut [f32; 4 * T * T], (a, a_step): Operand, (b, b_step): Opera
                 "add {b1}, {sb}",
                 "dec {n}",
                 "jnz 2b",
-                "tilestored [{c} + {s128}*1], tmm0",
-                "tilestored [{c} + {s128}*1 + 64], tmm1",
-                "tilestored [{c2} + {s128}*1], tmm2",
-                "tilestored [{c2} + {s128}*1 + 64], tmm3",
-                "tilerelease",
-                cfg = in(reg) cfg.as_ptr(),
+                "tilestored [{c} + {cs}*1], tmm0",
+                "tilestored [{c} + {cs}*1 + 64], tmm1",
+                "tilestored [{c2} + {cs}*1], tmm2",
+                "tilestored [{c2} + {cs}*1 + 64], tmm3",
                 a0 = inout(reg) a[0].as_ptr() => _,
                 a1 = inout(reg) a[1].as_ptr() => _,
                 b0 = inout(reg) b[0].as_ptr() => _,
                 b1 = inout(reg) b[1].as_ptr() => _,
                 n = inout(reg) k_tiles => _,
-                c = in(reg) c.as_mut_ptr(),
-                c2 = in(reg) c.as_mut_ptr().add(T * 2 * T),
+                c = in(reg) c,
+                c2 = in(reg) c.add(T * c_rs),
+                cs = in(reg) c_rs * 4,
+                load = in(reg) load as usize,
                 s64 = in(reg) 64usize,
-                s128 = in(reg) 128usize,
                 sa = in(reg) a_step * 2,
                 sb = in(reg) b_step * 2,
                 options(nostack),
@@ -277,7 +426,7 @@ fn tile_block(c: &mut [f32; 4 * T * T], (a, a_step): Operand, (b, b_step): Opera
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (c, a, a_step, b, b_step, k_tiles);
+        let _ = (c, c_rs, load, a, a_step, b, b_step, k_tiles);
         unreachable!("AMX is x86-64 only; available() is false elsewhere");
     }
 }
@@ -338,6 +487,24 @@ mod tests {
             assert!(((r - x) / x).abs() <= 1.0 / 256.0, "{x} -> {r}");
             assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
         }
+    }
+
+    #[test]
+    fn the_vector_conversion_is_the_plain_one() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") {
+            let v = uniform(TILE, 8, 3.0);
+            let block: [f32; TILE] = std::array::from_fn(|i| v[i]);
+            for layout in [Layout::Rows, Layout::Pairs] {
+                let (mut plain, mut simd) = (vec![0u16; TILE], vec![0u16; TILE]);
+                convert_plain(layout, &block, &mut plain);
+                // SAFETY: the CPU has the instructions (checked above).
+                unsafe { convert_avx512(layout, &block, &mut simd) };
+                assert_eq!(plain, simd);
+            }
+            return;
+        }
+        eprintln!("the_vector_conversion_is_the_plain_one: NOT CHECKED here (no AVX-512 BF16 on this CPU)");
     }
 
     #[test]
@@ -413,7 +580,15 @@ mod tests {
         matmul(&mut out, n, true, &pa, &pb);
         // SAFETY: initialised above.
         let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
-        assert!(got.iter().zip(&one).all(|(g, o)| *g == 1.0 + o));
+        // the chains start from 1: within the kernel's bound of 1 + the plain product
+        let sum_abs: Vec<f32> = reference(
+            &a.iter().map(|x| x.abs()).collect::<Vec<_>>(),
+            &b.iter().map(|x| x.abs()).collect::<Vec<_>>(),
+            (m, n, k),
+        );
+        for ((g, o), s) in got.iter().zip(&one).zip(&sum_abs) {
+            assert!((g - (1.0 + o)).abs() <= (1.0 + s) * 2f32.powi(-21), "{g} vs 1 + {o}");
+        }
     }
 }
 #[cfg(test)]
