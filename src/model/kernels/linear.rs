@@ -37,8 +37,8 @@ pub(crate) fn matmul_into(
     if crate::model::precision::cpu_bf16_on() {
         let (m, n, k) = mnk;
         let (a, b) = rayon::join(
-            || super::amx::pack_lhs(lhs, lhs_strides, m, k),
-            || super::amx::pack_rhs(rhs, rhs_strides, k, n),
+            || super::amx_pack::pack_lhs(lhs, lhs_strides, m, k),
+            || super::amx_pack::pack_rhs(rhs, rhs_strides, k, n),
         );
         return super::amx::matmul(dst, n, accumulate, &a, &b);
     }
@@ -111,7 +111,8 @@ pub(crate) fn linear_into(
     });
     // dst += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
     if crate::model::precision::cpu_bf16_on() {
-        let (a, wt) = rayon::join(|| super::amx::pack_lhs(x, (k, 1), m, k), || super::amx::pack_rhs(w, (1, k), k, n));
+        let (a, wt) =
+            rayon::join(|| super::amx_pack::pack_lhs(x, (k, 1), m, k), || super::amx_pack::pack_rhs(w, (1, k), k, n));
         return super::amx::matmul(dst, dst_rs, true, &a, &wt);
     }
     gemm_strided(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k), parallelism());

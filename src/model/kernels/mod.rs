@@ -14,6 +14,7 @@
 //! results are bitwise the same on any number of threads.
 
 pub mod amx;
+pub mod amx_pack;
 mod attention;
 mod buffer;
 mod dropout;

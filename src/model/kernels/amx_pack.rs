@@ -1,0 +1,290 @@
+//! The operands of the AMX bf16 kernel ([`super::amx`]): f32 rounded to bf16 (nearest even)
+//! and laid out in 16 × 32 tiles as TDPBF16PS reads them, and the instruction's definition in
+//! plain Rust, which the kernel is tested against.
+//!
+//! ```text
+//! A packed: per block of 16 rows, per 32 of k: a 16 × 32 bf16 tile (1 KiB), rows 64 bytes apart
+//! B packed: per block of 16 columns, per 32 of k: 16 rows of k pairs × (16 columns × 2) bf16,
+//!           the pairs along k side by side
+//! ```
+//!
+//! Rows and columns are padded with zeros to multiples of 32 and k to a multiple of 32, so the
+//! kernel only ever sees whole tiles.
+
+use rayon::prelude::*;
+
+/// Tile edge in rows and f32 columns; bf16 values per tile row.
+pub(super) const T: usize = 16;
+pub(super) const KT: usize = 32;
+/// One packed tile: 16 rows of 64 bytes.
+pub(super) const TILE: usize = T * KT;
+
+/// f32 → bf16, rounded to nearest even (NaN stays NaN), as `torch`'s and `vcvtneps2bf16` do.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        0x7fc0
+    } else {
+        rounded as u16
+    }
+}
+
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32),
+/// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
+pub struct Packed {
+    data: Vec<u16>,
+    pub(super) rows: usize,
+    pub(super) k_tiles: usize,
+}
+
+impl Packed {
+    pub(super) fn blocks(&self) -> usize {
+        self.rows.div_ceil(2 * T) * 2
+    }
+
+    /// The tiles of the 16-row block `b`; one step of k is [`Packed::step`] elements further.
+    pub(super) fn block(&self, b: usize) -> &[u16] {
+        &self.data[b * self.k_tiles * TILE..(b + 1) * self.k_tiles * TILE]
+    }
+
+    pub(super) fn step(&self) -> usize {
+        TILE
+    }
+}
+
+/// Packs `A[m, k]` (element `(i, j)` at `src[i * rs + j * cs]`) as the left operand.
+pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
+    pack(src, (rs, cs), m, k, Layout::Rows)
+}
+
+/// Packs `B[k, n]` (element `(j, c)` at `src[j * rs + c * cs]`) as the right operand: per block
+/// of 16 columns, tiles whose row `p` holds, for each column, the pair `B[2p], B[2p + 1]` of k.
+pub fn pack_rhs(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Packed {
+    pack(src, (cs, rs), n, k, Layout::Pairs)
+}
+
+/// How a tile holds its 16 lines (rows of A, columns of B) of 32 values along k.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Line `r` is tile row `r` (A).
+    Rows,
+    /// Tile row `p` holds the pairs `2p, 2p + 1` of every line side by side (B).
+    Pairs,
+}
+
+/// `lines` lines of `k` values (value `j` of line `r` at `src[r * line_stride + j * k_stride]`)
+/// in tiles. Each tile is gathered into a 16 × 32 f32 block first, reading the source along
+/// whichever stride is 1, then rounded and laid out from that block (in L1).
+fn pack(src: &[f32], (line_stride, k_stride): (usize, usize), lines: usize, k: usize, layout: Layout) -> Packed {
+    let k_tiles = k.div_ceil(KT);
+    let blocks = lines.div_ceil(2 * T) * 2;
+    let mut data = vec![0u16; blocks * k_tiles * TILE];
+    let out = SendPtr(data.as_mut_ptr());
+    // Tiles in k-major order, so that neighbouring tasks read neighbouring source columns; each
+    // is written to its place in the block-major layout.
+    (0..blocks * k_tiles).into_par_iter().for_each(|i| {
+        let (t, b) = (i / blocks, i % blocks);
+        let (r0, j0) = (b * T, t * KT);
+        let (nr, nj) = (T.min(lines.saturating_sub(r0)), KT.min(k - j0));
+        if nr == 0 {
+            return;
+        }
+        let o = out;
+        // SAFETY: tile (b, t) is the TILE elements at (b * k_tiles + t) * TILE, inside `data`
+        // (b < blocks, t < k_tiles); each task writes only its own tile, while `data` lives.
+        let tile = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * k_tiles + t) * TILE), TILE) };
+        // Gathered as the layout reads it: line-major for rows of A, k-major for pairs of B.
+        let mut block = [0f32; TILE];
+        let slot = |r: usize, j: usize| match layout {
+            Layout::Rows => r * KT + j,
+            Layout::Pairs => j * T + r,
+        };
+        let at = |r: usize, j: usize| (r0 + r) * line_stride + (j0 + j) * k_stride;
+        if k_stride == 1 {
+            for r in 0..nr {
+                for (j, &x) in src[at(r, 0)..at(r, 0) + nj].iter().enumerate() {
+                    block[slot(r, j)] = x;
+                }
+            }
+        } else {
+            for j in 0..nj {
+                for r in 0..nr {
+                    block[slot(r, j)] = src[at(r, j)];
+                }
+            }
+        }
+        convert(layout, &block, tile);
+    });
+    Packed { data, rows: lines, k_tiles }
+}
+
+/// Rounds a gathered block (see [`pack`]) into its tile: rows as they are, or the 16 lines'
+/// pairs of k side by side.
+fn convert(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the instructions `convert_avx512` is compiled for.
+        return unsafe { convert_avx512(layout, block, tile) };
+    }
+    convert_plain(layout, block, tile)
+}
+
+/// The definition of [`convert`].
+fn convert_plain(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    match layout {
+        Layout::Rows => tile.iter_mut().zip(block).for_each(|(o, &x)| *o = to_bf16(x)),
+        Layout::Pairs => {
+            for (p, row) in tile.chunks_exact_mut(KT).enumerate() {
+                for r in 0..T {
+                    row[2 * r] = to_bf16(block[2 * p * T + r]);
+                    row[2 * r + 1] = to_bf16(block[(2 * p + 1) * T + r]);
+                }
+            }
+        }
+    }
+}
+
+/// [`convert`] by `vcvtne2ps2bf16` (the same rounding to nearest even; subnormal inputs, which
+/// TDPBF16PS would count as zero anyway, become zero here already) and, for pairs, a word
+/// shuffle that interleaves two converted lines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn convert_avx512(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert_eq!(tile.len(), TILE);
+    let interleave: [u16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as u16);
+    // SAFETY: `interleave` is 64 bytes.
+    let idx = unsafe { _mm512_loadu_si512(interleave.as_ptr().cast()) };
+    for row in 0..T {
+        // SAFETY: row `row` of 32 values: `block` holds 16 × 32 f32 and `tile` 16 × 32 u16
+        // (asserted), read and written 64 bytes at a time at offsets below their ends.
+        unsafe {
+            let lo = _mm512_loadu_ps(block.as_ptr().add(row * KT));
+            let hi = _mm512_loadu_ps(block.as_ptr().add(row * KT + T));
+            let mut v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            if let Layout::Pairs = layout {
+                v = _mm512_permutexvar_epi16(idx, v);
+            }
+            _mm512_storeu_si512(tile.as_mut_ptr().add(row * KT).cast(), v);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct SendPtr<E>(pub(super) *mut E);
+// SAFETY: the pointer is only used to write disjoint parts of one mutably borrowed buffer (see
+// `matmul` and `pack`), never shared state.
+unsafe impl<E> Send for SendPtr<E> {}
+// SAFETY: as above.
+unsafe impl<E> Sync for SendPtr<E> {}
+
+/// TDPBF16PS's definition for one output: starting from `c`, for each pair of k in order,
+/// `c += a[2p]·b[2p]` then `c += a[2p+1]·b[2p+1]`, each product exact (bf16 × bf16 fits f32)
+/// and each sum rounded to nearest even; bf16 inputs that are subnormal count as zero and
+/// subnormal sums are flushed to zero (Intel's SDM: DAZ and FTZ regardless of MXCSR).
+pub fn reference_dot(mut c: f32, a: &[u16], b: &[u16]) -> f32 {
+    let daz = |h: u16| if h & 0x7f80 == 0 { 0.0 } else { from_bf16(h) };
+    for (x, y) in a.iter().zip(b) {
+        c += daz(*x) * daz(*y);
+        if c.is_subnormal() {
+            c = 0.0f32.copysign(c);
+        }
+    }
+    c
+}
+
+/// `dst = A · B` by [`reference_dot`] (A `[m, k]`, B `[k, n]`, row-major f32, rounded to bf16).
+pub fn reference(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+    let a16: Vec<u16> = a.iter().map(|&x| to_bf16(x)).collect();
+    let mut out = vec![0f32; m * n];
+    for c in 0..n {
+        let col: Vec<u16> = (0..k).map(|j| to_bf16(b[j * n + c])).collect();
+        for i in 0..m {
+            out[i * n + c] = reference_dot(0.0, &a16[i * k..(i + 1) * k], &col);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::testing::uniform;
+
+    #[test]
+    fn either_stride_packs_to_the_same_tiles() {
+        let (m, k) = (40, 70);
+        let a = uniform(m * k, 6, 1.0);
+        let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
+        assert_eq!(pack_lhs(&at, (1, m), m, k).data, pack_lhs(&a, (k, 1), m, k).data);
+        // B [k, n] = A read as k × n in both orders
+        assert_eq!(pack_rhs(&a, (1, k), k, m).data, pack_rhs(&at, (m, 1), k, m).data);
+        // padding is zero, values are rounded, the layouts differ
+        let (rows, pairs) = (pack_lhs(&a, (k, 1), m, k), pack_rhs(&a, (1, k), k, m));
+        assert_eq!(rows.data.len(), pairs.data.len());
+        assert_eq!(rows.data[1], to_bf16(a[1]), "row 0 of A holds k in order");
+        assert_eq!(pairs.data[2], to_bf16(a[k]), "line 1's first pair sits after line 0's");
+        // k = 70 is padded to 96: the third tile of row 0 holds k 64..69, then zeros
+        assert_eq!(rows.data[2 * TILE + 5], to_bf16(a[69]));
+        assert_eq!(rows.data[2 * TILE + 6], 0);
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // halfway cases go to the even neighbour; above halfway rounds up
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(to_bf16(f32::NAN) & 0x7fc0, 0x7fc0);
+        assert_eq!(to_bf16(f32::from_bits(0x7f80_0001)), 0x7fc0, "a NaN payload never rounds to infinity");
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+        for x in uniform(10_000, 1, 100.0) {
+            let r = from_bf16(to_bf16(x));
+            assert!(((r - x) / x).abs() <= 1.0 / 256.0, "{x} -> {r}");
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn the_vector_conversion_is_the_plain_one() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") {
+            let v = uniform(TILE, 8, 3.0);
+            let block: [f32; TILE] = std::array::from_fn(|i| v[i]);
+            for layout in [Layout::Rows, Layout::Pairs] {
+                let (mut plain, mut simd) = (vec![0u16; TILE], vec![0u16; TILE]);
+                convert_plain(layout, &block, &mut plain);
+                // SAFETY: the CPU has the instructions (checked above).
+                unsafe { convert_avx512(layout, &block, &mut simd) };
+                assert_eq!(plain, simd);
+            }
+            return;
+        }
+        eprintln!("the_vector_conversion_is_the_plain_one: NOT CHECKED here (no AVX-512 BF16 on this CPU)");
+    }
+
+    #[test]
+    fn the_reference_is_the_exact_product_within_f32_rounding() {
+        let (m, n, k) = (5, 7, 200);
+        let (a, b) = (uniform(m * k, 2, 1.0), uniform(k * n, 3, 1.0));
+        let r = reference(&a, &b, (m, n, k));
+        for i in 0..m {
+            for c in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|j| from_bf16(to_bf16(a[i * k + j])) as f64 * from_bf16(to_bf16(b[j * n + c])) as f64)
+                    .sum();
+                let bound: f64 =
+                    (0..k).map(|j| (a[i * k + j] * b[j * n + c]).abs() as f64).sum::<f64>() * k as f64 * 6e-8;
+                assert!((r[i * n + c] as f64 - exact).abs() <= bound, "({i}, {c}): {} vs {exact}", r[i * n + c]);
+            }
+        }
+    }
+}
