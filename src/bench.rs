@@ -121,10 +121,10 @@ pub struct BenchOptions {
 /// What the encoder's linear layers run on at inference, for the CPU's formats: the number
 /// format, and the instructions (which depend on the CPU).
 pub fn inference_kernel(quantize: Option<Quantize>, device: &Device, bf16: bool) -> Option<String> {
-    use crate::model::kernels::{panels, panels_bf16};
+    use crate::model::kernels::{panels, prepared};
     match quantize {
         Some(Quantize::Int8) => Some(format!("in int8; integer dot products on {}", Isa::detect().name())),
-        Some(Quantize::Bf16) => Some(format!("in bf16 with float32 sums; {}", panels_bf16::NAME)),
+        Some(Quantize::Bf16) => Some(format!("in bf16 with float32 sums; {}", prepared::bf16_kernel_name())),
         None if device.is_cpu() && !bf16 => {
             Some(format!("on float32 weights packed at load; {}", panels::Isa::detect().name()))
         }

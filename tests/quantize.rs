@@ -197,7 +197,9 @@ fn serve_names_the_int8_kernel_at_start_up() {
     let f32_isa = emotune::model::kernels::panels::Isa::detect().name();
     let f32_line = format!("on cpu: float32 (weights packed at load, {f32_isa})");
     let bf16 = match emotune::model::kernels::panels_bf16::available() {
-        true => ("bf16", format!("on cpu: bf16 (float32 sums; {})", emotune::model::kernels::panels_bf16::NAME)),
+        true => {
+            ("bf16", format!("on cpu: bf16 (float32 sums; {})", emotune::model::kernels::prepared::bf16_kernel_name()))
+        }
         false => ("float32", f32_line.clone()),
     };
     for (extra, dtype, line) in [

@@ -19,7 +19,8 @@ pub struct LoadedModel {
 }
 
 /// The format of a model loaded for inference, from `--quantize` and `--dtype`: bf16 only where
-/// the CPU has AVX-512 BF16; elsewhere float32, with a warning saying so.
+/// the CPU has AVX-512 BF16 (on AMX tiles where it has those too); elsewhere float32, with a
+/// warning saying so.
 pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Device) -> Result<Option<Quantize>> {
     match (quantize, dtype) {
         (Some(q), Dtype::Bf16) => anyhow::bail!("{} and --dtype bf16 exclude each other", q.flag()),

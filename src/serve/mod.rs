@@ -54,7 +54,7 @@ fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
             format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
         }
         (Some(q @ crate::model::Quantize::Bf16), _) => {
-            format!("{} (float32 sums; {})", q.name(), crate::model::kernels::panels_bf16::NAME)
+            format!("{} (float32 sums; {})", q.name(), crate::model::kernels::prepared::bf16_kernel_name())
         }
         (None, true) => "bf16 matmuls, float32 weights".to_string(),
         (None, false) if device.is_cpu() => {

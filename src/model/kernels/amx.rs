@@ -18,7 +18,7 @@
 //! within one block. Linux hands out the tile state only to a
 //! process that asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
-use super::amx_pack::{Packed, SendPtr, T, TILE};
+use super::amx_pack::{pack_lhs, pack_rhs, Packed, SendPtr, T, TILE};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -127,6 +127,48 @@ impl Drop for Tiles {
         unsafe {
             std::arch::asm!("tilerelease", options(nostack, nomem))
         };
+    }
+}
+
+/// A linear layer for inference on AMX (`--dtype bf16`): the weight rounded to bf16 and packed
+/// once at load, each call's activations packed as they come.
+#[derive(Debug)]
+pub struct AmxLinear {
+    weight: Packed,
+    bias: Vec<f32>,
+    k: usize,
+}
+
+/// What bench and serve call this kernel.
+pub const NAME: &str = "AMX tiles (tdpbf16ps)";
+
+impl AmxLinear {
+    /// From a `[n, k]` weight and `[n]` bias.
+    pub fn new(w: &[f32], b: &[f32], (n, k): (usize, usize)) -> AmxLinear {
+        AmxLinear { weight: pack_rhs(w, (1, k), k, n), bias: b.to_vec(), k }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// `dst[i, ..n] = x[i] · Wᵀ + b` for the `m` rows of `x`; `dst` rows `dst_rs` apart.
+    pub fn forward_into(&self, x: &[f32], m: usize, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
+        assert_eq!(x.len(), m * self.k, "activations of {} values for {m} rows of width {}", x.len(), self.k);
+        if m == 0 {
+            return;
+        }
+        let n = self.bias.len();
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            for (d, &v) in row[..n].iter_mut().zip(&self.bias) {
+                d.write(v);
+            }
+        }
+        matmul(dst, dst_rs, true, &pack_lhs(x, (self.k, 1), m, self.k), &self.weight);
     }
 }
 
@@ -260,7 +302,7 @@ unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::amx_pack::{from_bf16, pack_lhs, pack_rhs, reference, to_bf16};
+    use crate::model::kernels::amx_pack::{from_bf16, reference, to_bf16};
     use crate::model::kernels::testing::{on_threads, uniform};
 
     fn run(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
@@ -304,6 +346,34 @@ mod tests {
             }
         }
         eprintln!("AMX against the sequential definition: largest difference {worst_ratio:.2e} x sum |products|");
+    }
+
+    #[test]
+    fn the_prepared_linear_is_the_product_plus_bias() {
+        if !available() {
+            eprintln!("the_prepared_linear_is_the_product_plus_bias: NOT CHECKED here (no AMX bf16 on this CPU)");
+            return;
+        }
+        let (m, n, k) = (24, 40, 50);
+        let (x, w, b) = (uniform(m * k, 9, 1.0), uniform(n * k, 10, 1.0), uniform(n, 11, 1.0));
+        let lin = AmxLinear::new(&w, &b, (n, k));
+        // written into a wider output (a column block of the q/k/v projections side by side)
+        let mut out = vec![MaybeUninit::new(7f32); m * (n + 3)];
+        lin.forward_into(&x, m, &mut out, n + 3);
+        let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
+        let plain = reference(&x, &wt, (m, n, k));
+        for i in 0..m {
+            for c in 0..n + 3 {
+                // SAFETY: initialised above.
+                let got = unsafe { out[i * (n + 3) + c].assume_init() };
+                if c >= n {
+                    assert_eq!(got, 7.0, "columns past n are left alone");
+                    continue;
+                }
+                let mag: f32 = (0..k).map(|j| (x[i * k + j] * w[c * k + j]).abs()).sum::<f32>() + b[c].abs();
+                assert!((got - (b[c] + plain[i * n + c])).abs() <= mag * 2f32.powi(-21), "({i}, {c})");
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn from_bf16(h: u16) -> f32 {
 
 /// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32),
 /// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
+#[derive(Debug)]
 pub struct Packed {
     data: Vec<u16>,
     pub(super) rows: usize,

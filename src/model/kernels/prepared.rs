@@ -1,8 +1,9 @@
 //! A linear layer's weight prepared once at load for inference: float32 panels (`panels.rs`),
-//! bf16 panels (`panels_bf16.rs`, `--dtype bf16`) or int8 (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the
-//! optimizer, so only models loaded for inference carry one, and a backward pass through it
+//! bf16 on AMX tiles (`amx.rs`) or bf16 panels (`panels_bf16.rs`) for `--dtype bf16`, or int8
+//! (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the optimizer, so only models loaded for inference carry one, and a backward pass through it
 //! fails loudly instead of stopping the gradient.
 
+use super::amx::AmxLinear;
 use super::buffer::{f32_slice, filled};
 use super::linear::linear_into;
 use super::panels::PanelLinear;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 pub enum Prepared {
     F32(PanelLinear),
     Bf16(Bf16PanelLinear),
+    /// bf16 on AMX tiles (`--dtype bf16` where the CPU has AMX).
+    Amx(AmxLinear),
     Int8(QuantizedLinear),
 }
 
@@ -25,10 +28,14 @@ impl Prepared {
         Ok(Prepared::F32(PanelLinear::new(&w, &b, nk)))
     }
 
-    /// Bf16 panels (the CPU must have AVX-512 BF16 to run them).
+    /// The bf16 form: AMX tiles where the CPU has them, else bf16 panels (the CPU must have
+    /// AVX-512 BF16 to run them).
     pub fn bf16(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
         let (w, b, nk) = host(weight, bias)?;
-        Ok(Prepared::Bf16(Bf16PanelLinear::new(&w, &b, nk)))
+        Ok(match super::amx::available() {
+            true => Prepared::Amx(AmxLinear::new(&w, &b, nk)),
+            false => Prepared::Bf16(Bf16PanelLinear::new(&w, &b, nk)),
+        })
     }
 
     /// Int8 weights per output channel.
@@ -41,6 +48,7 @@ impl Prepared {
         match self {
             Prepared::F32(l) => l.in_features(),
             Prepared::Bf16(l) => l.in_features(),
+            Prepared::Amx(l) => l.in_features(),
             Prepared::Int8(l) => l.in_features(),
         }
     }
@@ -49,6 +57,7 @@ impl Prepared {
         match self {
             Prepared::F32(l) => l.out_features(),
             Prepared::Bf16(l) => l.out_features(),
+            Prepared::Amx(l) => l.out_features(),
             Prepared::Int8(l) => l.out_features(),
         }
     }
@@ -57,6 +66,15 @@ impl Prepared {
     pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
         // tracked, so that a backward pass through it fails loudly instead of stopping the gradient
         x.contiguous()?.apply_op1(PreparedOp(self.clone()))
+    }
+}
+
+/// The instructions `--dtype bf16` runs on here: AMX tiles where the CPU has them, else the
+/// AVX-512 BF16 panels.
+pub fn bf16_kernel_name() -> &'static str {
+    match super::amx::available() {
+        true => super::amx::NAME,
+        false => super::panels_bf16::NAME,
     }
 }
 
@@ -93,6 +111,7 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
                 (Some(Prepared::F32(p)), _) => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
+                (Some(Prepared::Amx(p)), _) => p.forward_into(x, m, dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
             }
             offset += n;
@@ -107,6 +126,7 @@ impl CustomOp1 for PreparedOp {
         match *self.0 {
             Prepared::F32(_) => "emotune-panel-linear",
             Prepared::Bf16(_) => "emotune-bf16-linear",
+            Prepared::Amx(_) => "emotune-amx-linear",
             Prepared::Int8(_) => "emotune-int8-linear",
         }
     }
@@ -122,6 +142,7 @@ impl CustomOp1 for PreparedOp {
         let y = filled(m * n, |y| match &*self.0 {
             Prepared::F32(p) => p.forward_into(x, m, y, n),
             Prepared::Bf16(p) => p.forward_into(x, m, y, n),
+            Prepared::Amx(p) => p.forward_into(x, m, y, n),
             Prepared::Int8(q) => q.forward_into(&QuantizedRows::new(x, (m, k)), y, n),
         });
         let mut out = dims.to_vec();
