@@ -4,7 +4,8 @@
 //! (one text, a small batch, one 24-token text) and 64 × 40 rows. Prints the median of each
 //! and the ratio, panels over gemm (below 1: the panels are faster).
 //!
-//! `cargo bench --bench linear [-- RUNS]` (default 30 runs per case, alternating the two).
+//! `cargo bench --bench linear [-- RUNS [ROWS...]]` (default 30 runs per case, alternating the
+//! two; rows 1, 8, 24 and 2560).
 
 use candle_core::{Device, Tensor};
 use emotune::model::kernels::{self, prepared::Prepared};
@@ -17,7 +18,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30);
+    let numbers: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let runs = numbers.first().copied().unwrap_or(30);
+    let rows_list = if numbers.len() > 1 { numbers[1..].to_vec() } else { vec![1, 8, 24, 2560] };
     println!(
         "panels: {}; {} threads; median of {runs} runs",
         kernels::panels::Isa::detect().name(),
@@ -27,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         "{:>5} {:>5} {:>5} | {:>9} {:>9} | {:>6} | {:>8}",
         "rows", "in", "out", "gemm ms", "panels ms", "ratio", "GFLOP/s"
     );
-    for rows in [1usize, 8, 24, 2560] {
+    for rows in rows_list {
         for (k, n) in [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
             let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;

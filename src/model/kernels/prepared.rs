@@ -97,7 +97,8 @@ pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a Prepared>);
 
 /// `x Wᵀ + b` of `x [m, k]` by each of `layers`, side by side in one `[m, Σ n]` output: by the
 /// prepared form where a layer has one (int8 activations quantised once for all of them), by
-/// gemm otherwise.
+/// gemm otherwise, and by gemm for float32 from [`super::panels::gemm_rows`] rows on (so a
+/// large batch is never slower than the training forward).
 pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
     let total: usize = layers.iter().map(|l| l.1.len()).sum();
     let int8 = layers.iter().any(|l| matches!(l.2, Some(Prepared::Int8(_))));
@@ -109,7 +110,7 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
             let dst = &mut out[offset..];
             match (prepared, &rows) {
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
-                (Some(Prepared::F32(p)), _) => p.forward_into(x, m, dst, total),
+                (Some(Prepared::F32(p)), _) if m < super::panels::gemm_rows() => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Amx(p)), _) => p.forward_into(x, m, dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
