@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """emotune against PyTorch on this machine, in one run: per shape, `emotune bench --json` and
-`bench/torch_bench.py` (fp32, and PyTorch's bf16 autocast with --bf16; emotune trains in fp32
-only, so its fp32 step is compared with both) one after the other, then a table of median
-step times and their ratios, and of inference: one-text latency p50/p99 and texts/s at batch
-1, 8 and --batch (ratios are emotune's time over PyTorch's: below 1, emotune is faster).
-With --bf16 the inference table adds `emotune bench --dtype bf16` against PyTorch's bf16
-autocast (on a CPU without AVX-512 BF16 emotune says so and runs fp32: the column is marked).
+`bench/torch_bench.py` (fp32, and with --bf16 both in bf16: `emotune bench --dtype bf16` against
+PyTorch's bf16 autocast) one after the other, then a table of median step times and their
+ratios, and of inference: one-text latency p50/p99 and texts/s at batch 1, 8 and --batch
+(ratios are emotune's time over PyTorch's: below 1, emotune is faster). emotune trains in bf16
+on CPUs with AMX and infers in bf16 on CPUs with AVX-512 BF16 (on AMX tiles where there are
+some); elsewhere it says so and runs fp32, and the tables mark it.
 
     python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--int8] [--skip-training]
                             [--emotune target/release/emotune]
@@ -66,11 +66,8 @@ def main():
         r["pytorch"] = run_json([*torch_bench, *common, *shape])[0]
         if args.bf16:
             r["pytorch-bf16"] = run_json([*torch_bench, "--bf16", *common, *shape])[0]
-            inference = [c for c in common if c != "--skip-training"] + ["--skip-training"]
-            r["emotune-bf16"] = run_json([*bench, "--dtype", "bf16", *inference, *shape])[0]
-            if not args.skip_training:
-                # training in bf16: AMX tiles where the CPU has them (emotune says when it fell back)
-                r["emotune-bf16-train"] = run_json([*bench, "--bf16", *common, *shape])[0]
+            # training on AMX tiles and inference on AMX or bf16 panels, where the CPU has them
+            r["emotune-bf16"] = run_json([*bench, "--dtype", "bf16", *common, *shape])[0]
         if args.int8:
             r["emotune-int8"] = run_json([*bench, "--quantize", "int8", *common, *shape])[0]
             r["pytorch-int8"] = run_json([*torch_bench, "--quantize", "int8", *common, *shape])[0]
@@ -88,7 +85,7 @@ def main():
 
 
 def print_training(rows, args):
-    cols = ["emotune", "pytorch"] + (["emotune-bf16-train", "pytorch-bf16"] if args.bf16 else [])
+    cols = ["emotune", "pytorch"] + (["emotune-bf16", "pytorch-bf16"] if args.bf16 else [])
     print(f"batch {args.batch}; median of {args.steps} steps after {args.warmup} warm-up; seconds per training step "
           "(forward / backward / optimiser)\n")
     bf16_heads = " | emotune / pytorch bf16 | emotune bf16 / pytorch bf16 | emotune bf16 / emotune"
@@ -99,8 +96,10 @@ def print_training(rows, args):
                  for c in cols]
         ratio = r["emotune"]["train_step_s"] / r["pytorch"]["train_step_s"]
         extra = ""
+        if args.bf16 and not r["emotune-bf16"]["bf16"]:
+            print("NOTE: emotune-bf16 trained in fp32 (this CPU has no AMX)")
         if args.bf16:
-            e, eb, pb = (r[c]["train_step_s"] for c in ("emotune", "emotune-bf16-train", "pytorch-bf16"))
+            e, eb, pb = (r[c]["train_step_s"] for c in ("emotune", "emotune-bf16", "pytorch-bf16"))
             extra = f" | {e / pb:.2f} | {eb / pb:.2f} | {eb / e:.2f}"
         print(f"| {r['seq']} | " + " | ".join(cells) + f" | {ratio:.2f}{extra} |")
     print()

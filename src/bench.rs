@@ -52,7 +52,7 @@ pub struct ShapeReport {
     pub seq: usize,
     /// Where it ran: `cpu` or `cuda:N`.
     pub device: String,
-    /// Mixed precision (`--bf16`): the matmuls in bf16, everything else f32.
+    /// Trained in bf16 (`--dtype bf16` on a GPU or a CPU with AMX): the matmuls in bf16, everything else f32.
     pub bf16: bool,
     /// `"int8"` or `"bf16"` when the encoder's linear layers ran in that format (`--quantize`,
     /// `--dtype`), else null (float32).
@@ -60,7 +60,7 @@ pub struct ShapeReport {
     /// The instructions of the int8 kernel, when quantised.
     pub int8_kernel: Option<&'static str>,
     /// The instructions of the float32 inference kernel (weights packed at load), on the CPU
-    /// without `--quantize` and `--bf16`; else null.
+    /// without `--quantize` and `--dtype bf16`; else null.
     pub f32_kernel: Option<&'static str>,
     /// Median seconds of one full training step (forward + backward + optimiser); null when
     /// training was not measured (`--skip-training`, or a quantised model, which cannot train).
@@ -114,7 +114,7 @@ pub struct BenchOptions {
     pub train: bool,
     /// Quantise the encoder's linear layers (inference only).
     pub quantize: Option<Quantize>,
-    /// Mixed precision: matmuls in bf16 (GPUs).
+    /// Mixed precision: matmuls in bf16 (autocast on a GPU, AMX tiles on a CPU).
     pub bf16: bool,
 }
 

@@ -6,6 +6,7 @@
 //! without it asked for a GPU says how to get one and stops; it never falls back silently.
 //! Only `auto` means "the GPU if there is one".
 
+use crate::weights::Dtype;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use std::str::FromStr;
@@ -46,24 +47,47 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// The `--device` and `--bf16` flags of every command that runs a model.
+/// The `--device` and `--dtype` flags of every command that runs a model.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ComputeArgs {
     /// Where to compute: cpu, cuda, cuda:N, or auto (the first GPU when this binary has CUDA
     /// and one is present, else the CPU).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
-    /// Mixed precision on a GPU, as torch.autocast: the matmuls in bf16; weights, optimiser
-    /// state, softmax, LayerNorm, GELU and the loss in f32.
-    #[arg(long)]
+    /// The matmuls' number format. bf16: on a GPU, mixed precision as torch.autocast (weights,
+    /// optimiser state, softmax, LayerNorm, GELU and the loss stay f32); on a CPU with AMX, the
+    /// encoder's projections on AMX tiles (training and inference); on a CPU with AVX-512 BF16
+    /// only, inference on bf16 panels; elsewhere float32, with a warning.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+    /// The same as --dtype bf16 (the earlier spelling).
+    #[arg(long, hide = true)]
     pub bf16: bool,
 }
 
 impl ComputeArgs {
-    /// The device, and the dtype the matmuls run in (None: f32).
+    /// `--dtype`, with `--bf16` meaning bf16.
+    pub fn dtype(&self) -> Dtype {
+        if self.bf16 {
+            Dtype::Bf16
+        } else {
+            self.dtype
+        }
+    }
+
+    /// The device, and the dtype a model's matmuls run in while it is used (None: f32). For
+    /// inference on the CPU, bf16 lives in the weights prepared at load
+    /// ([`crate::model::inference_format`]), so this is f32 there.
     pub fn resolve(&self) -> Result<(Device, Option<DType>)> {
         let device = select(self.device)?;
-        let bf16 = bf16_on(&device, self.bf16);
+        let bf16 = self.dtype() == Dtype::Bf16 && !device.is_cpu();
+        Ok((device, bf16.then_some(DType::BF16)))
+    }
+
+    /// As [`ComputeArgs::resolve`], for training: on the CPU, bf16 where it has AMX.
+    pub fn resolve_training(&self) -> Result<(Device, Option<DType>)> {
+        let device = select(self.device)?;
+        let bf16 = bf16_on(&device, self.dtype() == Dtype::Bf16);
         Ok((device, bf16.then_some(DType::BF16)))
     }
 }
@@ -106,12 +130,12 @@ fn cuda(ordinal: usize) -> Result<Device> {
     )
 }
 
-/// Whether `--bf16` runs in bf16 on `device`: on a GPU, autocast; on a CPU, only where it has
-/// AMX bf16 tiles (elsewhere bf16 would be emulated, slower than float32: it says so and
-/// computes in float32).
+/// Whether training with `--dtype bf16` runs in bf16 on `device`: on a GPU, autocast; on a
+/// CPU, only where it has AMX bf16 tiles (elsewhere bf16 would be emulated, slower than
+/// float32: it says so and computes in float32).
 pub fn bf16_on(device: &Device, bf16: bool) -> bool {
     if bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
-        log::warn!("--bf16: this CPU has no AMX bf16 (amx_bf16), so the model computes in float32");
+        log::warn!("--dtype bf16: this CPU has no AMX bf16 (amx_bf16), so training computes in float32");
         return false;
     }
     bf16

@@ -56,7 +56,7 @@ pub struct EvalOptions {
     pub threshold: Option<f32>,
     /// How the encoder's linear layers run (`--quantize`).
     pub quantize: Option<crate::model::Quantize>,
-    /// The dtype the matmuls run in (`--bf16`); None: f32.
+    /// The dtype the matmuls run in (`--dtype bf16`); None: f32.
     pub autocast: Option<candle_core::DType>,
 }
 

@@ -199,8 +199,7 @@ impl Quantize {
 pub enum Dtype {
     #[default]
     F32,
-    /// Bf16 weights and activations, float32 sums, on CPUs with AVX-512 BF16; elsewhere float32
-    /// (with a warning saying so).
+    /// bf16 matmuls with float32 sums where the device has them (see --dtype).
     Bf16,
 }
 

@@ -352,6 +352,41 @@ fn composed_path_trains_and_resumes_bitwise() {
     assert!(last < first, "the composed path learns: training loss {first} -> {last}");
 }
 
+/// `--dtype bf16` on a CPU with AMX: a run stopped after step 3 and resumed ends with the same
+/// bits as one that ran through, it learns, and it is not the float32 run (bf16 applied).
+#[test]
+fn amx_bf16_trains_and_resumes_bitwise() {
+    if !emotune::model::kernels::amx::available() {
+        eprintln!("amx_bf16_trains_and_resumes_bitwise: NOT CHECKED here (no AMX bf16 on this CPU)");
+        return;
+    }
+    std::env::set_var("HF_HOME", hf_home());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = text_label_files();
+    let cfg = |name: &str, bf16: bool| {
+        let mut cfg = TrainConfig::seed_recipe(fixture("tiny-bert").to_str().unwrap(), tmp.path().join(name));
+        (cfg.train_limit, cfg.eval_limit, cfg.train_batch_size) = (Some(128), Some(64), 32);
+        (cfg.num_train_epochs, cfg.learning_rate, cfg.bf16) = (2, 1e-3, bf16);
+        cfg
+    };
+    let whole = train(&cfg("whole", true), &spec, &Device::Cpu).unwrap();
+    let stop = RunControl { resume: None, stop_after_step: Some(3) };
+    let stopped = train_with(&cfg("split", true), &spec, &Device::Cpu, &stop).unwrap();
+    assert!(stopped.interrupted_at.is_some(), "the run stopped at step 3");
+    let resume = RunControl { resume: Some(Resume::Latest), stop_after_step: None };
+    train_with(&cfg("split", true), &spec, &Device::Cpu, &resume).unwrap();
+    train(&cfg("f32", false), &spec, &Device::Cpu).unwrap();
+    let read = |run: &str, f: &str| std::fs::read(tmp.path().join(run).join(f)).unwrap();
+    for f in ["model.safetensors", "metrics.jsonl"] {
+        assert!(read("whole", f) == read("split", f), "{f} differs after a resume in bf16");
+    }
+    assert!(read("whole", "model.safetensors") != read("f32", "model.safetensors"), "bf16 did not apply");
+    let first = whole.rows.first().unwrap().training_loss;
+    let last = whole.rows.last().unwrap().training_loss;
+    assert!(last < first, "bf16 training learns: training loss {first} -> {last}");
+}
+
 /// The emotion train and validation splits as `text;label` files.
 fn text_label_files() -> DataSpec {
     DataSpec {

@@ -44,10 +44,6 @@ pub struct BenchArgs {
     /// only (a quantised model cannot train).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
-    /// Run the encoder's linear layers in bf16 as `predict --dtype` does, and measure inference
-    /// only (on CPUs without AVX-512 BF16: float32, with a warning).
-    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
-    pub dtype: crate::model::Dtype,
     /// Instead of measuring, write a randomly initialised model of --config's shape to this
     /// directory (with --tokenizer's tokenizer files), to time whole training runs with
     /// `emotune train --model DIR`. Its weights have learned nothing.
@@ -81,7 +77,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool is already set up ({e})"))?;
     }
-    let (device, autocast) = args.compute.resolve()?;
+    let (device, autocast) = args.compute.resolve_training()?;
     let opts = BenchOptions {
         batch: args.batch,
         seqs,
@@ -90,7 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         latency_runs: args.latency_runs,
         profile: args.profile,
         train: !args.skip_training,
-        quantize: crate::model::inference_format(args.quantize, args.dtype, &device)?,
+        quantize: crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?,
         bf16: autocast.is_some(),
     };
     if let (Some(kernel), false) = (crate::bench::inference_kernel(opts.quantize, &device, opts.bf16), args.json) {

@@ -47,10 +47,6 @@ pub struct EvalArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
-    /// Run the encoder's linear layers in bf16 (weights rounded at load, activations at each
-    /// call, float32 sums) on CPUs with AVX-512 BF16; elsewhere float32, with a warning.
-    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
-    pub dtype: crate::model::Dtype,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
 }
@@ -69,7 +65,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         top_losses: args.top_losses,
         max_length: args.max_length,
         threshold: args.threshold,
-        quantize: crate::model::inference_format(args.quantize, args.dtype, &device)?,
+        quantize: crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?,
         autocast,
     };
     let report = crate::eval::run(&args.model, &spec, &opts, &device)?;

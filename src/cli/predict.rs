@@ -50,10 +50,6 @@ pub struct PredictArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
-    /// Run the encoder's linear layers in bf16 (weights rounded at load, activations at each
-    /// call, float32 sums) on CPUs with AVX-512 BF16; elsewhere float32, with a warning.
-    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
-    pub dtype: crate::model::Dtype,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
 }
@@ -71,7 +67,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let inputs = read_inputs(&args)?;
     let (device, autocast) = args.compute.resolve()?;
-    let format = crate::model::inference_format(args.quantize, args.dtype, &device)?;
+    let format = crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?;
     let mut predictor = Predictor::load(&args.model, args.max_length, format, &device)?;
     predictor.model.autocast = autocast;
     if let Some(t) = args.threshold {

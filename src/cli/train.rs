@@ -33,7 +33,7 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mut cfg = args.recipe;
-    let (device, autocast) = args.compute.resolve()?;
+    let (device, autocast) = args.compute.resolve_training()?;
     cfg.bf16 = autocast.is_some();
     cfg.output_dir = args.output_dir.unwrap_or_else(|| default_output_dir(&cfg.model, &args.data));
     let control = RunControl {

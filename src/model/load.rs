@@ -13,7 +13,7 @@ pub struct LoadedModel {
     pub config: ModelConfig,
     pub model: Box<dyn SequenceClassifier>,
     pub params: ParamStore,
-    /// The dtype its matmuls run in under mixed precision (`--bf16`), set by whoever runs it;
+    /// The dtype its matmuls run in under mixed precision (`--dtype bf16`), set by whoever runs it;
     /// None: as the parameters (f32). See [`super::precision`].
     pub autocast: Option<DType>,
 }
@@ -25,9 +25,8 @@ pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Devic
     match (quantize, dtype) {
         (Some(q), Dtype::Bf16) => anyhow::bail!("{} and --dtype bf16 exclude each other", q.flag()),
         (q, Dtype::F32) => Ok(q),
-        (None, Dtype::Bf16) if !device.is_cpu() => {
-            anyhow::bail!("--dtype bf16 is the CPU's bf16 path; on a GPU use --bf16 (bf16 matmuls)")
-        }
+        // on a GPU, bf16 is autocast (`ComputeArgs::resolve`), not a format of the weights
+        (None, Dtype::Bf16) if !device.is_cpu() => Ok(None),
         (None, Dtype::Bf16) if super::kernels::panels_bf16::available() => Ok(Some(Quantize::Bf16)),
         (None, Dtype::Bf16) => {
             log::warn!("--dtype bf16: this CPU has no AVX-512 BF16 (avx512_bf16), so the model runs in float32");

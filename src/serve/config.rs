@@ -34,10 +34,6 @@ pub struct ServeConfig {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
-    /// Run the encoder's linear layers in bf16 (weights rounded at load, activations at each
-    /// call, float32 sums) on CPUs with AVX-512 BF16; elsewhere float32, with a warning.
-    #[arg(long, value_enum, default_value = "f32", conflicts_with = "quantize")]
-    pub dtype: crate::model::Dtype,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
     /// Require `Authorization: Bearer KEY` on every route but `GET /`, `/health` and `/ping`.

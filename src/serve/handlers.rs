@@ -224,7 +224,7 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
         .then(|| labels.iter().zip(&st.predictor.thresholds).map(|(l, &t)| (l.clone(), json!(t))).collect());
     Json(json!({
         "model_id": st.cfg.model,
-        "model_dtype": match (st.cfg.quantize, st.cfg.compute.bf16) {
+        "model_dtype": match (st.cfg.quantize, st.predictor.model.autocast.is_some()) {
             (Some(q), _) => q.name(),
             (None, true) => "bf16",
             (None, false) => "float32",

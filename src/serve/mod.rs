@@ -49,7 +49,8 @@ async fn shutdown_signal() {
 /// What computes: the device, and the number format of the encoder's matmuls (with the
 /// instructions of the CPU kernel, which depend on the CPU).
 fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
-    let format = match (cfg.quantize, cfg.compute.bf16) {
+    let autocast = cfg.compute.dtype() == crate::model::Dtype::Bf16 && !device.is_cpu();
+    let format = match (cfg.quantize, autocast) {
         (Some(q @ crate::model::Quantize::Int8), _) => {
             format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
         }
@@ -89,7 +90,8 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
     );
     let (device, autocast) = cfg.compute.resolve()?;
     // from here on `quantize` is the format the model runs in (`--dtype bf16` included)
-    let cfg = ServeConfig { quantize: crate::model::inference_format(cfg.quantize, cfg.dtype, &device)?, ..cfg };
+    let cfg =
+        ServeConfig { quantize: crate::model::inference_format(cfg.quantize, cfg.compute.dtype(), &device)?, ..cfg };
     let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &device)?;
     predictor.model.autocast = autocast;
     if let Some(t) = cfg.threshold {

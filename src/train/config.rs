@@ -89,7 +89,7 @@ pub struct TrainConfig {
     /// Seeds head initialisation, dropout and shuffling.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Mixed precision (`--bf16`, set with `--device`): the matmuls in bf16, as the Trainer's
+    /// Mixed precision (`--dtype bf16`, set with `--device`): the matmuls in bf16, as the Trainer's
     /// `bf16=True`.
     #[arg(skip)]
     #[serde(default)]
