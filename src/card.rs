@@ -204,10 +204,25 @@ fn write_hyperparameters(s: &mut String, cfg: &TrainConfig) {
     if cfg.class_weights == ClassWeights::Balanced {
         s.push_str("- class_weights: balanced\n");
     }
+    if cfg.bf16 {
+        s.push_str("- mixed_precision_training: bf16 matmuls (float32 weights, optimizer state and loss)\n");
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_card_says_when_training_ran_in_bf16() {
+        let mut cfg = super::TrainConfig::seed_recipe("m", "out".into());
+        let mut card = String::new();
+        super::write_hyperparameters(&mut card, &cfg);
+        assert!(!card.contains("mixed_precision"), "{card}");
+        cfg.bf16 = true;
+        card.clear();
+        super::write_hyperparameters(&mut card, &cfg);
+        assert!(card.contains("- mixed_precision_training: bf16 matmuls"), "{card}");
+    }
+
     #[test]
     fn learning_rates_print_like_python() {
         assert_eq!(super::fmt_lr(2e-5), "2e-05");
