@@ -197,7 +197,8 @@ pub fn run(
         let batch = synthetic_batch(&mut rng, opts.batch, seq, vocab, device)?;
         let labels: Vec<u32> = (0..opts.batch).map(|_| rng.gen_range(0..config.num_labels() as u32)).collect();
         let labels = Tensor::from_vec(labels, opts.batch, device)?;
-        let train = match opts.train && opts.quantize.is_none() {
+        // int8 has no backward; bf16 trains by `autocast` (AMX or a GPU) and infers on prepared weights
+        let train = match opts.train && opts.quantize != Some(Quantize::Int8) {
             true => {
                 let mut m = random_classifier(config.clone(), SEED, device)?;
                 m.autocast = opts.bf16.then_some(DType::BF16);
