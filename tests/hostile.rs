@@ -255,9 +255,8 @@ fn checkpoints_on_the_way_to_a_divergence_are_removed() {
     let args = train_args(out.to_str().unwrap(), "1e4", &["--save-steps", "1"]);
     let err = fails_with(&run(&with_model(args, "tiny-distilbert")), "training diverged at step");
     let step: usize = err.split("at step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    if step > 1 {
-        assert!(err.contains("Removed") && err.contains("checkpoint-1"), "{err}");
-    }
+    assert!(step > 1, "the run must diverge after writing checkpoint-1 for this test to test anything: {err}");
+    assert!(err.contains("Removed") && err.contains("checkpoint-1"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&out).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "the diverged run left {left:?}");
     assert!(!out.exists(), "an output directory holding no usable checkpoint is removed");
