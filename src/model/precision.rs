@@ -5,6 +5,9 @@
 //!   bf16 on bf16 copies of their f32 inputs and weights, and hand back f32; parameters,
 //!   optimiser state, softmax, LayerNorm, GELU and the loss stay f32. Gradients flow back
 //!   through the casts, so the master weights receive f32 gradients.
+//! - [`cpu_bf16`]: on a CPU with AMX, the fused kernels stay on and their linear layers'
+//!   products (forward and backward) run in bf16 on AMX tiles; [`enter`] picks this or autocast
+//!   for a model's device.
 //! - [`composed_ops`]: the fused f32 CPU kernels are switched off and every layer runs as
 //!   candle's primitive ops, the path a GPU takes. Tests use it to check that path on the CPU
 //!   against PyTorch's numbers, where no GPU is at hand.
@@ -111,6 +114,15 @@ mod tests {
             assert_eq!(autocast_dtype(), Some(DType::BF16));
         }
         assert!(fused_allowed() && autocast_dtype().is_none());
+        {
+            let _b = cpu_bf16(true);
+            // only where AMX runs; the fused kernels stay on either way
+            assert_eq!(cpu_bf16_on(), crate::model::kernels::amx::available());
+            assert!(fused_allowed());
+            let _off = cpu_bf16(false);
+            assert!(!cpu_bf16_on());
+        }
+        assert!(!cpu_bf16_on());
         // Per thread: another thread sees the defaults.
         let _a = autocast(Some(DType::BF16));
         assert!(std::thread::spawn(fused_allowed).join().unwrap());

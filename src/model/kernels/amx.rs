@@ -14,9 +14,10 @@
 //! hardware's (`amx_pack::reference` is the sequential definition the tests bound it by).
 //!
 //! Rust has no stable AMX intrinsics (rust-lang/rust#126622), so the microkernel is one `asm!`
-//! block per 32 × 32 output block: tile registers cannot be operands, only state set and stored
-//! within one block. Linux hands out the tile state only to a
-//! process that asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
+//! block per 32 × 32 output block: tile registers cannot be operands, so C is loaded (or
+//! zeroed), accumulated and stored within the block. The tile configuration is loaded once per
+//! task in a block of its own ([`Tiles`]). Linux hands out the tile state only to a process that
+//! asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
 use super::amx_pack::{pack_lhs, pack_rhs, Packed, SendPtr, T, TILE};
 use rayon::prelude::*;

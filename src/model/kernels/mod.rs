@@ -1,7 +1,9 @@
 //! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
 //! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
-//! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. For inference
-//! only, linear layers whose weights were prepared at load: float32 or bf16 panels, and int8.
+//! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. Under
+//! `precision::cpu_bf16` the linear layers' products run in bf16 on AMX tiles (`amx`). For
+//! inference only, linear layers whose weights were prepared at load: float32 panels, bf16 (AMX
+//! tiles or panels), and int8.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/nn.rs`
