@@ -79,6 +79,7 @@ def main():
         with open(args.json_out, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+    print(f"CPU (as emotune sees it): {rows[0]['emotune'].get('cpu', 'not reported')}\n")
     if not args.skip_training:
         print_training(rows, args)
     print_inference(rows, args)

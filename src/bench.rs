@@ -52,6 +52,8 @@ pub struct ShapeReport {
     pub seq: usize,
     /// Where it ran: `cpu` or `cuda:N`.
     pub device: String,
+    /// The CPU as the code sees it ([`crate::cpu::CpuIdentity::describe`]): figures depend on it.
+    pub cpu: String,
     /// Trained in bf16 (`--dtype bf16` on a GPU or a CPU with AMX): the matmuls in bf16, everything else f32.
     pub bf16: bool,
     /// `"int8"` or `"bf16"` when the encoder's linear layers ran in that format (`--quantize`,
@@ -224,6 +226,7 @@ pub fn run(
             batch: opts.batch,
             seq,
             device: crate::device::name(device),
+            cpu: crate::cpu::CpuIdentity::current().describe(),
             bf16: opts.bf16,
             quantize: opts.quantize,
             int8_kernel: (opts.quantize == Some(Quantize::Int8)).then(|| Isa::detect().name()),

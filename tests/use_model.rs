@@ -303,6 +303,8 @@ fn bench_reports_latency_percentiles_and_throughput_per_batch() {
     assert_eq!(r["latency_runs"], 30);
     let packed = emotune::model::kernels::panels::Isa::detect().name();
     assert_eq!(r["f32_kernel"], packed, "the inference timings ran on weights packed at load: {r}");
+    let cpu = emotune::cpu::CpuIdentity::current().describe();
+    assert_eq!(r["cpu"], cpu.as_str(), "the figures name the CPU they came from: {r}");
     let batches: Vec<u64> = r["throughput"].as_array().unwrap().iter().map(|t| t["batch"].as_u64().unwrap()).collect();
     assert_eq!(batches, [1, 8, 16]);
     assert!(r["throughput"].as_array().unwrap().iter().all(|t| t["texts_per_s"].as_f64().unwrap() > 0.0));

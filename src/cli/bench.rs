@@ -92,6 +92,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let (Some(kernel), false) = (crate::bench::inference_kernel(opts.quantize, &device, opts.bf16), args.json) {
         writeln!(out, "inference: the encoder's linear layers {kernel}")?;
     }
+    if opts.train && !args.json {
+        let training = match (opts.bf16, device.is_cpu()) {
+            (true, true) => format!("bf16 on {}", crate::model::kernels::amx::NAME),
+            (true, false) => "bf16 matmuls (autocast)".to_string(),
+            (false, _) => "float32".to_string(),
+        };
+        writeln!(
+            out,
+            "training: the encoder's linear layers in {training}; on {}",
+            crate::cpu::CpuIdentity::current().describe()
+        )?;
+    }
     if !args.json {
         writeln!(
             out,
