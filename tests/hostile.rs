@@ -148,6 +148,11 @@ fn weights_that_overflow_are_refused_naming_the_tensor() {
     let model = dir.path().to_str().unwrap();
     let o = emotune(&["eval", "--model", model, "--file", data.to_str().unwrap(), "--limit", "8"]);
     fails_with(&o, "outputs are not finite");
+    // The server answers TEI's backend error (424) with the reason, never a null score.
+    let s = server::Server::start_path(dir.path(), &[]);
+    let (status, body) = s.predict(serde_json::json!({"inputs": "i feel fine"}));
+    assert_eq!(status, 424, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("outputs are not finite"), "{body}");
 }
 
 #[test]
