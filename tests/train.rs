@@ -72,6 +72,11 @@ fn check_run(model: &str, expected_arch: &str) {
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
+    // model.safetensors is written last, so a directory holding it is complete
+    let written = |f: &str| std::fs::metadata(out.join(f)).unwrap().modified().unwrap();
+    for f in ["config.json", "README.md", "metrics.jsonl", "learning_curves.png", "tokenizer.json"] {
+        assert!(written(f) <= written("model.safetensors"), "{f} was written after model.safetensors");
+    }
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], expected_arch);

@@ -40,13 +40,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume: args.resume.map(|p| p.map_or(crate::train::Resume::Latest, crate::train::Resume::Dir)),
         stop_after_step: args.stop_after_step,
     };
-    let _ = ctrlc::set_handler(|| {
+    let handler = ctrlc::set_handler(|| {
         eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to abort)");
         if crate::train::stop_requested() {
             std::process::exit(130);
         }
         crate::train::request_stop();
     });
+    if let Err(e) = handler {
+        log::warn!("no interrupt handler ({e}): Ctrl-C will end the run without a checkpoint");
+    }
     let outcome = crate::train::train_with(&cfg, &args.data, &device, &control)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;

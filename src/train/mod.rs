@@ -80,14 +80,31 @@ pub fn train(cfg: &TrainConfig, spec: &DataSpec, device: &Device) -> Result<Trai
 }
 
 /// [`train`], resumable and interruptible. A run that fails leaves no output directory behind
-/// when it created it and wrote no checkpoint there.
+/// when it created it and wrote no checkpoint there; when that cannot be told, or removing it
+/// fails, the error says so and the directory stays.
 pub fn train_with(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {
     let created_dir = !cfg.output_dir.exists();
     let result = run(cfg, spec, device, control);
-    if result.is_err() && created_dir && latest_checkpoint(&cfg.output_dir).ok().flatten().is_none() {
-        let _ = std::fs::remove_dir_all(&cfg.output_dir);
+    match result {
+        Err(e) if created_dir && cfg.output_dir.exists() => Err(remove_created_dir(&cfg.output_dir, e)),
+        other => other,
     }
-    result
+}
+
+/// Removes the output directory a failed run created, unless it holds a checkpoint (or it
+/// cannot be told whether it does); says in `err` what was left and why.
+fn remove_created_dir(dir: &std::path::Path, err: anyhow::Error) -> anyhow::Error {
+    match latest_checkpoint(dir) {
+        Ok(Some(_)) => err,
+        Ok(None) => match std::fs::remove_dir_all(dir) {
+            Ok(()) => err,
+            Err(e) => err.context(format!("{} (created by this run) could not be removed: {e}", dir.display())),
+        },
+        Err(e) => err.context(format!(
+            "{} (created by this run) was kept: listing its checkpoints failed: {e:#}",
+            dir.display()
+        )),
+    }
 }
 
 fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl) -> Result<TrainOutcome> {

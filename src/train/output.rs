@@ -50,6 +50,7 @@ pub fn save_model(
     let card =
         crate::card::model_card(cfg, dataset, &model.config, model.params.numel(), &state.rows, best_row, thresholds);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
-    model.params.save(&weights)?;
-    crate::plot::learning_curves_png(&dir.join("learning_curves.png"), &state.log_history, &state.rows)
+    crate::plot::learning_curves_png(&dir.join("learning_curves.png"), &state.log_history, &state.rows)?;
+    // last: a directory holding model.safetensors is complete
+    model.params.save(&weights)
 }
