@@ -160,16 +160,28 @@ impl AmxLinear {
     /// `dst[i, ..n] = x[i] · Wᵀ + b` for the `m` rows of `x`; `dst` rows `dst_rs` apart.
     pub fn forward_into(&self, x: &[f32], m: usize, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
         assert_eq!(x.len(), m * self.k, "activations of {} values for {m} rows of width {}", x.len(), self.k);
+        self.forward_packed(&Self::pack_input(x, m), dst, dst_rs)
+    }
+
+    /// The activations `x [m, k]` packed once for every layer of that input width (q, k and v
+    /// read the same rows).
+    pub fn pack_input(x: &[f32], m: usize) -> Packed {
+        let k = x.len() / m.max(1);
+        pack_lhs(x, (k, 1), m, k)
+    }
+
+    /// [`AmxLinear::forward_into`] on activations packed by [`AmxLinear::pack_input`].
+    pub fn forward_packed(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
+        let (m, n) = (x.rows, self.bias.len());
         if m == 0 {
             return;
         }
-        let n = self.bias.len();
         for row in dst.chunks_mut(dst_rs).take(m) {
             for (d, &v) in row[..n].iter_mut().zip(&self.bias) {
                 d.write(v);
             }
         }
-        matmul(dst, dst_rs, true, &pack_lhs(x, (self.k, 1), m, self.k), &self.weight);
+        matmul(dst, dst_rs, true, x, &self.weight);
     }
 }
 

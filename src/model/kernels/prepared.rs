@@ -96,13 +96,16 @@ fn host(weight: &Tensor, bias: &Tensor) -> anyhow::Result<HostLinear> {
 pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a Prepared>);
 
 /// `x Wᵀ + b` of `x [m, k]` by each of `layers`, side by side in one `[m, Σ n]` output: by the
-/// prepared form where a layer has one (int8 activations quantised once for all of them), by
-/// gemm otherwise, and by gemm for float32 from [`super::panels::gemm_rows`] rows on (so a
-/// large batch is never slower than the training forward).
+/// prepared form where a layer has one (int8 activations quantised, or bf16 ones packed, once
+/// for all of them), by gemm otherwise, and by gemm for float32 from
+/// [`super::panels::gemm_rows`] rows on (so a large batch is never slower than the training
+/// forward).
 pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
     let total: usize = layers.iter().map(|l| l.1.len()).sum();
     let int8 = layers.iter().any(|l| matches!(l.2, Some(Prepared::Int8(_))));
     let rows = int8.then(|| QuantizedRows::new(x, (m, k)));
+    let amx = layers.iter().any(|l| matches!(l.2, Some(Prepared::Amx(_))));
+    let tiles = amx.then(|| AmxLinear::pack_input(x, m));
     filled(m * total, |out| {
         let mut offset = 0;
         for &(w, b, prepared) in layers {
@@ -112,7 +115,7 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
                 (Some(Prepared::F32(p)), _) if m < super::panels::gemm_rows() => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
-                (Some(Prepared::Amx(p)), _) => p.forward_into(x, m, dst, total),
+                (Some(Prepared::Amx(p)), _) => p.forward_packed(tiles.as_ref().expect("packed above"), dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
             }
             offset += n;
