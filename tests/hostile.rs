@@ -65,6 +65,11 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
+/// `emotune train` of `model` on the dataset `data` into `out`, with the recipe's defaults.
+fn train_into(model: &Path, data: &str, out: &Path) -> Output {
+    emotune(&["train", "--model", model.to_str().unwrap(), "--dataset", data, "--output-dir", out.to_str().unwrap()])
+}
+
 fn predict(model: &Path, texts: &[&str]) -> Output {
     let mut args = vec!["predict", "--model", model.to_str().unwrap(), "--format", "jsonl"];
     args.extend(texts);
@@ -335,15 +340,7 @@ fn mixing_single_labels_and_lists_is_refused_naming_both_rows() {
     assert!(err.contains("train.jsonl:61 has a list") && err.contains("train.jsonl:1 a single label"), "{err}");
     let model = fixture("tiny-distilbert");
     let out = dir.path().join("out");
-    let o = emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--dataset",
-        data,
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_into(&model, data, &out);
     fails_with(&o, needle);
 }
 
@@ -359,15 +356,7 @@ fn a_huge_label_is_clipped_in_every_message() {
     assert!(o.stdout.len() < 20_000, "check-data echoed {} bytes", o.stdout.len());
     let model = fixture("tiny-bert");
     let out = dir.path().join("out");
-    let o = emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--dataset",
-        dir.path().to_str().unwrap(),
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_into(&model, dir.path().to_str().unwrap(), &out);
     let err = fails_with(&o, "is not among the training labels");
     assert!(err.len() < 4_000, "train echoed {} bytes", err.len());
 }
@@ -386,15 +375,7 @@ fn terminal_escapes_in_texts_and_labels_never_reach_the_terminal() {
     std::fs::write(dir.path().join("train.txt"), "i feel fine;joy\n").unwrap();
     std::fs::write(dir.path().join("validation.txt"), "so what;\u{1b}[31mred\n").unwrap();
     let out = dir.path().join("out");
-    let o = emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--dataset",
-        dir.path().to_str().unwrap(),
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_into(&model, dir.path().to_str().unwrap(), &out);
     let err = fails_with(&o, "is not among the training labels");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
