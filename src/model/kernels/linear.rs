@@ -24,7 +24,6 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, all row-major and contiguous in `dst`, with the
 /// operands given by (row stride, column stride) in elements; threads from rayon's pool.
-/// Under [`crate::model::precision::cpu_bf16`], in bf16 on AMX tiles with f32 sums.
 pub(crate) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
     accumulate: bool,
@@ -34,15 +33,30 @@ pub(crate) fn matmul_into(
     rhs: &[f32],
     rhs_strides: (usize, usize),
 ) {
+    product_into(dst, mnk.1, accumulate, mnk, lhs, lhs_strides, rhs, rhs_strides)
+}
+
+/// [`gemm_strided`] on rayon's threads, or under [`crate::model::precision::cpu_bf16`] in bf16
+/// on AMX tiles with f32 sums: the products of the linear layers, forward and backward.
+#[allow(clippy::too_many_arguments)]
+fn product_into(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
     if crate::model::precision::cpu_bf16_on() {
-        let (m, n, k) = mnk;
         let (a, b) = rayon::join(
             || super::amx_pack::pack_lhs(lhs, lhs_strides, m, k),
             || super::amx_pack::pack_rhs(rhs, rhs_strides, k, n),
         );
-        return super::amx::matmul(dst, n, accumulate, &a, &b);
+        return super::amx::matmul(dst, dst_rs, accumulate, &a, &b);
     }
-    gemm_strided(dst, mnk.1, accumulate, mnk, lhs, lhs_strides, rhs, rhs_strides, parallelism())
+    gemm_strided(dst, dst_rs, accumulate, (m, n, k), lhs, lhs_strides, rhs, rhs_strides, parallelism())
 }
 
 /// The general form: `dst` rows are `dst_rs` apart (columns adjacent).
@@ -110,12 +124,7 @@ pub(crate) fn linear_into(
         }
     });
     // dst += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
-    if crate::model::precision::cpu_bf16_on() {
-        let (a, wt) =
-            rayon::join(|| super::amx_pack::pack_lhs(x, (k, 1), m, k), || super::amx_pack::pack_rhs(w, (1, k), k, n));
-        return super::amx::matmul(dst, dst_rs, true, &a, &wt);
-    }
-    gemm_strided(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k), parallelism());
+    product_into(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k));
 }
 
 /// `dW[n, k] = gᵀ · x` for `g [m, n]` with rows `g_rs` apart and `x [m, k]` contiguous.
