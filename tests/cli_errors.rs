@@ -133,3 +133,18 @@ fn predict_prints_one_json_line_per_text_with_id2label() {
         assert_eq!(line["score"].as_f64().unwrap(), best_score.as_f64().unwrap());
     }
 }
+
+#[test]
+fn flags_that_would_change_nothing_are_refused() {
+    // --threshold on a single-label model (softmax picks the most probable label anyway)
+    let o = predict(&fixture("tiny-distilbert"), &["--threshold", "0.3", "i feel fine"]);
+    assert_fails_with(&o, "--threshold applies to multi-label models");
+    // --max-length without a model's tokenizer to count tokens with
+    let data = shared().join("data/emotion");
+    let o = Command::new(bin())
+        .args(["check-data", "--dataset", data.to_str().unwrap(), "--max-length", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--model"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -14,8 +14,9 @@ pub struct CheckDataArgs {
     /// maximum length).
     #[arg(long, short)]
     pub model: Option<String>,
-    /// Maximum length to check against (default: the model's).
-    #[arg(long)]
+    /// Maximum length to check against (default: the model's); needs --model, whose tokenizer
+    /// counts the tokens.
+    #[arg(long, requires = "model")]
     pub max_length: Option<usize>,
     /// How many instances of each problem to list.
     #[arg(long, default_value_t = 10)]

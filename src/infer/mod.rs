@@ -96,7 +96,14 @@ impl Predictor {
     }
 
     /// Every label's threshold set to `t` (the `--threshold` flag), in place of the saved ones.
+    /// Refused for a single-label model, where it would change nothing.
     pub fn set_threshold(&mut self, t: f32) -> Result<()> {
+        if self.task() == Task::SingleLabel {
+            bail!(
+                "--threshold applies to multi-label models; this one is single-label (softmax: the most probable \
+                 label is predicted), so drop --threshold"
+            );
+        }
         if !(0.0..=1.0).contains(&t) {
             bail!("--threshold must be in [0, 1] (got {t})");
         }
