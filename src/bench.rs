@@ -263,7 +263,7 @@ fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOp
     let recipe = TrainConfig::seed_recipe(DEFAULT_MODEL, Default::default());
     let mut opt = AdamW::new(m.params.iter(), recipe.adamw())?;
     let dropout = Dropout::train(SEED);
-    let device = m.params.iter().next().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let device = device_of(m);
     let mut t = TrainTimes { fwd: Vec::new(), bwd: Vec::new(), optim: Vec::new(), kernels: Vec::new() };
     for i in 0..opts.warmup + opts.steps {
         if i == opts.warmup {
@@ -308,10 +308,15 @@ fn time_training(m: &LoadedModel, batch: &Batch, labels: &Tensor, opts: &BenchOp
     Ok(t)
 }
 
+/// The device a model's parameters live on (the CPU for a model without any).
+fn device_of(m: &LoadedModel) -> Device {
+    m.params.iter().next().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu)
+}
+
 /// Seconds of each of `runs` inference forward passes (after `warmup` unmeasured ones).
 fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> Result<Vec<f64>> {
     let eval = Dropout::inference();
-    let device = m.params.iter().next().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let device = device_of(m);
     let mut times = Vec::with_capacity(runs);
     for i in 0..warmup + runs {
         let t0 = Instant::now();

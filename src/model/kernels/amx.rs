@@ -318,6 +318,14 @@ mod tests {
     use crate::model::kernels::amx_pack::{from_bf16, reference, to_bf16};
     use crate::model::kernels::testing::{on_threads, uniform};
 
+    /// Whether the test `name` can run here; says "NOT CHECKED here" where it cannot.
+    fn checkable(name: &str) -> bool {
+        if !available() {
+            eprintln!("{name}: NOT CHECKED here (no AMX bf16 on this CPU)");
+        }
+        available()
+    }
+
     fn run(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
         let (pa, pb) = (pack_lhs(a, (k, 1), m, k), pack_rhs(b, (n, 1), k, n));
         let mut out = vec![MaybeUninit::new(0f32); m * n];
@@ -328,8 +336,7 @@ mod tests {
 
     #[test]
     fn amx_matches_the_instruction_definition() {
-        if !available() {
-            eprintln!("amx_matches_the_instruction_definition: NOT CHECKED here (no AMX bf16 on this CPU)");
+        if !checkable("amx_matches_the_instruction_definition") {
             return;
         }
         // Odd shapes: partial tiles in every dimension. The hardware does not add the products
@@ -363,8 +370,7 @@ mod tests {
 
     #[test]
     fn the_prepared_linear_is_the_product_plus_bias() {
-        if !available() {
-            eprintln!("the_prepared_linear_is_the_product_plus_bias: NOT CHECKED here (no AMX bf16 on this CPU)");
+        if !checkable("the_prepared_linear_is_the_product_plus_bias") {
             return;
         }
         let (m, n, k) = (24, 40, 50);
@@ -391,8 +397,7 @@ mod tests {
 
     #[test]
     fn amx_results_do_not_depend_on_threads_or_strides() {
-        if !available() {
-            eprintln!("amx_results_do_not_depend_on_threads_or_strides: NOT CHECKED here (no AMX bf16 on this CPU)");
+        if !checkable("amx_results_do_not_depend_on_threads_or_strides") {
             return;
         }
         let (m, n, k) = (96, 64, 128);
