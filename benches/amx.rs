@@ -43,7 +43,7 @@ fn case(
         let bp = amx_pack::pack_rhs(b.0, b.1, k, n);
         let t_b = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        amx::matmul(&mut dst, n, false, &ap, &bp);
+        amx::matmul(&mut dst, n, amx::Start::Zero, &ap, &bp);
         let t_m = t.elapsed().as_secs_f64();
         if i >= 2 {
             pa.push(t_a);

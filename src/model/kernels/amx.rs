@@ -48,9 +48,20 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// `dst[i, c] (+)= Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n columns, the
-/// same k); `dst` rows `dst_rs` apart. Needs [`available`].
-pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: &Packed, b: &Packed) {
+/// Where each output's sum starts.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    Zero,
+    /// From the value in `dst` (accumulate).
+    Dst,
+    /// From `bias[c]` for column `c` (a linear layer), loaded into the tiles as they start, so
+    /// no pass writes the bias over the output first.
+    Bias(&'a [f32]),
+}
+
+/// `dst[i, c] = start + Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n
+/// columns, the same k); `dst` rows `dst_rs` apart. Needs [`available`].
+pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
     assert!(available(), "AMX bf16 kernel called on a CPU without it");
     assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
     let (m, n) = (a.rows, b.rows);
@@ -58,9 +69,18 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: 
         return;
     }
     assert!(dst.len() >= (m - 1) * dst_rs + n);
-    // Tasks of up to 256 rows (their A tiles, 384 KiB at k = 768, stay in L2); within one, each
-    // 32-column block of B is used by all its 32-row blocks while it sits in L1/L2, so B streams
-    // from memory once per task instead of once per 32 rows.
+    let bias = match start {
+        Start::Bias(b) => Some(BiasRow::new(b, n)),
+        _ => None,
+    };
+    let init = match start {
+        Start::Zero => Init::Zero,
+        Start::Dst => Init::Dst,
+        Start::Bias(_) => Init::Row(bias.as_ref().expect("made above").0.as_ptr().cast()),
+    };
+    // Tasks of 128 rows × 512 columns: the task's A tiles (192 KiB at k = 768) and B tiles
+    // (768 KiB) stay in L2 while every 32 × 32 block of it is computed, B's 32 columns reused
+    // by the 4 row blocks under them while in L1.
     let ptr = SendPtr(dst.as_mut_ptr().cast::<f32>());
     let (row_pairs, col_pairs) = (a.blocks() / 2, b.blocks() / 2);
     let row_tasks = row_pairs.div_ceil(ROW_PAIRS_PER_TASK);
@@ -88,7 +108,7 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, a: 
                         p.0,
                         dst_rs,
                         at,
-                        accumulate,
+                        init,
                         ([a.block(2 * rb), a.block(2 * rb + 1)], a.step()),
                         bs,
                         a.k_tiles,
@@ -176,16 +196,7 @@ impl AmxLinear {
 
     /// [`AmxLinear::forward_into`] on activations packed by [`AmxLinear::pack_input`].
     pub fn forward_packed(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
-        let (m, n) = (x.rows, self.bias.len());
-        if m == 0 {
-            return;
-        }
-        for row in dst.chunks_mut(dst_rs).take(m) {
-            for (d, &v) in row[..n].iter_mut().zip(&self.bias) {
-                d.write(v);
-            }
-        }
-        matmul(dst, dst_rs, true, x, &self.weight);
+        matmul(dst, dst_rs, Start::Bias(&self.bias), x, &self.weight);
     }
 }
 
@@ -202,41 +213,82 @@ struct Block {
 #[repr(C, align(64))]
 struct CBlock([f32; 4 * T * T]);
 
-/// Computes one output block into `dst` (rows `dst_rs` apart), starting each sum from what is
-/// there when `accumulate`. A whole block whose rows start on cache lines goes straight between
-/// `dst` and the tiles; one cut by the matrix's edge, or off the lines, goes through a 32 × 32
-/// buffer.
+/// 16 f32 on one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; T]);
+
+/// A bias on cache lines, padded with zeros to whole 32-column blocks, so that every block's C
+/// tiles can be loaded from it (16 rows of the same 64 bytes: row stride 0).
+struct BiasRow(Vec<Line>);
+
+impl BiasRow {
+    fn new(bias: &[f32], n: usize) -> BiasRow {
+        assert_eq!(bias.len(), n, "a bias of {} values for {n} columns", bias.len());
+        let mut lines = vec![Line([0.0; T]); n.div_ceil(2 * T) * 2];
+        for (line, values) in lines.iter_mut().zip(bias.chunks(T)) {
+            line.0[..values.len()].copy_from_slice(values);
+        }
+        BiasRow(lines)
+    }
+}
+
+/// [`Start`] as the block kernel reads it.
+#[derive(Clone, Copy)]
+enum Init {
+    Zero,
+    Dst,
+    /// A [`BiasRow`]'s first value, valid for as long as the product runs.
+    Row(*const f32),
+}
+
+// SAFETY: the pointer is only read, from a `BiasRow` that outlives the parallel product.
+unsafe impl Send for Init {}
+// SAFETY: as above.
+unsafe impl Sync for Init {}
+
+/// Computes one output block into `dst` (rows `dst_rs` apart), each sum starting as `init`
+/// says. A whole block whose rows start on cache lines goes straight between `dst` and the
+/// tiles; one cut by the matrix's edge, or off the lines, goes through a 32 × 32 buffer.
 ///
 /// # Safety
-/// `dst` must be valid for reads (when `accumulate`) and writes of the block's `rows × cols`
-/// elements at `row * dst_rs + col`, with no other thread touching them.
-unsafe fn write_block(
-    dst: *mut f32,
-    dst_rs: usize,
-    at: Block,
-    accumulate: bool,
-    a: Operand,
-    b: Operand,
-    k_tiles: usize,
-) {
+/// `dst` must be valid for reads (for `Init::Dst`) and writes of the block's `rows × cols`
+/// elements at `row * dst_rs + col`, with no other thread touching them; an `Init::Row` must
+/// point to a live [`BiasRow`] of at least `col + 32` values.
+unsafe fn write_block(dst: *mut f32, dst_rs: usize, at: Block, init: Init, a: Operand, b: Operand, k_tiles: usize) {
     // SAFETY: the caller guarantees the block's elements are ours to read and write.
     let origin = unsafe { dst.add(at.row * dst_rs + at.col) };
+    let from_bias = |p: *const f32| -> Option<(*const f32, usize)> {
+        // SAFETY: columns `col..col + 32` of the bias row, inside it (the caller's contract).
+        Some((unsafe { p.add(at.col) }, 0))
+    };
     let aligned = (origin as usize).is_multiple_of(64) && dst_rs.is_multiple_of(T);
     if at.rows == 2 * T && at.cols == 2 * T && aligned {
-        // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller guarantees.
-        return unsafe { tile_block(origin, dst_rs, accumulate, a, b, k_tiles) };
+        let from = match init {
+            Init::Zero => None,
+            Init::Dst => Some((origin.cast_const(), dst_rs)),
+            Init::Row(p) => from_bias(p),
+        };
+        // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller
+        // guarantees; `from` is that block or 32 values of the bias row.
+        return unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
     }
     let mut buffer = CBlock([0f32; 4 * T * T]);
     let c = &mut buffer.0;
-    for r in 0..at.rows {
-        // SAFETY: row `r` of the block, `cols` elements, inside what the caller guarantees.
-        let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
-        if accumulate {
-            c[r * 2 * T..r * 2 * T + at.cols].copy_from_slice(row);
+    let from = match init {
+        Init::Zero => None,
+        Init::Dst => {
+            for r in 0..at.rows {
+                // SAFETY: row `r` of the block, `cols` elements, inside what the caller guarantees.
+                let row = unsafe { std::slice::from_raw_parts(origin.add(r * dst_rs), at.cols) };
+                c[r * 2 * T..r * 2 * T + at.cols].copy_from_slice(row);
+            }
+            Some((c.as_ptr(), 2 * T))
         }
-    }
-    // SAFETY: `c` is 32 rows of 32 f32.
-    unsafe { tile_block(c.as_mut_ptr(), 2 * T, accumulate, a, b, k_tiles) };
+        Init::Row(p) => from_bias(p),
+    };
+    // SAFETY: `c` is 32 rows of 32 f32; `from` is `c` or 32 values of the bias row.
+    unsafe { tile_block(c.as_mut_ptr(), 2 * T, from, a, b, k_tiles) };
     for r in 0..at.rows {
         // SAFETY: as above.
         let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
@@ -341,13 +393,21 @@ macro_rules! next_tiles_to_l1 {
     };
 }
 
-/// `C += A · B` for the 32 × 32 block `c` (rows `c_rs` elements apart; C starts from `c`'s
-/// values when `load`, from zero otherwise) over `k_tiles` steps of two A and two B tiles.
+/// `C = from + A · B` for the 32 × 32 block `c` (rows `c_rs` elements apart) over `k_tiles`
+/// steps of two A and two B tiles; C starts from the 32 × 32 block at `from` (its rows the given
+/// stride apart: 0 repeats one row) or from zero.
 ///
 /// # Safety
-/// A [`Tiles`] guard must be alive on this thread; `c` must be valid for writes (and reads when
-/// `load`) of 32 rows of 32 f32 at `c_rs` apart.
-unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand, (b, b_step): Operand, k_tiles: usize) {
+/// A [`Tiles`] guard must be alive on this thread; `c` must be valid for writes of 32 rows of 32
+/// f32 at `c_rs` apart, and `from` for reads of 32 rows of 32 f32 at its stride.
+unsafe fn tile_block(
+    c: *mut f32,
+    c_rs: usize,
+    from: Option<(*const f32, usize)>,
+    (a, a_step): Operand,
+    (b, b_step): Operand,
+    k_tiles: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         let fits = |s: &[u16], step: usize| s.len() >= (k_tiles - 1) * step + TILE;
@@ -355,17 +415,21 @@ unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand,
         // SAFETY: the tiles are configured (a `Tiles` guard lives: the caller's contract).
         // Every tile load reads 16 rows of 64 bytes at 64-byte strides from
         // `k_tiles` 1 KiB tiles `step` elements apart in each slice, which holds them all
-        // (asserted); C's loads and stores touch 16 rows of 64 bytes at `c_rs` floats apart in
-        // the four quadrants of the 32 × 32 block the caller vouches for. The tile registers'
-        // values live only inside this block: C is stored before it ends.
+        // (asserted); C's stores touch 16 rows of 64 bytes at `c_rs` floats apart in the four
+        // quadrants of the 32 × 32 block the caller vouches for, its loads the same at `from`.
+        // The tile registers' values live only inside this block: C is stored before it ends.
+        let (load, l, ls) = match from {
+            Some((p, rs)) => (1usize, p, rs),
+            None => (0, c.cast_const(), c_rs),
+        };
         unsafe {
             std::arch::asm!(
                 "test {load}, {load}",
                 "jz 3f",
-                "tileloadd tmm0, [{c} + {cs}*1]",
-                "tileloadd tmm1, [{c} + {cs}*1 + 64]",
-                "tileloadd tmm2, [{c2} + {cs}*1]",
-                "tileloadd tmm3, [{c2} + {cs}*1 + 64]",
+                "tileloadd tmm0, [{l} + {ls}*1]",
+                "tileloadd tmm1, [{l} + {ls}*1 + 64]",
+                "tileloadd tmm2, [{l2} + {ls}*1]",
+                "tileloadd tmm3, [{l2} + {ls}*1 + 64]",
                 "jmp 2f",
                 "3:",
                 "tilezero tmm0",
@@ -403,7 +467,10 @@ unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand,
                 c = in(reg) c,
                 c2 = in(reg) c.add(T * c_rs),
                 cs = in(reg) c_rs * 4,
-                load = in(reg) load as usize,
+                load = in(reg) load,
+                l = in(reg) l,
+                l2 = in(reg) l.add(T * ls),
+                ls = in(reg) ls * 4,
                 s64 = in(reg) 64usize,
                 sa = in(reg) a_step * 2,
                 sb = in(reg) b_step * 2,
@@ -413,7 +480,7 @@ unsafe fn tile_block(c: *mut f32, c_rs: usize, load: bool, (a, a_step): Operand,
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (c, c_rs, load, a, a_step, b, b_step, k_tiles);
+        let _ = (c, c_rs, from, a, a_step, b, b_step, k_tiles);
         unreachable!("AMX is x86-64 only; available() is false elsewhere");
     }
 }
@@ -435,7 +502,7 @@ mod tests {
     fn run(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
         let (pa, pb) = (pack_lhs(a, (k, 1), m, k), pack_rhs(b, (n, 1), k, n));
         let mut out = vec![MaybeUninit::new(0f32); m * n];
-        matmul(&mut out, n, false, &pa, &pb);
+        matmul(&mut out, n, Start::Zero, &pa, &pb);
         // SAFETY: every element was initialised above.
         out.into_iter().map(|v| unsafe { v.assume_init() }).collect()
     }
@@ -479,24 +546,30 @@ mod tests {
         if !checkable("the_prepared_linear_is_the_product_plus_bias") {
             return;
         }
-        let (m, n, k) = (24, 40, 50);
-        let (x, w, b) = (uniform(m * k, 9, 1.0), uniform(n * k, 10, 1.0), uniform(n, 11, 1.0));
-        let lin = AmxLinear::new(&w, &b, (n, k));
-        // written into a wider output (a column block of the q/k/v projections side by side)
-        let mut out = vec![MaybeUninit::new(7f32); m * (n + 3)];
-        lin.forward_into(&x, m, &mut out, n + 3);
-        let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
-        let plain = reference(&x, &wt, (m, n, k));
-        for i in 0..m {
-            for c in 0..n + 3 {
-                // SAFETY: initialised above.
-                let got = unsafe { out[i * (n + 3) + c].assume_init() };
-                if c >= n {
-                    assert_eq!(got, 7.0, "columns past n are left alone");
-                    continue;
+        // Odd shapes written into a wider output (a column block of the q/k/v projections side
+        // by side: every block goes through the buffer), and whole blocks on cache lines (the
+        // tiles start from the bias row and store straight into the output).
+        for ((m, n, k), spare) in [((24, 40, 50), 3), ((64, 64, 64), 0)] {
+            let (x, w, b) = (uniform(m * k, 9, 1.0), uniform(n * k, 10, 1.0), uniform(n, 11, 1.0));
+            let lin = AmxLinear::new(&w, &b, (n, k));
+            let rs = n + spare;
+            let mut lines = vec![Line([7.0; T]); (m * rs).div_ceil(T)];
+            // SAFETY: `lines` is `T` f32 per element, no padding; the view lives inside this loop.
+            let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<MaybeUninit<f32>>(), m * rs) };
+            lin.forward_into(&x, m, out, rs);
+            let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
+            let plain = reference(&x, &wt, (m, n, k));
+            for i in 0..m {
+                for c in 0..rs {
+                    // SAFETY: initialised above.
+                    let got = unsafe { out[i * rs + c].assume_init() };
+                    if c >= n {
+                        assert_eq!(got, 7.0, "columns past n are left alone");
+                        continue;
+                    }
+                    let mag: f32 = (0..k).map(|j| (x[i * k + j] * w[c * k + j]).abs()).sum::<f32>() + b[c].abs();
+                    assert!((got - (b[c] + plain[i * n + c])).abs() <= mag * 2f32.powi(-21), "({i}, {c})");
                 }
-                let mag: f32 = (0..k).map(|j| (x[i * k + j] * w[c * k + j]).abs()).sum::<f32>() + b[c].abs();
-                assert!((got - (b[c] + plain[i * n + c])).abs() <= mag * 2f32.powi(-21), "({i}, {c})");
             }
         }
     }
@@ -515,7 +588,7 @@ mod tests {
         // accumulate adds onto what is there
         let pb = pack_rhs(&b, (n, 1), k, n);
         let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(1.0); m * n];
-        matmul(&mut out, n, true, &pa, &pb);
+        matmul(&mut out, n, Start::Dst, &pa, &pb);
         // SAFETY: initialised above.
         let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
         // the chains start from 1: within the kernel's bound of 1 + the plain product

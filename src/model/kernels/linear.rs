@@ -1,6 +1,7 @@
 //! The fused linear layer `x Wᵀ + b` (one autograd node; the backward gives dx, dW and db in
 //! one pass), and the gemm wrappers the other kernels and the fused encoder layer share.
 
+use super::amx::Start;
 use super::buffer::{f32_slice, filled, ROWS_PER_CHUNK};
 use super::profile;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -33,16 +34,18 @@ pub(crate) fn matmul_into(
     rhs: &[f32],
     rhs_strides: (usize, usize),
 ) {
-    product_into(dst, mnk.1, accumulate, mnk, lhs, lhs_strides, rhs, rhs_strides)
+    let start = if accumulate { Start::Dst } else { Start::Zero };
+    product_into(dst, mnk.1, start, mnk, lhs, lhs_strides, rhs, rhs_strides)
 }
 
 /// [`gemm_strided`] on rayon's threads, or under [`crate::model::precision::cpu_bf16`] in bf16
-/// on AMX tiles with f32 sums: the products of the linear layers, forward and backward.
+/// on AMX tiles with f32 sums: the products of the linear layers, forward and backward, each
+/// output's sum starting as `start` says.
 #[allow(clippy::too_many_arguments)]
 fn product_into(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
-    accumulate: bool,
+    start: Start,
     (m, n, k): (usize, usize, usize),
     lhs: &[f32],
     lhs_strides: (usize, usize),
@@ -54,8 +57,18 @@ fn product_into(
             || super::amx_pack::pack_lhs(lhs, lhs_strides, m, k),
             || super::amx_pack::pack_rhs(rhs, rhs_strides, k, n),
         );
-        return super::amx::matmul(dst, dst_rs, accumulate, &a, &b);
+        return super::amx::matmul(dst, dst_rs, start, &a, &b);
     }
+    if let Start::Bias(b) = start {
+        dst.par_chunks_mut(dst_rs * ROWS_PER_CHUNK).for_each(|c| {
+            for row in c.chunks_mut(dst_rs) {
+                for (d, &v) in row[..n].iter_mut().zip(b) {
+                    d.write(v);
+                }
+            }
+        });
+    }
+    let accumulate = !matches!(start, Start::Zero);
     gemm_strided(dst, dst_rs, accumulate, (m, n, k), lhs, lhs_strides, rhs, rhs_strides, parallelism())
 }
 
@@ -116,15 +129,8 @@ pub(crate) fn linear_into(
     b: &[f32],
     (m, n, k): (usize, usize, usize),
 ) {
-    dst.par_chunks_mut(dst_rs * ROWS_PER_CHUNK).for_each(|c| {
-        for row in c.chunks_mut(dst_rs) {
-            for (d, &v) in row[..n].iter_mut().zip(b) {
-                d.write(v);
-            }
-        }
-    });
-    // dst += x · Wᵀ, where Wᵀ[k, n] = W[n, k]
-    product_into(dst, dst_rs, true, (m, n, k), x, (k, 1), w, (1, k));
+    // dst = b + x · Wᵀ, where Wᵀ[k, n] = W[n, k]
+    product_into(dst, dst_rs, Start::Bias(b), (m, n, k), x, (k, 1), w, (1, k));
 }
 
 /// `dW[n, k] = gᵀ · x` for `g [m, n]` with rows `g_rs` apart and `x [m, k]` contiguous.
