@@ -412,16 +412,16 @@ unsafe fn tile_block(
     {
         let fits = |s: &[u16], step: usize| s.len() >= (k_tiles - 1) * step + TILE;
         assert!(k_tiles > 0 && a.iter().all(|s| fits(s, a_step)) && b.iter().all(|s| fits(s, b_step)));
+        let (load, l, ls) = match from {
+            Some((p, rs)) => (1usize, p, rs),
+            None => (0, c.cast_const(), c_rs),
+        };
         // SAFETY: the tiles are configured (a `Tiles` guard lives: the caller's contract).
         // Every tile load reads 16 rows of 64 bytes at 64-byte strides from
         // `k_tiles` 1 KiB tiles `step` elements apart in each slice, which holds them all
         // (asserted); C's stores touch 16 rows of 64 bytes at `c_rs` floats apart in the four
         // quadrants of the 32 × 32 block the caller vouches for, its loads the same at `from`.
         // The tile registers' values live only inside this block: C is stored before it ends.
-        let (load, l, ls) = match from {
-            Some((p, rs)) => (1usize, p, rs),
-            None => (0, c.cast_const(), c_rs),
-        };
         unsafe {
             std::arch::asm!(
                 "test {load}, {load}",
