@@ -49,7 +49,7 @@ pub fn same_secret(given: &[u8], key: &[u8]) -> bool {
 
 /// Routes anyone may call: the health checks (and the page at `GET /`, which asks for the key
 /// itself and holds no data).
-fn is_open(method: &Method, path: &str) -> bool {
+pub(crate) fn is_open(method: &Method, path: &str) -> bool {
     method == Method::GET && matches!(path, "/" | "/health" | "/ping")
 }
 

@@ -2,7 +2,7 @@
 //! `POST /invocations`) with its limits, error codes and timing headers, the Inference API's
 //! `parameters`, `GET /info`, the health checks, `/metrics` (Prometheus) and the page.
 
-use super::api::{self, check_inputs, json_error, ApiError, Inputs, Parameters, PredictRequest, PredictResponse};
+use super::api::{self, check_inputs, ApiError, Inputs, Parameters, PredictRequest, PredictResponse};
 use super::api::{Prediction, ScoreFunction};
 use super::config::ServeConfig;
 use super::metrics::Metrics;
@@ -10,7 +10,6 @@ use super::queue::{Answer, Job, Queue};
 use crate::infer::{rank_descending, Predictor};
 use crate::model::Task;
 use crate::tokenize::Tokenized;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -34,15 +33,8 @@ pub struct AppState {
 
 /// Classify texts: one text gives its labels ranked by score, a batch a list per text.
 #[utoipa::path(post, path = "/predict", request_body = PredictRequest,
-    responses((status = 200, body = PredictResponse, description = "Labels ranked by score, with TEI's x-* timing headers"),
-        (status = 400, body = api::ErrorResponse, description = "Malformed JSON or an empty input"),
-        (status = 401, body = api::ErrorResponse, description = "A key is set and the request lacks it"),
-        (status = 408, body = api::ErrorResponse, description = "The body did not arrive within the read timeout"),
-        (status = 413, body = api::ErrorResponse, description = "Too many inputs or too large a body"),
-        (status = 415, body = api::ErrorResponse, description = "Not application/json"),
-        (status = 422, body = api::ErrorResponse, description = "Wrong fields, a text too long without truncate"),
-        (status = 429, body = api::ErrorResponse, description = "Too many concurrent requests")))]
-pub async fn predict(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+    responses((status = 200, body = PredictResponse, description = "Labels ranked by score, with TEI's x-* timing headers")))]
+pub async fn predict(st: State<Arc<AppState>>, body: api::Body) -> Response {
     predict_at("/predict", st, body).await
 }
 
@@ -50,22 +42,18 @@ pub async fn predict(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>
 /// `InferenceClient` posts here).
 #[utoipa::path(post, path = "/", request_body = PredictRequest,
     responses((status = 200, body = PredictResponse, description = "As POST /predict")))]
-pub async fn predict_root(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+pub async fn predict_root(st: State<Arc<AppState>>, body: api::Body) -> Response {
     predict_at("/", st, body).await
 }
 
 /// The same as `POST /predict` (Amazon SageMaker's route).
 #[utoipa::path(post, path = "/invocations", request_body = PredictRequest,
     responses((status = 200, body = PredictResponse, description = "As POST /predict")))]
-pub async fn invocations(st: State<Arc<AppState>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
+pub async fn invocations(st: State<Arc<AppState>>, body: api::Body) -> Response {
     predict_at("/invocations", st, body).await
 }
 
-async fn predict_at(
-    endpoint: &'static str,
-    State(st): State<Arc<AppState>>,
-    body: Result<Json<PredictRequest>, JsonRejection>,
-) -> Response {
+async fn predict_at(endpoint: &'static str, State(st): State<Arc<AppState>>, body: api::Body) -> Response {
     let started = Instant::now();
     let resp = match predict_inner(&st, body, started).await {
         Ok((headers, v)) => (StatusCode::OK, headers, Json(v)).into_response(),
@@ -77,10 +65,10 @@ async fn predict_at(
 
 async fn predict_inner(
     st: &Arc<AppState>,
-    body: Result<Json<PredictRequest>, JsonRejection>,
+    body: api::Body,
     started: Instant,
 ) -> Result<(HeaderMap, PredictResponse), ApiError> {
-    let Json(req) = body.map_err(json_error)?;
+    let req: PredictRequest = api::object_body(body)?;
     if req.truncation_direction == Some(api::TruncationDirection::Left) {
         let msg = "truncation_direction Left is not supported: texts are cut on the right";
         return Err(ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, msg));
@@ -263,7 +251,7 @@ pub async fn prometheus(State(st): State<Arc<AppState>>) -> Response {
 
 /// A page to try the model in a browser; it also answers 200 as a health check, as TEI's
 /// `GET /` does (needs no key; with one set, the page asks for it).
-#[utoipa::path(get, path = "/", security(()), responses((status = 200, body = String, description = "HTML")))]
+#[utoipa::path(get, path = "/", security(()), responses((status = 200, body = String, content_type = "text/html", description = "HTML")))]
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }

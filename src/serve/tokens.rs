@@ -1,10 +1,9 @@
 //! TEI's `POST /tokenize` and `POST /decode`, with the model's own tokenizer (untruncated:
 //! they show what the text becomes, and the body limit bounds the work).
 
-use super::api::{check_inputs, json_error, ApiError};
+use super::api::{self, check_inputs, ApiError};
 use super::api::{DecodeRequest, DecodeResponse, InputIds, Inputs, SimpleToken, TokenizeRequest, TokenizeResponse};
 use super::handlers::AppState;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,10 +14,8 @@ use tokenizers::Tokenizer;
 
 /// The tokens of each input, with their character offsets.
 #[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
-    responses((status = 200, body = TokenizeResponse, description = "The tokens of each input"),
-        (status = 413, body = super::api::ErrorResponse, description = "Too many inputs"),
-        (status = 422, body = super::api::ErrorResponse, description = "Wrong fields")))]
-pub async fn tokenize(State(st): State<Arc<AppState>>, body: Result<Json<TokenizeRequest>, JsonRejection>) -> Response {
+    responses((status = 200, body = TokenizeResponse, description = "The tokens of each input")))]
+pub async fn tokenize(State(st): State<Arc<AppState>>, body: api::Body) -> Response {
     let started = Instant::now();
     let resp = match tokenize_inner(&st, body).await {
         Ok(v) => Json(v).into_response(),
@@ -28,11 +25,8 @@ pub async fn tokenize(State(st): State<Arc<AppState>>, body: Result<Json<Tokeniz
     resp
 }
 
-async fn tokenize_inner(
-    st: &Arc<AppState>,
-    body: Result<Json<TokenizeRequest>, JsonRejection>,
-) -> Result<TokenizeResponse, ApiError> {
-    let Json(req) = body.map_err(json_error)?;
+async fn tokenize_inner(st: &Arc<AppState>, body: api::Body) -> Result<TokenizeResponse, ApiError> {
+    let req: TokenizeRequest = api::object_body(body)?;
     let texts = match req.inputs {
         Inputs::One(t) => vec![t],
         Inputs::Many(v) => v,
@@ -68,10 +62,8 @@ fn tokens_of(tokenizer: &Tokenizer, text: &str, add_special: bool) -> Result<Vec
 
 /// The text of each id sequence.
 #[utoipa::path(post, path = "/decode", request_body = DecodeRequest,
-    responses((status = 200, body = DecodeResponse, description = "The text of each sequence"),
-        (status = 413, body = super::api::ErrorResponse, description = "Too many sequences"),
-        (status = 422, body = super::api::ErrorResponse, description = "Wrong fields or an id outside the vocabulary")))]
-pub async fn decode(State(st): State<Arc<AppState>>, body: Result<Json<DecodeRequest>, JsonRejection>) -> Response {
+    responses((status = 200, body = DecodeResponse, description = "The text of each sequence")))]
+pub async fn decode(State(st): State<Arc<AppState>>, body: api::Body) -> Response {
     let started = Instant::now();
     let resp = match decode_inner(&st, body).await {
         Ok(v) => Json(v).into_response(),
@@ -81,11 +73,8 @@ pub async fn decode(State(st): State<Arc<AppState>>, body: Result<Json<DecodeReq
     resp
 }
 
-async fn decode_inner(
-    st: &Arc<AppState>,
-    body: Result<Json<DecodeRequest>, JsonRejection>,
-) -> Result<DecodeResponse, ApiError> {
-    let Json(req) = body.map_err(json_error)?;
+async fn decode_inner(st: &Arc<AppState>, body: api::Body) -> Result<DecodeResponse, ApiError> {
+    let req: DecodeRequest = api::object_body(body)?;
     let seqs = match req.ids {
         InputIds::One(ids) => vec![ids],
         InputIds::Many(v) if v.is_empty() => {
