@@ -93,7 +93,11 @@ struct Stages {
     queued: bool,
 }
 
-const ERRORS: [(&str, &str, fn(Stages, bool) -> bool); 10] = [
+/// A status, what it means, and whether a route with these stages (and protected or not) can
+/// answer it.
+type ErrorDoc = (&'static str, &'static str, fn(Stages, bool) -> bool);
+
+const ERRORS: [ErrorDoc; 10] = [
     ("400", "Malformed JSON, or an empty text or batch", |s, _| s.json),
     ("401", "A key is set and the request lacks it (`Authorization: Bearer <key>`)", |_, protected| protected),
     ("408", "The body did not arrive within the read timeout", |_, _| true),
