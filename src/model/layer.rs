@@ -193,11 +193,12 @@ impl EncoderLayerOp {
     }
 
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
-    /// `which`, side by side; by the prepared forms where the layer has them.
-    fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
+    /// `which`, side by side; by the prepared forms where the layer has them; an element-wise
+    /// `then` on the result.
+    fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize], then: Option<kernels::Then>) -> Vec<f32> {
         let slot = |i| PROJECTIONS.iter().position(|&p| p == i).expect("a projection's weight");
         let layers: Vec<_> = which.iter().map(|&i| (w[i], w[i + 1], self.prepared[slot(i)].as_deref())).collect();
-        kernels::project(x, (x.len() / k, k), &layers)
+        kernels::project(x, (x.len() / k, k), &layers, then)
     }
 }
 
@@ -227,7 +228,7 @@ impl CustomOp2 for EncoderLayerOp {
             (wqkv, qkv)
         } else {
             // no backward pass to come: no concatenated copy of the weights
-            (Vec::new(), self.project(&w, x, d, &[WQ, WQ + 2, WQ + 4]))
+            (Vec::new(), self.project(&w, x, d, &[WQ, WQ + 2, WQ + 4], None))
         };
         section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
@@ -235,23 +236,22 @@ impl CustomOp2 for EncoderLayerOp {
             qkv = Vec::new();
         }
         section.start("· output projection");
-        let a = self.project(&w, &ctx, d, &[WO]);
+        let a = self.project(&w, &ctx, d, &[WO], None);
         section.start("· add + LayerNorm 1");
         let (h1, z1) = self.add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
         drop(a);
         section.start("· feed-forward 1");
-        let f = self.project(&w, &h1, d, &[W1]);
-        section.start("· GELU");
         let (f, g) = if self.keep {
+            let f = self.project(&w, &h1, d, &[W1], None);
+            section.start("· GELU");
             let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
             (f, g)
         } else {
-            let mut f = f;
-            kernels::gelu_in_place(&mut f);
-            (Vec::new(), f)
+            // for inference only g is kept: GELU runs on each piece of f as it is computed
+            (Vec::new(), self.project(&w, &h1, d, &[W1], Some(&|_, _, f| kernels::gelu_segment(f))))
         };
         section.start("· feed-forward 2");
-        let o2 = self.project(&w, &g, ffn, &[W2]);
+        let o2 = self.project(&w, &g, ffn, &[W2], None);
         section.start("· add + LayerNorm 2");
         let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
@@ -299,7 +299,9 @@ impl CustomOp2 for EncoderLayerOp {
         grads[W2] = Some(kernels::filled(d * ffn, |o| kernels::weight_grad_into(o, &do2, d, &sv.g, (m, d, ffn))));
         grads[B2] = Some(kernels::column_sums(&do2, d, m, d));
         drop(do2);
-        // g = GELU(f), in place: dg becomes df
+        // g = GELU(f), in place: dg becomes df. A pass of its own: run on each piece of dg as
+        // the AMX product computed it, it made the backward slower (f read 32 values per row
+        // of a block, where the pass streams it).
         section.start("· GELU backward");
         kernels::gelu_backward_in_place(&sv.f, &mut dg);
         // f = h1 W1ᵀ + b1; h1 also feeds z2 directly

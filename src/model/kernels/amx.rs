@@ -19,7 +19,7 @@
 //! task in a block of its own ([`Tiles`]). Linux hands out the tile state only to a process that
 //! asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
-use super::amx_pack::{pack_lhs, pack_rhs, Packed, SendPtr, T, TILE};
+use super::amx_pack::{pack_lhs, pack_rhs, Packed, T, TILE};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -59,9 +59,26 @@ pub enum Start<'a> {
     Bias(&'a [f32]),
 }
 
+/// What runs on each computed piece of an output row, `then(row, first column, values)`, while
+/// it is still in L1: an element-wise step that would otherwise be a pass of its own over the
+/// whole output (GELU after the first feed-forward layer, its derivative in the backward).
+pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
 /// `dst[i, c] = start + Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n
 /// columns, the same k); `dst` rows `dst_rs` apart. Needs [`available`].
 pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
+    matmul_then(dst, dst_rs, start, a, b, None)
+}
+
+/// [`matmul`], then `then` on every piece of the output as it is computed.
+pub fn matmul_then(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    start: Start,
+    a: &Packed,
+    b: &Packed,
+    then: Option<Then>,
+) {
     assert!(available(), "AMX bf16 kernel called on a CPU without it");
     assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
     let (m, n) = (a.rows, b.rows);
@@ -81,7 +98,7 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Pac
     // Tasks of 128 rows × 512 columns: the task's A tiles (192 KiB at k = 768) and B tiles
     // (768 KiB) stay in L2 while every 32 × 32 block of it is computed, B's 32 columns reused
     // by the 4 row blocks under them while in L1.
-    let ptr = SendPtr(dst.as_mut_ptr().cast::<f32>());
+    let out = Output { ptr: dst.as_mut_ptr().cast::<f32>(), rs: dst_rs, init, then };
     let (row_pairs, col_pairs) = (a.blocks() / 2, b.blocks() / 2);
     let row_tasks = row_pairs.div_ceil(ROW_PAIRS_PER_TASK);
     let col_tasks = col_pairs.div_ceil(COL_PAIRS_PER_TASK);
@@ -98,22 +115,12 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Pac
                     rows: (m - rb * 2 * T).min(2 * T),
                     cols: (n - cb * 2 * T).min(2 * T),
                 };
-                let p = ptr;
+                let rows_of_a = ([a.block(2 * rb), a.block(2 * rb + 1)], a.step());
                 // SAFETY: the block's rows and columns lie inside `dst` (asserted above, `at` is
                 // clipped to m × n); each task writes only its own block of rows and columns, so
                 // no two tasks touch the same element, and `dst` is borrowed mutably for the
-                // whole call.
-                unsafe {
-                    write_block(
-                        p.0,
-                        dst_rs,
-                        at,
-                        init,
-                        ([a.block(2 * rb), a.block(2 * rb + 1)], a.step()),
-                        bs,
-                        a.k_tiles,
-                    )
-                };
+                // whole call; the bias row lives until the call returns.
+                unsafe { write_block(&out, at, rows_of_a, bs, a.k_tiles) };
             }
         }
     });
@@ -196,7 +203,12 @@ impl AmxLinear {
 
     /// [`AmxLinear::forward_into`] on activations packed by [`AmxLinear::pack_input`].
     pub fn forward_packed(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
-        matmul(dst, dst_rs, Start::Bias(&self.bias), x, &self.weight);
+        self.forward_packed_then(x, dst, dst_rs, None)
+    }
+
+    /// [`AmxLinear::forward_packed`], then `then` on each piece of the output as it is computed.
+    pub fn forward_packed_then(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize, then: Option<Then>) {
+        matmul_then(dst, dst_rs, Start::Bias(&self.bias), x, &self.weight, then);
     }
 }
 
@@ -242,22 +254,42 @@ enum Init {
     Row(*const f32),
 }
 
-// SAFETY: the pointer is only read, from a `BiasRow` that outlives the parallel product.
-unsafe impl Send for Init {}
-// SAFETY: as above.
-unsafe impl Sync for Init {}
+/// Where a product goes: the output (rows `rs` apart), how its sums start, what runs on it.
+struct Output<'a> {
+    ptr: *mut f32,
+    rs: usize,
+    init: Init,
+    then: Option<Then<'a>>,
+}
 
-/// Computes one output block into `dst` (rows `dst_rs` apart), each sum starting as `init`
-/// says. A whole block whose rows start on cache lines goes straight between `dst` and the
-/// tiles; one cut by the matrix's edge, or off the lines, goes through a 32 × 32 buffer.
+// SAFETY: `ptr` is only used to write disjoint blocks of one mutably borrowed output (see
+// `matmul_then`), and `init`'s bias row only read while the product runs; never shared state.
+unsafe impl Send for Output<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Output<'_> {}
+
+/// Computes one output block into `out`, each sum starting as `out.init` says, then runs
+/// `out.then` on its rows. A whole block whose rows start on cache lines goes straight between
+/// the output and the tiles; one cut by the matrix's edge, or off the lines, goes through a
+/// 32 × 32 buffer.
 ///
 /// # Safety
-/// `dst` must be valid for reads (for `Init::Dst`) and writes of the block's `rows × cols`
-/// elements at `row * dst_rs + col`, with no other thread touching them; an `Init::Row` must
-/// point to a live [`BiasRow`] of at least `col + 32` values.
-unsafe fn write_block(dst: *mut f32, dst_rs: usize, at: Block, init: Init, a: Operand, b: Operand, k_tiles: usize) {
+/// `out.ptr` must be valid for reads (for `Init::Dst`) and writes of the block's `rows × cols`
+/// elements at `row * rs + col`, with no other thread touching them; an `Init::Row` must point
+/// to a live [`BiasRow`] of at least `col + 32` values.
+unsafe fn write_block(out: &Output, at: Block, a: Operand, b: Operand, k_tiles: usize) {
+    let (dst_rs, init) = (out.rs, out.init);
     // SAFETY: the caller guarantees the block's elements are ours to read and write.
-    let origin = unsafe { dst.add(at.row * dst_rs + at.col) };
+    let origin = unsafe { out.ptr.add(at.row * dst_rs + at.col) };
+    let then = |c: *mut f32, rs: usize| {
+        if let Some(then) = out.then {
+            for r in 0..at.rows {
+                // SAFETY: row `r` of the block just written, `cols` elements, at `c` (the
+                // output's block or the buffer) with rows `rs` apart.
+                then(at.row + r, at.col, unsafe { std::slice::from_raw_parts_mut(c.add(r * rs), at.cols) });
+            }
+        }
+    };
     let from_bias = |p: *const f32| -> Option<(*const f32, usize)> {
         // SAFETY: columns `col..col + 32` of the bias row, inside it (the caller's contract).
         Some((unsafe { p.add(at.col) }, 0))
@@ -271,7 +303,8 @@ unsafe fn write_block(dst: *mut f32, dst_rs: usize, at: Block, init: Init, a: Op
         };
         // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller
         // guarantees; `from` is that block or 32 values of the bias row.
-        return unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
+        unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
+        return then(origin, dst_rs);
     }
     let mut buffer = CBlock([0f32; 4 * T * T]);
     let c = &mut buffer.0;
@@ -289,6 +322,7 @@ unsafe fn write_block(dst: *mut f32, dst_rs: usize, at: Block, init: Init, a: Op
     };
     // SAFETY: `c` is 32 rows of 32 f32; `from` is `c` or 32 values of the bias row.
     unsafe { tile_block(c.as_mut_ptr(), 2 * T, from, a, b, k_tiles) };
+    then(c.as_mut_ptr(), 2 * T);
     for r in 0..at.rows {
         // SAFETY: as above.
         let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
@@ -569,6 +603,37 @@ mod tests {
                     }
                     let mag: f32 = (0..k).map(|j| (x[i * k + j] * w[c * k + j]).abs()).sum::<f32>() + b[c].abs();
                     assert!((got - (b[c] + plain[i * n + c])).abs() <= mag * 2f32.powi(-21), "({i}, {c})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn then_runs_once_on_every_output_value_where_it_lies() {
+        if !checkable("then_runs_once_on_every_output_value_where_it_lies") {
+            return;
+        }
+        // whole blocks on cache lines and cut ones off them; `then` replaces each value by its
+        // place and counts, so a value missed, visited twice or misplaced shows
+        for ((m, n, k), spare) in [((64, 64, 32), 0), ((40, 50, 20), 5)] {
+            let (x, w, b) = (uniform(m * k, 1, 1.0), uniform(n * k, 2, 1.0), uniform(n, 3, 1.0));
+            let lin = AmxLinear::new(&w, &b, (n, k));
+            let rs = n + spare;
+            let mut lines = vec![Line([-1.0; T]); (m * rs).div_ceil(T)];
+            // SAFETY: `lines` is `T` f32 per element, no padding; the view lives inside this loop.
+            let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<MaybeUninit<f32>>(), m * rs) };
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let place = |row: usize, col: usize, v: &mut [f32]| {
+                calls.fetch_add(v.len(), std::sync::atomic::Ordering::Relaxed);
+                v.iter_mut().enumerate().for_each(|(j, x)| *x = (row * 1000 + col + j) as f32);
+            };
+            lin.forward_packed_then(&AmxLinear::pack_input(&x, m), out, rs, Some(&place));
+            assert_eq!(calls.into_inner(), m * n, "each value once");
+            for i in 0..m {
+                for c in 0..rs {
+                    // SAFETY: initialised above.
+                    let got = unsafe { out[i * rs + c].assume_init() };
+                    assert_eq!(got, if c < n { (i * 1000 + c) as f32 } else { -1.0 }, "({i}, {c})");
                 }
             }
         }

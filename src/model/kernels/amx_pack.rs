@@ -251,7 +251,7 @@ unsafe fn convert_avx512(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) 
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct SendPtr<E>(pub(super) *mut E);
+struct SendPtr<E>(*mut E);
 // SAFETY: the pointer is only used to write disjoint parts of one mutably borrowed buffer (see
 // `matmul` and `pack`), never shared state.
 unsafe impl<E> Send for SendPtr<E> {}

@@ -27,17 +27,18 @@ simd_dispatch! {
     }
 }
 
-/// `x ← x Φ(x)` in place.
-pub(crate) fn gelu_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(ELEMS_PER_CHUNK).for_each(gelu_in_place_chunk)
-}
-
 simd_dispatch! {
     fn gelu_in_place_chunk(x: &mut [f32]) {
         for x in x.iter_mut() {
             *x = 0.5 * *x * (1.0 + fast_erf(*x * FRAC_1_SQRT_2));
         }
     }
+}
+
+/// `x ← x Φ(x)` in place on one piece, on this thread: for a product's output as it is
+/// computed (the values of [`gelu_into`]).
+pub(crate) fn gelu_segment(x: &mut [f32]) {
+    gelu_in_place_chunk(x)
 }
 
 /// `g ← g · GELU'(x)` in place, where `GELU'(x) = Φ(x) + x φ(x)`.
@@ -113,6 +114,9 @@ mod tests {
         let y = filled(x.len(), |y| gelu_into(&x, y));
         let mut dg = g.clone();
         gelu_backward_in_place(&x, &mut dg);
+        let mut y_piece = x.clone();
+        gelu_segment(&mut y_piece);
+        assert!(y.iter().zip(&y_piece).all(|(a, b)| a.to_bits() == b.to_bits()), "one piece, the same values");
         for i in 0..x.len() {
             let xi = x[i];
             assert_eq!(y[i].to_bits(), (0.5 * xi * (1.0 + fast_erf(xi * FRAC_1_SQRT_2))).to_bits());
