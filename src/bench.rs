@@ -166,9 +166,15 @@ fn synthetic_batch(rng: &mut ChaCha8Rng, batch: usize, seq: usize, vocab: usize,
     Ok(b)
 }
 
-/// Resets the kernel's peak-RSS counter (Linux); harmless where unsupported.
+/// Resets the kernel's peak-RSS counter (Linux), so that each shape reports its own peak; where
+/// the kernel refuses, says once that the figures are the process's peak so far.
 fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        SAID.call_once(|| {
+            log::warn!("peak MB is this process's peak so far, not each shape's: resetting it failed (/proc/self/clear_refs: {e})")
+        });
+    }
 }
 
 /// Peak resident set size in MiB (`VmHWM`), or NaN where unavailable.
@@ -213,7 +219,7 @@ pub fn run(
         m.autocast = opts.bf16.then_some(DType::BF16);
         let eval_forward_s = median(time_forward(&m, &batch, opts.warmup, opts.steps)?);
         let one = synthetic_batch(&mut rng, 1, seq, vocab, device)?;
-        let latency = time_forward(&m, &one, opts.warmup.max(3), opts.latency_runs)?;
+        let latency = time_forward(&m, &one, opts.warmup, opts.latency_runs)?;
         let mut throughput = Vec::new();
         for b in [1, 8].into_iter().filter(|&b| b < opts.batch) {
             let rows = synthetic_batch(&mut rng, b, seq, vocab, device)?;

@@ -89,10 +89,19 @@ impl TextEncoder {
             Some(n) => n,
             None => model_max,
         };
+        // Where Transformers finds it: the config, the tokenizer's settings, its padding; a
+        // guess (id 0 is a real token in some vocabularies) would pad with it unseen.
         let pad_id = pad_token_id
             .or_else(|| pad_token.as_deref().and_then(|t| tokenizer.token_to_id(t)))
+            .or_else(|| tokenizer.get_padding().map(|p| p.pad_id))
             .or_else(|| tokenizer.token_to_id("[PAD]"))
-            .unwrap_or(0);
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no padding token: config.json has no pad_token_id, tokenizer_config.json no pad_token, \
+                     and the vocabulary no [PAD]; set pad_token_id in the model's config.json",
+                    tokenizer_json.display()
+                )
+            })?;
         tokenizer
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| anyhow!("setting truncation: {e}"))?;
@@ -145,5 +154,37 @@ impl TextEncoder {
             batch.token_type_ids = Some(Tensor::from_vec(types, (rows.len(), longest), device)?);
         }
         Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer over `words`, written to `dir/tokenizer.json`.
+    fn tokenizer_file(dir: &Path, words: &[&str]) -> std::path::PathBuf {
+        let vocab: serde_json::Map<String, Value> =
+            words.iter().enumerate().map(|(i, w)| (w.to_string(), serde_json::json!(i))).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        });
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_padding_token_is_found_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_pad = tokenizer_file(dir.path(), &["hello", "[UNK]", "[PAD]"]);
+        let enc = TextEncoder::load(&with_pad, None, 16, None, false, None).unwrap();
+        assert_eq!(enc.pad_id, 2, "the vocabulary's [PAD]");
+        let enc = TextEncoder::load(&with_pad, None, 16, Some(1), false, None).unwrap();
+        assert_eq!(enc.pad_id, 1, "config.json's pad_token_id first");
+        let without = tokenizer_file(dir.path(), &["hello", "[UNK]"]);
+        let e = TextEncoder::load(&without, None, 16, None, false, None).err().expect("no padding token");
+        assert!(format!("{e:#}").contains("no padding token"), "{e:#}");
     }
 }

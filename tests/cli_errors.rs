@@ -139,6 +139,9 @@ fn flags_that_would_change_nothing_are_refused() {
     // --threshold on a single-label model (softmax picks the most probable label anyway)
     let o = predict(&fixture("tiny-distilbert"), &["--threshold", "0.3", "i feel fine"]);
     assert_fails_with(&o, "--threshold applies to multi-label models");
+    // --logits where a table would drop them
+    let o = predict(&fixture("tiny-distilbert"), &["--logits", "--format", "table", "i feel fine"]);
+    assert_fails_with(&o, "--logits prints JSON lines");
     // --max-length without a model's tokenizer to count tokens with
     let data = shared().join("data/emotion");
     let o = Command::new(bin())

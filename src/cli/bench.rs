@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// Measured steps per shape (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    /// Unmeasured warm-up steps per shape.
+    /// Unmeasured warm-up runs per shape, before each timing (training steps, batch forwards,
+    /// one-text forwards).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Forward passes of one text behind the latency p50 and p99.

@@ -38,7 +38,8 @@ pub struct PredictArgs {
     /// Truncate texts to this many tokens (default: the model's maximum).
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// Also print the raw logits (`"logits": [...]`, in label-id order).
+    /// Also print the raw logits (`"logits": [...]`, in label-id order). JSON lines only: with
+    /// it the output is JSON lines even on a terminal (`--format table` refuses it).
     #[arg(long)]
     pub logits: bool,
     /// Multi-label models: predict every label whose probability reaches this (default: the
@@ -62,6 +63,9 @@ pub enum OutputFormat {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    if args.logits && matches!(args.format, OutputFormat::Table) {
+        bail!("--logits prints JSON lines: it cannot go with --format table");
+    }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -137,7 +141,7 @@ fn write_output(
     let table = match args.format {
         OutputFormat::Table => true,
         OutputFormat::Jsonl => false,
-        OutputFormat::Auto => std::io::stdout().is_terminal(),
+        OutputFormat::Auto => std::io::stdout().is_terminal() && !args.logits,
     };
     let mut out = std::io::stdout().lock();
     if table {
