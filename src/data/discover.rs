@@ -59,7 +59,8 @@ pub fn discover(source: &Source, label_column: &str) -> Result<Discovered> {
                     listing.iter().filter(|f| patterns.iter().any(|p| glob_match(p, f))).cloned().collect();
                 chosen.entry(canon).or_default().extend(matched);
             }
-            class_names = card_class_names(card, cfg_name.as_deref(), label_column);
+            class_names = card_class_names(card, cfg_name.as_deref(), label_column)
+                .with_context(|| format!("{}: the dataset card's label names", source.describe()))?;
             config_name = cfg_name;
         }
     }
@@ -152,8 +153,42 @@ fn card_config(card: &serde_yaml::Value) -> Option<(Option<String>, Vec<DataFile
     Some((name, out))
 }
 
-/// ClassLabel names of `label_column` in the card's `dataset_info` for `config`.
-fn card_class_names(card: &serde_yaml::Value, config: Option<&str>, label_column: &str) -> Option<Vec<String>> {
+/// ClassLabel names of `label_column` in the card's `dataset_info` for `config`: none when the
+/// card does not give them, an error when it gives them in a form that could shift a name to
+/// another id (a key that is not an id, a name that is not text, ids other than 0..n).
+fn card_class_names(card: &serde_yaml::Value, config: Option<&str>, label_column: &str) -> Result<Option<Vec<String>>> {
+    let Some(names) = card_class_label(card, config, label_column).and_then(|c| c.get("names")) else {
+        return Ok(None);
+    };
+    let Some(map) = names.as_mapping() else {
+        bail!("`{label_column}`'s class_label names are not a mapping of ids to names");
+    };
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let id = match k {
+            serde_yaml::Value::String(s) => s.parse::<usize>().ok(),
+            serde_yaml::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            _ => None,
+        };
+        let (Some(id), Some(name)) = (id, v.as_str()) else {
+            bail!("`{label_column}`'s class_label names: {k:?}: {v:?} is not an id and a name");
+        };
+        pairs.push((id, name.to_string()));
+    }
+    pairs.sort();
+    if pairs.iter().enumerate().any(|(i, (id, _))| *id != i) {
+        let ids: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        bail!("`{label_column}`'s class_label ids are {ids:?}, not 0 to {}", pairs.len().saturating_sub(1));
+    }
+    Ok(Some(pairs.into_iter().map(|(_, n)| n).collect()))
+}
+
+/// The `class_label` of `label_column` in the card's `dataset_info` for `config`, if it has one.
+fn card_class_label<'a>(
+    card: &'a serde_yaml::Value,
+    config: Option<&str>,
+    label_column: &str,
+) -> Option<&'a serde_yaml::Value> {
     let infos: Vec<&serde_yaml::Value> = match card.get("dataset_info")? {
         serde_yaml::Value::Sequence(v) => v.iter().collect(),
         other => vec![other],
@@ -168,22 +203,7 @@ fn card_class_names(card: &serde_yaml::Value, config: Option<&str>, label_column
         .iter()
         .find(|f| f.get("name").and_then(serde_yaml::Value::as_str) == Some(label_column))?;
     // `dtype: class_label:` for one label, `sequence: class_label:` for a list of them.
-    let class_label = feature.get("dtype").or_else(|| feature.get("sequence"))?.get("class_label")?;
-    let names = class_label.get("names")?;
-    let map = names.as_mapping()?;
-    let mut pairs: Vec<(usize, String)> = map
-        .iter()
-        .filter_map(|(k, v)| {
-            let id = match k {
-                serde_yaml::Value::String(s) => s.parse().ok()?,
-                serde_yaml::Value::Number(n) => n.as_u64()? as usize,
-                _ => return None,
-            };
-            Some((id, v.as_str()?.to_string()))
-        })
-        .collect();
-    pairs.sort();
-    Some(pairs.into_iter().map(|(_, n)| n).collect())
+    feature.get("dtype").or_else(|| feature.get("sequence"))?.get("class_label")
 }
 
 /// `*` matches any run of characters except `/`, `**` any run at all; everything else is literal.
@@ -212,6 +232,25 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_label_names_are_taken_whole_or_refused() {
+        let card = |names: &str| -> serde_yaml::Value {
+            let yaml = format!(
+                "dataset_info:\n  features:\n  - name: label\n    dtype:\n      class_label:\n        names:\n{names}"
+            );
+            serde_yaml::from_str(&yaml).unwrap()
+        };
+        let good = card("          '0': sadness\n          '1': joy\n");
+        assert_eq!(card_class_names(&good, None, "label").unwrap().unwrap(), ["sadness", "joy"]);
+        assert!(card_class_names(&good, None, "other").unwrap().is_none(), "no such column: no names");
+        // a key that is not an id would drop a name and move the rest up
+        let e =
+            card_class_names(&card("          '0': sadness\n          one: joy\n          '2': love\n"), None, "label");
+        assert!(format!("{:#}", e.unwrap_err()).contains("is not an id and a name"));
+        let e = card_class_names(&card("          '0': sadness\n          '2': love\n"), None, "label");
+        assert!(format!("{:#}", e.unwrap_err()).contains("not 0 to 1"));
+    }
 
     #[test]
     fn globs() {
