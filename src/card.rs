@@ -42,7 +42,7 @@ pub fn model_card(
     };
     let mut s = front_matter(cfg, dataset, &name, reported);
     write_summary(&mut s, cfg, dataset, &name, reported, best_row.is_some());
-    write_description(&mut s, config, n_params);
+    write_description(&mut s, config, dataset, n_params);
     write_data(&mut s, dataset);
     write_hyperparameters(&mut s, cfg);
     if let Some(t) = thresholds {
@@ -81,8 +81,9 @@ fn front_matter(cfg: &TrainConfig, dataset: &Dataset, name: &str, reported: Opti
             let _ = writeln!(s, "      args: {}", yaml_str(c));
         }
         s.push_str("    metrics:\n");
-        let _ = writeln!(s, "    - name: Accuracy\n      type: accuracy\n      value: {}", r.accuracy);
-        let _ = writeln!(s, "    - name: F1\n      type: f1\n      value: {}", r.f1);
+        let (accuracy, f1) = metric_names(dataset);
+        let _ = writeln!(s, "    - name: {accuracy}\n      type: accuracy\n      value: {}", r.accuracy);
+        let _ = writeln!(s, "    - name: {f1}\n      type: f1\n      value: {}", r.f1);
     }
     s.push_str("---\n\n");
     s
@@ -99,7 +100,8 @@ fn write_summary(s: &mut String, cfg: &TrainConfig, dataset: &Dataset, name: &st
     let _ = writeln!(s, "This model is a fine-tuned version of {base} on the {} dataset.", last_segment(&dataset.name));
     if let Some(r) = r {
         s.push_str("It achieves the following results on the evaluation set:\n");
-        let _ = writeln!(s, "- Loss: {:.4}\n- Accuracy: {:.4}\n- F1: {:.4}", r.validation_loss, r.accuracy, r.f1);
+        let (accuracy, f1) = metric_names(dataset);
+        let _ = writeln!(s, "- Loss: {:.4}\n- {accuracy}: {:.4}\n- {f1}: {:.4}", r.validation_loss, r.accuracy, r.f1);
         if best {
             let _ = writeln!(
                 s,
@@ -112,7 +114,33 @@ fn write_summary(s: &mut String, cfg: &TrainConfig, dataset: &Dataset, name: &st
     }
 }
 
-fn write_description(s: &mut String, config: &ModelConfig, n_params: usize) {
+/// What the two reported metrics are: for one label per text the Trainer recipe's accuracy and
+/// weighted F1 (named as its card names them), for several the share of texts whose whole label
+/// set is right and the micro-averaged F1.
+fn metric_names(dataset: &Dataset) -> (&'static str, &'static str) {
+    match dataset.multi_label {
+        false => ("Accuracy", "F1"),
+        true => ("Exact-match accuracy", "Micro F1"),
+    }
+}
+
+/// The training texts' median length in words and the share that are mostly ASCII letters.
+fn text_profile(dataset: &Dataset) -> Option<(usize, usize, f64)> {
+    let train = dataset.split("train")?;
+    let mut words: Vec<usize> = train.examples.iter().map(|e| e.text.split_whitespace().count()).collect();
+    if words.is_empty() {
+        return None;
+    }
+    words.sort_unstable();
+    let ascii = |t: &str| {
+        let letters: Vec<char> = t.chars().filter(|c| c.is_alphabetic()).collect();
+        !letters.is_empty() && letters.iter().filter(|c| c.is_ascii()).count() * 10 >= letters.len() * 9
+    };
+    let latin = train.examples.iter().filter(|e| ascii(&e.text)).count() as f64 / train.examples.len() as f64;
+    Some((train.examples.len(), words[words.len() / 2], latin))
+}
+
+fn write_description(s: &mut String, config: &ModelConfig, dataset: &Dataset, n_params: usize) {
     s.push_str("\n## Model description\n\n");
     let _ = writeln!(
         s,
@@ -129,12 +157,22 @@ fn write_description(s: &mut String, config: &ModelConfig, n_params: usize) {
         Task::SingleLabel => ("one emotion each", "on texts expressing several emotions or none"),
         Task::MultiLabel => ("any number of emotions each", "on emotions the raters rarely agreed on"),
     };
+    let data = match text_profile(dataset) {
+        Some((n, median, latin)) => format!(
+            "It learned from {n} training texts of {} (median {median} words; {:.0}% written mostly in \
+             unaccented Latin letters), classified into {each}: expect lower accuracy on text unlike them \
+             (longer or shorter, another register or language), on sarcasm, and {mixed}.",
+            last_segment(&dataset.name),
+            latin * 100.0
+        ),
+        None => format!(
+            "It classifies texts into {each}: expect lower accuracy on text unlike its training data, and {mixed}."
+        ),
+    };
     let _ = writeln!(
         s,
-        "Intended for English, short informal text such as social-media posts, classified into {each}. \
-         It was trained on that kind of text only: expect lower accuracy on long, formal or non-English \
-         text, on sarcasm, and {mixed}. The training labels are noisy; do not use the predictions for \
-         decisions about individuals."
+        "{data} Its labels are only as good as the training data's; do not use the predictions for decisions \
+         about individuals."
     );
 }
 
@@ -221,6 +259,42 @@ mod tests {
         card.clear();
         super::write_hyperparameters(&mut card, &cfg);
         assert!(card.contains("- mixed_precision_training: bf16 matmuls"), "{card}");
+    }
+
+    /// A dataset of the given texts (one label each, or several) in its train split.
+    fn dataset(texts: &[&str], multi_label: bool) -> crate::data::Dataset {
+        let examples = texts.iter().map(|t| crate::data::Example { text: t.to_string(), labels: vec![0], line: 1 });
+        let examples: Vec<_> = examples.collect();
+        let split = crate::data::Split {
+            name: "train".into(),
+            files: vec!["train.csv".into()],
+            file_of: vec![0; examples.len()],
+            examples,
+        };
+        crate::data::Dataset {
+            name: "org/feelings".into(),
+            config_name: None,
+            labels: vec!["joy".into()],
+            splits: vec![split],
+            multi_label,
+        }
+    }
+
+    #[test]
+    fn the_card_names_its_metrics_and_describes_its_own_data() {
+        let data = dataset(&["a b c", "día de fiesta ñandú", "one two three four five"], false);
+        assert_eq!(super::metric_names(&data), ("Accuracy", "F1"));
+        assert_eq!(super::metric_names(&dataset(&["x"], true)), ("Exact-match accuracy", "Micro F1"));
+        let (n, median, latin) = super::text_profile(&data).unwrap();
+        assert_eq!((n, median), (3, 4));
+        // "día de fiesta ñandú": 3 of 16 letters accented, under the 90% of plain ones
+        assert!((latin - 2.0 / 3.0).abs() < 1e-9, "{latin}");
+        let config =
+            crate::model::config::ModelConfig::from_json(crate::model::distilbert::BASE_UNCASED_CONFIG).unwrap();
+        let mut card = String::new();
+        super::write_description(&mut card, &config, &data, 1);
+        assert!(card.contains("3 training texts of feelings (median 4 words; 67% written"), "{card}");
+        assert!(!card.contains("English"), "nothing said of the data that it does not show: {card}");
     }
 
     #[test]
