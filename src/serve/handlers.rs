@@ -6,7 +6,7 @@ use super::api::{self, check_inputs, ApiError, Inputs, Parameters, PredictReques
 use super::api::{Prediction, ScoreFunction};
 use super::config::ServeConfig;
 use super::metrics::Metrics;
-use super::queue::{Answer, Job, Queue};
+use super::queue::{Answer, Failure, Job, Queue};
 use crate::infer::{rank_descending, Predictor};
 use crate::model::Task;
 use crate::tokenize::Tokenized;
@@ -110,7 +110,10 @@ async fn run_job(st: &Arc<AppState>, rows: Vec<Tokenized>, raw: bool) -> Result<
     st.queue.push(Job { rows, raw_scores: raw, reply: tx, queued: Instant::now() });
     rx.await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unhealthy", "the server is shutting down"))?
-        .map_err(|e| ApiError::new(StatusCode::FAILED_DEPENDENCY, "Backend", e))
+        .map_err(|e| match e {
+            Failure::Model(e) => ApiError::new(StatusCode::FAILED_DEPENDENCY, "Backend", e),
+            Failure::Panic(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", e),
+        })
 }
 
 /// Each row's labels ranked by score, after `function` when one was asked for (the scores are

@@ -142,8 +142,10 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         anyhow::Ok(())
     })?;
     queue.close();
-    for w in workers {
-        let _ = w.join();
+    // Scoring panics are caught per batch (`queue::Worker`); one anywhere else is reported.
+    let crashed = workers.into_iter().map(|w| w.join().is_err()).filter(|&c| c).count();
+    if crashed > 0 {
+        anyhow::bail!("{crashed} inference worker(s) stopped with a panic");
     }
     eprintln!("stopped");
     Ok(())

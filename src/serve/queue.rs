@@ -24,8 +24,18 @@ pub struct Answer {
     pub inference: Duration,
 }
 
-/// The answer to one request, or the error.
-pub type Reply = Result<Answer, String>;
+/// Why a request got no scores.
+#[derive(Debug)]
+pub enum Failure {
+    /// The model refused or failed (a non-finite output, an error from a kernel).
+    Model(String),
+    /// The worker's scoring panicked: a defect of ours. The worker carries on with the next
+    /// batch.
+    Panic(String),
+}
+
+/// The answer to one request, or why there is none.
+pub type Reply = Result<Answer, Failure>;
 
 /// One request's tokenised inputs, waiting for a worker.
 pub struct Job {
@@ -98,6 +108,13 @@ pub struct Worker {
 impl Worker {
     /// Runs batches until the queue closes.
     pub fn run(&self) {
+        self.run_with(|rows| self.score_rows(rows))
+    }
+
+    /// [`Worker::run`] with its scoring function. A panic in it fails that batch's requests
+    /// (the handlers answer 500) and the worker goes on: with one worker, a panic that ended it
+    /// would leave every later request waiting for ever.
+    fn run_with(&self, score_rows: impl Fn(&[&Tokenized]) -> Result<Scores>) {
         while let Some(jobs) = self.queue.take_batch(self.max_tokens) {
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
@@ -106,7 +123,14 @@ impl Worker {
             let rows: Vec<&Tokenized> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
             self.metrics.observe_batch(rows.len(), jobs.len());
             let started = Instant::now();
-            let result = self.score_rows(&rows);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_rows(&rows)));
+            let result = result.map_err(|p| {
+                let what =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                let msg = format!("the inference worker panicked: {}", what.unwrap_or_else(|| "(no message)".into()));
+                log::error!("{msg}");
+                msg
+            });
             let took = started.elapsed();
             self.metrics.observe_inference(took);
             answer(jobs, &result, started, took);
@@ -130,17 +154,18 @@ impl Worker {
 
 /// Sends each job the scores of its own rows (they are consecutive in `result`), with its
 /// time in the queue (until `started`) and the batch's inference time.
-fn answer(jobs: Vec<Job>, result: &Result<Scores>, started: Instant, inference: Duration) {
+fn answer(jobs: Vec<Job>, result: &std::result::Result<Result<Scores>, String>, started: Instant, inference: Duration) {
     let mut offset = 0;
     for job in jobs {
         let n = job.rows.len();
         let reply = match result {
-            Ok(s) => Ok(Answer {
+            Ok(Ok(s)) => Ok(Answer {
                 scores: (if job.raw_scores { &s.logits } else { &s.probs })[offset..offset + n].to_vec(),
                 queue: started.saturating_duration_since(job.queued),
                 inference,
             }),
-            Err(e) => Err(format!("{e:#}")),
+            Ok(Err(e)) => Err(Failure::Model(format!("{e:#}"))),
+            Err(panic) => Err(Failure::Panic(panic.clone())),
         };
         offset += n;
         // The client may have gone away; its answer is simply dropped.
@@ -196,6 +221,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         q.push(job(1, 3, 5).0);
         assert_eq!(taker.join().unwrap(), Some(vec![5]));
+    }
+
+    #[test]
+    fn a_panic_fails_its_batch_and_the_worker_goes_on() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-distilbert");
+        let predictor = Arc::new(Predictor::from_dir(&dir, None, &candle_core::Device::Cpu).unwrap());
+        let (queue, metrics) = (Arc::new(Queue::default()), Arc::new(Metrics::default()));
+        let (first, first_rx) = job(1, 3, 1);
+        let (second, second_rx) = job(1, 3, 2);
+        let worker = Worker { predictor, queue: queue.clone(), metrics, max_tokens: 3, delay: Duration::ZERO };
+        let batches = std::sync::atomic::AtomicUsize::new(0);
+        queue.push(first);
+        queue.push(second);
+        queue.close();
+        worker.run_with(|rows| {
+            if batches.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("a defect");
+            }
+            let ones = vec![vec![1.0]; rows.len()];
+            Ok(Scores { logits: ones.clone(), probs: ones.clone(), log_probs: ones })
+        });
+        match first_rx.blocking_recv().unwrap() {
+            Err(Failure::Panic(m)) => assert!(m.contains("panicked: a defect"), "{m}"),
+            other => panic!("the panicking batch: {other:?}"),
+        }
+        assert_eq!(second_rx.blocking_recv().unwrap().unwrap().scores, vec![vec![1.0]], "the next batch is scored");
     }
 
     /// Each job gets its own rows' scores, as if it had been scored alone.
