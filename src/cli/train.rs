@@ -26,8 +26,9 @@ pub struct TrainArgs {
     /// Continue from a checkpoint: the given one, or the newest in --output-dir.
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     pub resume: Option<Option<PathBuf>>,
-    /// Test hook: behave as if interrupted right after this step.
-    #[arg(long, hide = true)]
+    /// Stop after this optimiser step as an interrupt would: write a checkpoint, print the
+    /// command that resumes, exit with status 130 (to split a run into sessions).
+    #[arg(long, value_name = "STEP")]
     pub stop_after_step: Option<usize>,
 }
 

@@ -299,9 +299,7 @@ impl CustomOp2 for EncoderLayerOp {
         grads[W2] = Some(kernels::filled(d * ffn, |o| kernels::weight_grad_into(o, &do2, d, &sv.g, (m, d, ffn))));
         grads[B2] = Some(kernels::column_sums(&do2, d, m, d));
         drop(do2);
-        // g = GELU(f), in place: dg becomes df. A pass of its own: run on each piece of dg as
-        // the AMX product computed it, it made the backward slower (f read 32 values per row
-        // of a block, where the pass streams it).
+        // g = GELU(f), in place: dg becomes df (a pass: fused into the AMX blocks it was slower)
         section.start("· GELU backward");
         kernels::gelu_backward_in_place(&sv.f, &mut dg);
         // f = h1 W1ᵀ + b1; h1 also feeds z2 directly

@@ -53,7 +53,9 @@ pub struct ServeConfig {
     /// Most connections open at once; more wait to be accepted.
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
-    /// Test hook: delay every batch by this many milliseconds.
-    #[arg(long, hide = true, default_value_t = 0)]
+    /// Milliseconds a worker waits once a request is queued before it takes a batch, so that
+    /// requests arriving together are scored together (more throughput, that much more
+    /// latency; default 0: score at once).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
     pub batch_delay_ms: u64,
 }

@@ -69,6 +69,18 @@ impl Queue {
         self.ready.notify_all();
     }
 
+    /// Blocks until a job is queued (true) or the queue is closed and empty (false).
+    pub fn wait_for_work(&self) -> bool {
+        let mut guard = lock(&self.jobs);
+        while guard.0.is_empty() {
+            if guard.1 {
+                return false;
+            }
+            guard = wait(&self.ready, guard);
+        }
+        true
+    }
+
     /// Waits for work and takes whole jobs, oldest first, while their rows fit `max_tokens`
     /// together (padded to the longest row). A single job over the budget comes alone. `None`
     /// once closed and drained.
@@ -101,7 +113,7 @@ pub struct Worker {
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
     pub max_tokens: usize,
-    /// Test hook: wait this long before each batch.
+    /// How long to wait, once a request is queued, for others to join its batch.
     pub delay: Duration,
 }
 
@@ -115,10 +127,11 @@ impl Worker {
     /// (the handlers answer 500) and the worker goes on: with one worker, a panic that ended it
     /// would leave every later request waiting for ever.
     fn run_with(&self, score_rows: impl Fn(&[&Tokenized]) -> Result<Scores>) {
-        while let Some(jobs) = self.queue.take_batch(self.max_tokens) {
-            if !self.delay.is_zero() {
+        loop {
+            if !self.delay.is_zero() && self.queue.wait_for_work() {
                 std::thread::sleep(self.delay);
             }
+            let Some(jobs) = self.queue.take_batch(self.max_tokens) else { break };
             self.metrics.queue_depth.fetch_sub(jobs.len() as i64, Ordering::SeqCst);
             let rows: Vec<&Tokenized> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
             self.metrics.observe_batch(rows.len(), jobs.len());
@@ -247,6 +260,35 @@ mod tests {
             other => panic!("the panicking batch: {other:?}"),
         }
         assert_eq!(second_rx.blocking_recv().unwrap().unwrap().scores, vec![vec![1.0]], "the next batch is scored");
+    }
+
+    #[test]
+    fn a_batch_delay_lets_requests_arriving_together_share_a_batch() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-distilbert");
+        let predictor = Arc::new(Predictor::from_dir(&dir, None, &candle_core::Device::Cpu).unwrap());
+        let (queue, metrics) = (Arc::new(Queue::default()), Arc::new(Metrics::default()));
+        let delay = Duration::from_millis(300);
+        let worker = Worker { predictor, queue: queue.clone(), metrics, max_tokens: 100, delay };
+        let batches = Mutex::new(Vec::new());
+        let (first, first_rx) = job(1, 3, 1);
+        let (second, second_rx) = job(1, 3, 2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                worker.run_with(|rows| {
+                    batches.lock().unwrap().push(rows.len());
+                    let ones = vec![vec![1.0]; rows.len()];
+                    Ok(Scores { logits: ones.clone(), probs: ones.clone(), log_probs: ones })
+                })
+            });
+            queue.push(first);
+            std::thread::sleep(Duration::from_millis(50));
+            queue.push(second);
+            queue.close();
+        });
+        assert_eq!(*batches.lock().unwrap(), [2], "the second request, 50 ms later, joined the first's batch");
+        let waited = first_rx.blocking_recv().unwrap().unwrap().queue;
+        assert!(waited >= delay, "the first waited the delay: {waited:?}");
+        assert!(second_rx.blocking_recv().unwrap().is_ok());
     }
 
     /// Each job gets its own rows' scores, as if it had been scored alone.

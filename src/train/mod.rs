@@ -58,7 +58,7 @@ pub enum Resume {
 #[derive(Debug, Clone, Default)]
 pub struct RunControl {
     pub resume: Option<Resume>,
-    /// Behave as if interrupted right after this global step (for tests).
+    /// Stop as if interrupted right after this global step (`train --stop-after-step`).
     pub stop_after_step: Option<usize>,
 }
 

@@ -16,6 +16,7 @@
 //! results are bitwise the same on any number of threads.
 
 pub mod amx;
+mod amx_block;
 pub mod amx_pack;
 mod attention;
 mod buffer;
