@@ -1,8 +1,31 @@
 //! Progress of long work: a bar with rate and ETA on a terminal, and plain lines with the same
-//! facts when stderr is a log file.
+//! facts when stderr is a log file; and the status lines of every command, which `-q` ("only
+//! errors") silences in this one place.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `-q`: from now on no status lines, bars or plain progress lines, only errors.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed)
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A status line on stderr (what the command is doing, a warning), unless `-q`.
+#[macro_export]
+macro_rules! status {
+    ($($arg:tt)*) => {
+        if !$crate::progress::quiet() {
+            eprintln!($($arg)*)
+        }
+    };
+}
 
 /// A bar of `len` steps labelled `what`, with position, rate and ETA.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -12,6 +35,9 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    if quiet() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
     pb
 }
 
@@ -25,5 +51,5 @@ pub fn report_plain(done_now: usize, todo_now: usize, pos: usize, total: usize, 
     }
     let per_step = since.elapsed().as_secs_f64() / done_now.max(1) as f64;
     let eta = per_step * todo_now.saturating_sub(done_now) as f64;
-    eprintln!("  step {pos}/{total}: loss {loss:.4}, {per_step:.2} s/step, ETA {eta:.0} s");
+    crate::status!("  step {pos}/{total}: loss {loss:.4}, {per_step:.2} s/step, ETA {eta:.0} s");
 }

@@ -402,3 +402,43 @@ fn text_label_files() -> DataSpec {
         ..Default::default()
     }
 }
+
+/// `-q` ("only errors") silences every status line, bar and progress line of a run, and leaves
+/// its results on stdout.
+#[test]
+fn quiet_prints_only_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture_dir = fixture("tiny-distilbert");
+    let args = |out: &str| -> Vec<String> {
+        let out = dir.path().join(out);
+        [
+            "train",
+            "--model",
+            fixture_dir.to_str().unwrap(),
+            "--dataset",
+            "dair-ai/emotion",
+            "--train-limit",
+            "64",
+            "--eval-limit",
+            "32",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let loud = args("loud");
+    let o = emotune(&loud.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("epoch 1.00"), "without -q the run reports: {}", stderr(&o));
+    let mut quiet = args("quiet");
+    quiet.insert(1, "-q".into());
+    let o = emotune(&quiet.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "-q: nothing but errors on stderr");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Validation Loss"), "the results table stays on stdout");
+}

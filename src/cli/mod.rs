@@ -63,6 +63,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
+    crate::progress::set_quiet(quiet);
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

@@ -42,7 +42,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_after_step: args.stop_after_step,
     };
     let handler = ctrlc::set_handler(|| {
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to abort)");
+        crate::status!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to abort)");
         if crate::train::stop_requested() {
             std::process::exit(130);
         }
@@ -56,7 +56,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;
     if let Some(ckpt) = &outcome.interrupted_at {
         let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-        eprintln!(
+        crate::status!(
             "stopped at step {}/{}; checkpoint {}. Resume with the same arguments plus --resume:\n  emotune {} --resume {}",
             outcome.steps_done,
             outcome.total_steps,

@@ -43,7 +43,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("shutting down: finishing in-flight requests");
+    crate::status!("shutting down: finishing in-flight requests");
 }
 
 /// What computes: the device, and the number format of the encoder's matmuls (with the
@@ -133,8 +133,8 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
         // The access line first: whoever waits for "listening on" then finds it in the log.
-        eprintln!("{}", compute_line(&cfg, &device));
-        eprintln!("{}", access_line(&cfg));
+        crate::status!("{}", compute_line(&cfg, &device));
+        crate::status!("{}", access_line(&cfg));
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -147,6 +147,6 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
     if crashed > 0 {
         anyhow::bail!("{crashed} inference worker(s) stopped with a panic");
     }
-    eprintln!("stopped");
+    crate::status!("stopped");
     Ok(())
 }

@@ -263,7 +263,7 @@ fn finish(
         let dir = cfg.output_dir.join(&best.checkpoint);
         trainer.model.params.load_values(&dir.join("model.safetensors"))?;
         let row = &state.rows[best.row];
-        eprintln!(
+        crate::status!(
             "loaded the best model: epoch {:.1} (step {}), {} {:.4}",
             row.epoch,
             row.step,

@@ -87,7 +87,7 @@ impl<'a> Trainer<'a> {
                         state.total_steps
                     );
                 }
-                eprintln!("resuming from {} at step {}/{total_steps}", dir.display(), state.global_step);
+                crate::status!("resuming from {} at step {}/{total_steps}", dir.display(), state.global_step);
                 state
             }
             None => TrainerState::new(cfg.seed, total_steps),
@@ -323,12 +323,15 @@ impl<'a> Trainer<'a> {
             false => format!("accuracy {:.4}, F1 {:.4}", row.accuracy, row.f1),
             true => format!("micro F1 {:.4}, macro F1 {:.4}", row.f1, row.f1_macro),
         };
-        eprintln!(
+        crate::status!(
             "epoch {:.2}: step {}, training loss {:.4}, validation loss {:.4}, {scores} ({seconds:.0} s)",
-            row.epoch, row.step, row.training_loss, row.validation_loss
+            row.epoch,
+            row.step,
+            row.training_loss,
+            row.validation_loss
         );
         if let Some(warning) = overfitting_warning(&self.state.rows, &row) {
-            eprintln!("{warning}");
+            crate::status!("{warning}");
         }
         let value = metric_value(self.cfg.metric_for_best, &row);
         self.state.rows.push(row);
@@ -400,7 +403,7 @@ impl<'a> Trainer<'a> {
                 out.probs.iter().map(|p| crate::infer::predicted(Task::MultiLabel, p, t)).collect();
             metrics::multilabel_report(gold, &preds, &data.labels).f1_macro
         };
-        eprintln!(
+        crate::status!(
             "thresholds tuned on the validation split: macro F1 {:.4} at {} -> {:.4}",
             macro_f1(&fixed),
             self.cfg.threshold,
@@ -422,7 +425,7 @@ impl<'a> Trainer<'a> {
         let Some(patience) = cfg.early_stopping_patience else { return };
         if s.evals_without_improvement >= patience && s.epoch + 1 < self.epochs {
             let best = s.best.as_ref().expect("set at the first evaluation");
-            eprintln!(
+            crate::status!(
                 "early stopping: {} has not improved for {patience} evaluation(s) (best {:.4} at epoch {:.1})",
                 cfg.metric_for_best.name(),
                 best.value,
