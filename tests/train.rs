@@ -21,8 +21,13 @@ fn data_file(split: &str) -> PathBuf {
 
 /// A short CLI run on a slice of the Hub dataset (parquet through the HF cache).
 fn train_slice(model: &str, out: &Path) -> Output {
+    train_slice_with(model, out, &[])
+}
+
+/// [`train_slice`] with more arguments.
+fn train_slice_with(model: &str, out: &Path, extra: &[&str]) -> Output {
     let fixture_dir = fixture(model);
-    emotune(&[
+    let mut args = vec![
         "train",
         "--model",
         fixture_dir.to_str().unwrap(),
@@ -42,7 +47,9 @@ fn train_slice(model: &str, out: &Path) -> Output {
         "2",
         "--output-dir",
         out.to_str().unwrap(),
-    ])
+    ];
+    args.extend(extra);
+    emotune(&args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -408,36 +415,10 @@ fn text_label_files() -> DataSpec {
 #[test]
 fn quiet_prints_only_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture_dir = fixture("tiny-distilbert");
-    let args = |out: &str| -> Vec<String> {
-        let out = dir.path().join(out);
-        [
-            "train",
-            "--model",
-            fixture_dir.to_str().unwrap(),
-            "--dataset",
-            "dair-ai/emotion",
-            "--train-limit",
-            "64",
-            "--eval-limit",
-            "32",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-            "--output-dir",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let loud = args("loud");
-    let o = emotune(&loud.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = train_slice_with("tiny-distilbert", &dir.path().join("loud"), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("epoch 1.00"), "without -q the run reports: {}", stderr(&o));
-    let mut quiet = args("quiet");
-    quiet.insert(1, "-q".into());
-    let o = emotune(&quiet.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = train_slice_with("tiny-distilbert", &dir.path().join("quiet"), &["-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), "", "-q: nothing but errors on stderr");
     assert!(String::from_utf8_lossy(&o.stdout).contains("Validation Loss"), "the results table stays on stdout");
