@@ -32,7 +32,7 @@ fn request_tile_state() -> bool {
 
 /// What runs on each computed piece of an output row, `then(row, first column, values)`, while
 /// it is still in L1: an element-wise step that would otherwise be a pass of its own over the
-/// whole output (GELU after the first feed-forward layer, its derivative in the backward).
+/// whole output (GELU after the first feed-forward layer, for inference).
 pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
 /// The tile configuration of [`tile_block`] (eight tiles of 16 rows × 64 bytes), loaded on
