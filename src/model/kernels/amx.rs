@@ -209,6 +209,14 @@ mod tests {
         eprintln!("AMX against the sequential definition: largest difference {worst_ratio:.2e} x sum |products|");
     }
 
+    /// The first `len` values of `lines` as an output on cache lines.
+    fn as_output(lines: &mut [Line], len: usize) -> &mut [MaybeUninit<f32>] {
+        assert!(len <= lines.len() * T);
+        // SAFETY: `Line` is `T` f32 with no padding, so `lines` holds `len` (asserted) f32 in
+        // a row; the view borrows `lines` mutably for as long as it lives.
+        unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<MaybeUninit<f32>>(), len) }
+    }
+
     #[test]
     fn the_prepared_linear_is_the_product_plus_bias() {
         if !checkable("the_prepared_linear_is_the_product_plus_bias") {
@@ -222,8 +230,7 @@ mod tests {
             let lin = AmxLinear::new(&w, &b, (n, k));
             let rs = n + spare;
             let mut lines = vec![Line([7.0; T]); (m * rs).div_ceil(T)];
-            // SAFETY: `lines` is `T` f32 per element, no padding; the view lives inside this loop.
-            let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<MaybeUninit<f32>>(), m * rs) };
+            let out = as_output(&mut lines, m * rs);
             lin.forward_into(&x, m, out, rs);
             let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
             let plain = reference(&x, &wt, (m, n, k));
@@ -254,8 +261,7 @@ mod tests {
             let lin = AmxLinear::new(&w, &b, (n, k));
             let rs = n + spare;
             let mut lines = vec![Line([-1.0; T]); (m * rs).div_ceil(T)];
-            // SAFETY: `lines` is `T` f32 per element, no padding; the view lives inside this loop.
-            let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<MaybeUninit<f32>>(), m * rs) };
+            let out = as_output(&mut lines, m * rs);
             let calls = std::sync::atomic::AtomicUsize::new(0);
             let place = |row: usize, col: usize, v: &mut [f32]| {
                 calls.fetch_add(v.len(), std::sync::atomic::Ordering::Relaxed);
