@@ -341,7 +341,7 @@ fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> R
 pub fn write_random_model(shape: &Shape, tokenizer: &str, dir: &Path) -> Result<()> {
     let model = random_classifier(shape.config.clone(), SEED, &Device::Cpu)?;
     // Only the tokenizer is taken: `tokenizer` may be a directory without weights.
-    let source = crate::hub::Source::parse(tokenizer, hf_hub::RepoType::Model)?;
+    let source = crate::hub::Source::parse(tokenizer, crate::hub::RepoKind::Model)?;
     if source.get_optional("tokenizer.json")?.is_none() {
         anyhow::bail!("--tokenizer {}: no tokenizer.json there", source.describe());
     }

@@ -93,7 +93,8 @@ fn write_summary(s: &mut String, cfg: &TrainConfig, dataset: &Dataset, name: &st
     let _ = writeln!(s, "# {name}\n");
     let base_is_hub = !std::path::Path::new(&cfg.model).exists();
     let base = if base_is_hub {
-        format!("[{m}](https://huggingface.co/{m})", m = cfg.model)
+        let at = cfg.revision.as_ref().map_or(String::new(), |r| format!(" (revision `{r}`)"));
+        format!("[{m}](https://huggingface.co/{m}){at}", m = cfg.model)
     } else {
         format!("`{}`", cfg.model)
     };

@@ -41,6 +41,22 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A bar of `len` bytes labelled `what`, with bytes, rate and ETA (hidden when `len` is 0).
+pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    if quiet() || len == 0 {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
 /// For logs (stderr not a terminal): a line about every tenth of the work, with the loss, the
 /// time per step and the ETA. `done_now`/`todo_now` count the steps of this process (a resumed
 /// run starts part-way), `pos` of `total` is the position in the epoch.

@@ -14,6 +14,9 @@ pub struct CheckDataArgs {
     /// maximum length).
     #[arg(long, short)]
     pub model: Option<String>,
+    /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
+    #[arg(long, value_name = "REV", requires = "model")]
+    pub revision: Option<String>,
     /// Maximum length to check against (default: the model's); needs --model, whose tokenizer
     /// counts the tokens.
     #[arg(long, requires = "model")]
@@ -28,7 +31,10 @@ pub struct CheckDataArgs {
 
 pub fn run(args: CheckDataArgs) -> Result<()> {
     let encoder = match &args.model {
-        Some(m) => Some(crate::infer::load_text_encoder(m, args.max_length)?),
+        Some(m) => {
+            let spec = crate::hub::with_revision(m, args.revision.as_deref())?;
+            Some(crate::infer::load_text_encoder(&spec, args.max_length)?)
+        }
         None => None,
     };
     let report = crate::check::run(&args.data, encoder.as_ref())?;

@@ -12,6 +12,9 @@ pub struct EvalArgs {
     /// A model directory or a Hub id of a text-classification model.
     #[arg(long, short)]
     pub model: String,
+    /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
     #[command(flatten)]
     pub data: DataSpec,
     /// Which split to evaluate.
@@ -68,7 +71,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         quantize: crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?,
         autocast,
     };
-    let report = crate::eval::run(&args.model, &spec, &opts, &device)?;
+    let report =
+        crate::eval::run(&crate::hub::with_revision(&args.model, args.revision.as_deref())?, &spec, &opts, &device)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", crate::eval::format_report(&report))?;
     let title = format!("{} · {} ({})", report.split, report.data, report.examples);

@@ -14,6 +14,9 @@ pub struct PredictArgs {
     /// A model directory or a Hub id of a text-classification model.
     #[arg(long, short)]
     pub model: String,
+    /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
     /// Texts to classify (default: --input, else the lines of standard input).
     pub texts: Vec<String>,
     /// Read texts from a file: one per line (.txt), JSON lines (.jsonl), CSV/TSV with a header
@@ -72,7 +75,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let inputs = read_inputs(&args)?;
     let (device, autocast) = args.compute.resolve()?;
     let format = crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?;
-    let mut predictor = Predictor::load(&args.model, args.max_length, format, &device)?;
+    let mut predictor = Predictor::load(
+        &crate::hub::with_revision(&args.model, args.revision.as_deref())?,
+        args.max_length,
+        format,
+        &device,
+    )?;
     predictor.model.autocast = autocast;
     if let Some(t) = args.threshold {
         predictor.set_threshold(t)?;

@@ -14,9 +14,9 @@ pub use discover::{glob_match, split_of_name};
 
 use crate::display::{label, labels as show_labels};
 use crate::hub::Source;
+use crate::hub::{with_revision, RepoKind};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::ArgPredicate;
-use hf_hub::RepoType;
 pub use problems::RowProblem;
 use problems::Sink;
 use readers::{Columns, RawFile, RawLabel, RawRow};
@@ -119,6 +119,9 @@ pub struct DataSpec {
     /// --train is given).
     #[arg(long, default_value = DEFAULT_DATASET, default_value_if("train", ArgPredicate::IsPresent, None))]
     pub dataset: Option<String>,
+    /// The dataset's branch, tag or commit on the Hub (default: main); also `--dataset ID@REV`.
+    #[arg(long, value_name = "REV", requires = "dataset")]
+    pub dataset_revision: Option<String>,
     /// Training file (parquet, csv, tsv, jsonl, or `text;label` lines); overrides the dataset's.
     #[arg(long)]
     pub train: Option<PathBuf>,
@@ -200,7 +203,10 @@ fn find_files(spec: &DataSpec) -> Result<Found> {
         if Path::new(ds).is_file() {
             bail!("{ds} is a file: pass it as --train (and --validation/--test) instead of --dataset");
         }
-        let d = discover::discover(&Source::parse(ds, RepoType::Dataset)?, &spec.label_column)?;
+        let d = discover::discover(
+            &Source::parse(&with_revision(ds, spec.dataset_revision.as_deref())?, RepoKind::Dataset)?,
+            &spec.label_column,
+        )?;
         (found.card_names, found.config_name, found.headerless) = (d.class_names, d.config_name, d.names_file);
         found.files.extend(d.files);
     }

@@ -8,6 +8,9 @@ pub struct ServeConfig {
     /// A model directory or a Hub id of a text-classification model.
     #[arg(long, short)]
     pub model: String,
+    /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port (0: any free port; the chosen address is printed).

@@ -92,7 +92,8 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
     // from here on `quantize` is the format the model runs in (`--dtype bf16` included)
     let cfg =
         ServeConfig { quantize: crate::model::inference_format(cfg.quantize, cfg.compute.dtype(), &device)?, ..cfg };
-    let mut predictor = Predictor::load(&cfg.model, None, cfg.quantize, &device)?;
+    let mut predictor =
+        Predictor::load(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?, None, cfg.quantize, &device)?;
     predictor.model.autocast = autocast;
     if let Some(t) = cfg.threshold {
         predictor.set_threshold(t)?;

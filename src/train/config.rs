@@ -53,6 +53,10 @@ pub struct TrainConfig {
     /// The model to fine-tune: a Hub id or a directory.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
+    #[arg(long, value_name = "REV")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Where the model is written (set by the caller; `--output-dir` on the command line).
     #[arg(skip)]
     pub output_dir: PathBuf,

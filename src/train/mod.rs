@@ -112,7 +112,7 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
     let started = Instant::now();
     let resume_dir = resume_dir(cfg, control)?;
     let dataset = load_dataset(cfg, spec)?;
-    let files = ModelFiles::resolve(&cfg.model)?;
+    let files = ModelFiles::resolve(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?)?;
     let (model, encoder) = load_model(cfg, &files, &dataset, resume_dir.is_none(), device)?;
     let data = tokenize(&dataset, encoder)?;
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;

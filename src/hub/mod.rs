@@ -1,30 +1,44 @@
 //! Resolving model and dataset ids through the Hugging Face cache (or local directories).
 //!
-//! Mirrors the Python tools: `HF_HOME` picks the cache (`$HF_HOME/hub`), `HF_HUB_OFFLINE=1`
-//! forbids any network access, and a file already in the cache is never downloaded again.
+//! Mirrors the Python tools: `HF_HOME` (or `HF_HUB_CACHE`) picks the cache, `HF_ENDPOINT` the
+//! Hub, `HF_TOKEN` (or the token file) authenticates, `HF_HUB_DOWNLOAD_TIMEOUT` bounds every wait,
+//! and `HF_HUB_OFFLINE=1` forbids any network access. A Hub id may carry a revision, `org/name@v1`
+//! (what `--revision` adds).
+
+mod cache;
+mod client;
+mod download;
+mod repo;
 
 use anyhow::{bail, Context, Result};
-use hf_hub::{Cache, Repo, RepoType};
+pub use cache::cache_dir;
+pub use repo::{offline, Repo, RepoKind};
 use std::path::{Path, PathBuf};
-
-/// True when `HF_HUB_OFFLINE` is set to a truthy value, as `huggingface_hub` reads it.
-pub fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
-}
 
 /// Where a model or dataset lives: a local directory or a repository on the Hub.
 #[derive(Debug, Clone)]
 pub enum Source {
     Dir(PathBuf),
-    Hub { id: String, kind: RepoType },
+    Hub(Repo),
+}
+
+/// `spec` at `revision`: `org/name@revision`, for [`Source::parse`]. Refused for a directory or
+/// a spec that already names a revision.
+pub fn with_revision(spec: &str, revision: Option<&str>) -> Result<String> {
+    let Some(rev) = revision else { return Ok(spec.to_string()) };
+    if Path::new(spec).is_dir() {
+        bail!("--revision {rev}: {spec} is a local directory; a revision applies to a Hub id");
+    }
+    if spec.contains('@') {
+        bail!("--revision {rev}: {spec} already names a revision");
+    }
+    Ok(format!("{spec}@{rev}"))
 }
 
 impl Source {
     /// Interprets `spec` as a local directory when one exists at that path (or when it is
-    /// clearly a path), otherwise as a Hub repository id.
-    pub fn parse(spec: &str, kind: RepoType) -> Result<Source> {
+    /// clearly a path), otherwise as a Hub repository id, `org/name` or `org/name@revision`.
+    pub fn parse(spec: &str, kind: RepoKind) -> Result<Source> {
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(Source::Dir(path.to_path_buf()));
@@ -33,7 +47,7 @@ impl Source {
             || spec.starts_with('/')
             || spec.starts_with('~')
             || spec.contains('\\')
-            || spec.matches('/').count() > 1
+            || spec.matches('/').count() > 1 && !spec.contains('@')
             || path.exists();
         if looks_like_path {
             if path.exists() {
@@ -41,18 +55,22 @@ impl Source {
             }
             bail!("{spec}: no such directory");
         }
-        let valid =
-            !spec.is_empty() && spec.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !valid {
+        let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+        let valid_id = !id.is_empty()
+            && id.matches('/').count() <= 1
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !valid_id {
             bail!("{spec:?} is neither a directory nor a valid Hub repository id");
         }
-        Ok(Source::Hub { id: spec.to_string(), kind })
+        check_revision(revision)?;
+        Ok(Source::Hub(Repo { id: id.to_string(), kind, revision: revision.to_string() }))
     }
 
     pub fn describe(&self) -> String {
         match self {
             Source::Dir(p) => p.display().to_string(),
-            Source::Hub { id, .. } => id.clone(),
+            Source::Hub(r) if r.revision == "main" => r.id.clone(),
+            Source::Hub(r) => format!("{}@{}", r.id, r.revision),
         }
     }
 
@@ -70,29 +88,7 @@ impl Source {
                 crate::fsx::check_regular_file(&p)?;
                 Ok(Some(p))
             }
-            Source::Hub { id, kind } => {
-                let repo = Repo::with_revision(id.clone(), *kind, "main".to_string());
-                if let Some(p) = Cache::from_env().repo(repo.clone()).get(file) {
-                    return Ok(Some(p));
-                }
-                if offline() {
-                    return Ok(None);
-                }
-                let api = hf_hub::api::sync::ApiBuilder::from_env()
-                    .with_progress(true)
-                    .build()
-                    .context("creating the Hugging Face Hub client")?;
-                match api.repo(repo).get(file) {
-                    Ok(p) => Ok(Some(p)),
-                    Err(hf_hub::api::sync::ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(404, _)) => {
-                        Ok(None)
-                    }
-                    Err(e) => Err(anyhow::Error::new(e).context(format!(
-                        "downloading {file} from {id} (set HF_HUB_OFFLINE=1 to use only the cache at {})",
-                        cache_dir().display()
-                    ))),
-                }
-            }
+            Source::Hub(repo) => download::file(repo, file),
         }
     }
 
@@ -102,8 +98,8 @@ impl Source {
             Some(p) => Ok(p),
             None => match self {
                 Source::Dir(dir) => bail!("{}: missing file {file}", dir.display()),
-                Source::Hub { id, kind } => {
-                    let what = if matches!(kind, RepoType::Dataset) { "dataset" } else { "model" };
+                Source::Hub(repo) => {
+                    let (what, id) = (repo.kind.noun(), self.describe());
                     if offline() {
                         bail!(
                             "{what} {id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
@@ -117,49 +113,67 @@ impl Source {
     }
 }
 
+/// A revision becomes a path under `refs/` in the cache: nothing that could leave it.
+fn check_revision(rev: &str) -> Result<()> {
+    let ok = !rev.is_empty()
+        && rev.len() <= 256
+        && rev.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && rev.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if !ok {
+        bail!("revision {rev:?}: expected a branch, tag or commit id");
+    }
+    Ok(())
+}
+
 impl Source {
     /// Every file of the repository or directory, as paths relative to its root, sorted.
-    /// Online, a Hub repository is listed by the Hub API; offline (or when the Hub cannot be
-    /// reached) by its cached snapshot.
+    /// Online, a Hub repository is listed by the Hub API (which also tells the cache which
+    /// commit the revision is at); offline, or when the Hub cannot be reached and the cache holds
+    /// the revision, by its cached snapshot.
     pub fn list_files(&self) -> Result<Vec<String>> {
         let mut files = match self {
             Source::Dir(dir) => walk(dir)?,
-            Source::Hub { id, kind } => {
-                let repo = Repo::with_revision(id.clone(), *kind, "main".to_string());
-                let online = if offline() {
-                    None
-                } else {
-                    let listed = hf_hub::api::sync::ApiBuilder::from_env()
-                        .with_progress(false)
-                        .build()
-                        .map_err(anyhow::Error::new)
-                        .and_then(|api| api.repo(repo.clone()).info().map_err(anyhow::Error::new));
-                    match listed {
-                        Ok(info) => Some(info.siblings.into_iter().map(|s| s.rfilename).collect()),
-                        Err(e) => {
-                            log::warn!("{id}: cannot list the repository on the Hub ({e:#}); using the cache");
-                            None
-                        }
-                    }
-                };
-                match online {
-                    Some(files) => files,
-                    None => {
-                        let root = cache_dir().join(repo.folder_name());
-                        let commit = std::fs::read_to_string(root.join("refs").join("main")).map_err(|_| {
-                            anyhow::anyhow!(
-                                "{id} is not in the Hugging Face cache at {}{}",
-                                cache_dir().display(),
-                                if offline() { " and HF_HUB_OFFLINE is set" } else { "" }
-                            )
-                        })?;
-                        walk(&root.join("snapshots").join(commit.trim()))?
-                    }
-                }
-            }
+            Source::Hub(repo) => list_hub(repo)?,
         };
         files.sort();
         Ok(files)
+    }
+}
+
+fn list_hub(repo: &Repo) -> Result<Vec<String>> {
+    let cache = cache::RepoCache::new(repo.kind, &repo.id);
+    let cached = || -> Result<Vec<String>> {
+        let commit = cache.commit(&repo.revision).filter(|c| cache.snapshot(c).is_dir()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} {} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
+                repo.kind.noun(),
+                Source::Hub(repo.clone()).describe(),
+                cache_dir().display(),
+            )
+        })?;
+        walk(&cache.snapshot(&commit))
+    };
+    if offline() {
+        return cached();
+    }
+    let client = client::Client::from_env()?;
+    match client.listing(repo) {
+        Ok((commit, files)) => {
+            for f in &files {
+                download::check_relative(f).with_context(|| format!("the Hub's listing of {}", repo.id))?;
+            }
+            cache.set_ref(&repo.revision, &commit)?;
+            Ok(files)
+        }
+        Err(f @ (client::Failure::Unreachable(_) | client::Failure::TimedOut))
+            if cache.has_snapshot(&repo.revision) =>
+        {
+            log::warn!("{}; using the cached snapshot", download::explain(&f, repo, &client));
+            cached()
+        }
+        Err(f) => {
+            Err(download::explain(&f, repo, &client)).with_context(|| format!("listing the files of {}", repo.id))
+        }
     }
 }
 
@@ -177,11 +191,6 @@ fn walk(root: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-/// The cache directory in use (`$HF_HOME/hub`, or `~/.cache/huggingface/hub`).
-pub fn cache_dir() -> PathBuf {
-    Cache::from_env().path().clone()
 }
 
 /// The tokenizer files a model directory carries, when its source has them.
@@ -212,7 +221,7 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Resolves `spec` (a directory or a Hub id) to its config, tokenizer and weights.
     pub fn resolve(spec: &str) -> Result<ModelFiles> {
-        Self::from_source(Source::parse(spec, RepoType::Model)?)
+        Self::from_source(Source::parse(spec, RepoKind::Model)?)
     }
 
     /// The model files in directory `dir` (any path, UTF-8 or not).
