@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::hub::{Access, HubRepo, HubServer, GOOD_TOKEN, OTHER_TOKEN};
+use common::hub::{Access, HubRepo, HubServer, GOOD_TOKEN, NO_READ_TOKEN, OTHER_TOKEN};
 use common::{bin, fixture, hf_home};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -150,7 +150,7 @@ fn assert_fails_with(o: &Output, phrases: &[&str]) {
     for p in phrases {
         assert!(err.contains(p), "expected {p:?} in:\n{err}");
     }
-    for secret in [GOOD_TOKEN, OTHER_TOKEN, "hf_wrong"] {
+    for secret in [GOOD_TOKEN, OTHER_TOKEN, NO_READ_TOKEN, "hf_wrong"] {
         assert!(!err.contains(secret), "the token was printed:\n{err}");
     }
 }
@@ -181,12 +181,19 @@ fn each_refusal_names_the_repository_and_the_remedy() {
     let o = predict(e, &home, MODEL, &[("HF_TOKEN", "hf_wrong")]);
     assert_fails_with(&o, &["refused the token from HF_TOKEN as invalid credentials: set HF_TOKEN to a valid token"]);
 
+    let o = predict(e, &home, "test-org/private-model", &[("HF_TOKEN", NO_READ_TOKEN)]);
+    let msg = format!("the Hub at {e} forbids reading model test-org/private-model (403: This fine-grained token");
+    assert_fails_with(&o, &[&msg, "does not allow it): use a token with read access to it"]);
+
     let o = predict(e, &home, "test-org/no-tokenizer", &[]);
     assert_fails_with(&o, &["model test-org/no-tokenizer: no file tokenizer.json on the Hub"]);
 
     let o = run(e, &home, &["predict", "--model", MODEL, "--revision", "nope", "a text"], &[]);
     let msg = "model test-org/tiny-bert has no revision \"nope\" (a branch, tag or commit id): check --revision";
     assert_fails_with(&o, &[msg]);
+
+    let o = run(e, &home, &["check-data", "--dataset", DATASET, "--dataset-revision", "nope"], &[]);
+    assert_fails_with(&o, &["dataset test-org/emotion has no revision \"nope\""]);
 
     let o = run(e, &home, &["check-data", "--dataset", "test-org/no-such-dataset"], &[]);
     assert_fails_with(&o, &["dataset test-org/no-such-dataset was not found on the Hub", not_found]);

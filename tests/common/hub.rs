@@ -28,6 +28,8 @@ use std::time::Duration;
 /// or gated ones.
 pub const GOOD_TOKEN: &str = "hf_test_good_token";
 pub const OTHER_TOKEN: &str = "hf_test_other_token";
+/// A fine-grained token without the read permission: 403 on everything not public.
+pub const NO_READ_TOKEN: &str = "hf_test_no_read_token";
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Access {
@@ -382,7 +384,7 @@ fn hub_reply(shared: &Shared, req: &Request) -> Reply {
 /// Checks the token against the repository's access, as the Hub does, before `then`.
 fn with_repo(shared: &Shared, req: &Request, kind: &str, id: &str, then: impl FnOnce(&HubRepo) -> Reply) -> Reply {
     let token = req.authorization.as_deref().and_then(|a| a.strip_prefix("Bearer "));
-    if token.is_some_and(|t| t != GOOD_TOKEN && t != OTHER_TOKEN) {
+    if token.is_some_and(|t| ![GOOD_TOKEN, OTHER_TOKEN, NO_READ_TOKEN].contains(&t)) {
         return Reply::error(401, "", "Invalid credentials in Authorization header");
     }
     let repo = shared.repos.iter().find(|r| r.kind == kind && r.id == id);
@@ -392,6 +394,9 @@ fn with_repo(shared: &Shared, req: &Request, kind: &str, id: &str, then: impl Fn
     };
     match repo {
         None => not_found(),
+        Some(r) if r.access != Access::Public && token == Some(NO_READ_TOKEN) => {
+            Reply::error(403, "", "This fine-grained token does not have the read permission")
+        }
         Some(r) if r.access == Access::Private && token != Some(GOOD_TOKEN) => not_found(),
         Some(r) if r.access == Access::Gated && token.is_none() => Reply::error(
             401,
