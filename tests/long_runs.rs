@@ -90,12 +90,81 @@ fn stopped_and_resumed_run_is_bitwise_equal() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("learning_rate"));
 }
 
+/// Where a run is, from its output directory: the newest complete checkpoint's step and the
+/// step of a checkpoint being assembled (`.checkpoint-N.tmp-PID`).
+fn progress(out: &Path) -> (Option<u64>, Option<u64>) {
+    let (mut done, mut writing) = (None, None);
+    for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let step = |s: &str| s.parse::<u64>().ok();
+        if let Some(n) = name.strip_prefix("checkpoint-").and_then(step) {
+            done = done.max(Some(n));
+        } else if let Some(n) = name.strip_prefix(".checkpoint-").and_then(|r| r.split(".tmp-").next()).and_then(step) {
+            writing = writing.max(Some(n));
+        }
+    }
+    (done, writing)
+}
+
+/// The moments a kill -9 is tested at, defined by the run's progress rather than by time.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    BeforeAnyCheckpoint,
+    /// While checkpoint N >= this step is being assembled.
+    WritingCheckpoint(u64),
+    /// Between steps: checkpoint N >= this step complete, none being written.
+    BetweenCheckpoints(u64),
+}
+
+impl Moment {
+    fn reached(self, (done, writing): (Option<u64>, Option<u64>)) -> bool {
+        match self {
+            Moment::BeforeAnyCheckpoint => done.is_none() && writing.is_none(),
+            Moment::WritingCheckpoint(n) => writing.is_some_and(|w| w >= n),
+            Moment::BetweenCheckpoints(n) => done.is_some_and(|d| d >= n) && writing.is_none(),
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not yet reaped.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// Freezes the run (SIGSTOP) at `moment` and returns true, or false if it ended first. The
+/// output directory is checked again once the process is frozen, so the moment is certain.
+fn freeze_at(child: &mut std::process::Child, out: &Path, moment: Moment) -> bool {
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if moment.reached(progress(out)) {
+            signal(child, libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(5)); // the stop is delivered asynchronously
+            if moment.reached(progress(out)) {
+                return true;
+            }
+            signal(child, libc::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 #[test]
 fn kill_9_always_leaves_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = reference_run(tmp.path());
-    // Checkpoint every step, and kill at several moments.
-    for (i, delay_ms) in [350u64, 700, 1100, 1500, 1900].into_iter().enumerate() {
+    // Checkpoint every step (16 steps, an epoch boundary at 8), and kill at these moments.
+    let moments = [
+        Moment::BeforeAnyCheckpoint,
+        Moment::WritingCheckpoint(2),
+        Moment::BetweenCheckpoints(4),
+        Moment::WritingCheckpoint(8),
+        Moment::BetweenCheckpoints(12),
+    ];
+    for (i, moment) in moments.into_iter().enumerate() {
         let out = tmp.path().join(format!("k{i}"));
         let args = with(base_args(&out), &["--save-steps", "1", "--save-total-limit", "2"]);
         let mut child = Command::new(bin())
@@ -106,34 +175,35 @@ fn kill_9_always_leaves_a_loadable_checkpoint() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let latest = emotune::train::latest_checkpoint(&out).unwrap();
-        match latest {
-            None => {
-                // Killed before the first checkpoint: resuming says so.
-                let o = run(&with(args.clone(), &["--resume"]));
-                if out.join("model.safetensors").exists() {
-                    continue;
-                }
-                assert!(!o.status.success());
-                assert!(String::from_utf8_lossy(&o.stderr).contains("no complete checkpoint"));
+        assert!(freeze_at(&mut child, &out, moment), "the run ended before {moment:?}: nothing was tested");
+        child.kill().unwrap(); // SIGKILL, delivered to the stopped process
+        child.wait().unwrap();
+        assert!(!out.join("model.safetensors").exists(), "{moment:?}: the run finished");
+        check_after_kill(&args, &out, &reference, moment);
+    }
+}
+
+/// After a kill: no checkpoint, and resuming says so; or the newest checkpoint parses, and
+/// resuming from it ends bitwise equal to the uninterrupted run.
+fn check_after_kill(args: &[String], out: &Path, reference: &Path, moment: Moment) {
+    match emotune::train::latest_checkpoint(out).unwrap() {
+        None => {
+            assert!(matches!(moment, Moment::BeforeAnyCheckpoint), "{moment:?}: no checkpoint survived");
+            let o = run(&with(args.to_vec(), &["--resume"]));
+            assert!(!o.status.success());
+            assert!(String::from_utf8_lossy(&o.stderr).contains("no complete checkpoint"));
+        }
+        Some(ckpt) => {
+            assert!(!matches!(moment, Moment::BeforeAnyCheckpoint), "a checkpoint before the first one: {ckpt:?}");
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+            assert!(state["global_step"].as_u64().unwrap() >= 1);
+            for f in ["model.safetensors", "optimizer.safetensors"] {
+                let bytes = std::fs::read(ckpt.join(f)).unwrap();
+                safetensors::SafeTensors::deserialize(&bytes).expect("complete safetensors");
             }
-            Some(ckpt) => {
-                // Every file of the checkpoint parses.
-                let state: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
-                assert!(state["global_step"].as_u64().unwrap() >= 1);
-                for f in ["model.safetensors", "optimizer.safetensors"] {
-                    let bytes = std::fs::read(ckpt.join(f)).unwrap();
-                    safetensors::SafeTensors::deserialize(&bytes).expect("complete safetensors");
-                }
-                if !out.join("model.safetensors").exists() {
-                    ok(&run(&with(args.clone(), &["--resume"])));
-                    same_files(&reference, &out);
-                }
-            }
+            ok(&run(&with(args.to_vec(), &["--resume"])));
+            same_files(reference, out);
         }
     }
 }
