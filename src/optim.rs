@@ -66,7 +66,8 @@ enum Moments {
 impl Moments {
     fn zeros(var: &Var) -> Result<Moments> {
         let t = var.as_tensor();
-        if t.device().is_cpu() && t.dtype() == DType::F32 && crate::model::precision::fused_allowed() {
+        let fused = t.device().is_cpu() && t.dtype() == DType::F32 && crate::model::precision::fused_allowed();
+        if crate::model::precision::record_path(fused) {
             return Ok(Moments::Host { m: vec![0.0; t.elem_count()], v: vec![0.0; t.elem_count()] });
         }
         Ok(Moments::Device { m: t.zeros_like()?.to_dtype(DType::F32)?, v: t.zeros_like()?.to_dtype(DType::F32)? })

@@ -74,8 +74,12 @@ fn check_tokens(model: &LoadedModel, files: &ModelFiles, r: &Reference) {
     assert_eq!(mask, r.rows_u32("attention_mask"), "attention mask differs from the reference");
 }
 
+/// Also asserts that the fused kernels computed.
 fn check_fixture(name: &str) {
+    emotune::model::precision::take_paths();
     check_fixture_on(name, &Device::Cpu);
+    let paths = emotune::model::precision::take_paths();
+    assert!(paths.fused > 0, "{name}: the fused kernels must be the path that ran: {paths:?}");
 }
 
 /// [`check_fixture`] on `device`, with the same tolerances.
@@ -175,9 +179,12 @@ fn tiny_xlm_roberta_matches_pytorch() {
 #[test]
 fn composed_path_matches_pytorch_on_every_fixture() {
     let _composed = emotune::model::precision::composed_ops();
+    emotune::model::precision::take_paths();
     for name in FIXTURES {
-        check_fixture(name);
+        check_fixture_on(name, &Device::Cpu);
     }
+    let paths = emotune::model::precision::take_paths();
+    assert!(paths.fused == 0 && paths.composed > 0, "the composed ops must be the path that ran: {paths:?}");
 }
 
 /// The same on the first CUDA GPU: a CUDA build without a GPU fails here rather than passing.
@@ -188,9 +195,12 @@ fn composed_path_matches_pytorch_on_every_fixture() {
 )]
 fn every_fixture_matches_pytorch_on_the_gpu() {
     let device = gpu();
+    emotune::model::precision::take_paths();
     for name in FIXTURES {
         check_fixture_on(name, &device);
     }
+    let paths = emotune::model::precision::take_paths();
+    assert!(paths.fused == 0 && paths.composed > 0, "the GPU must compute with the composed ops: {paths:?}");
 }
 
 /// Mixed precision (`--bf16`): bf16 matmuls keep the fixtures near PyTorch's f32 numbers (bf16

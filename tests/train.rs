@@ -341,6 +341,7 @@ fn composed_path_trains_and_resumes_bitwise() {
     std::env::set_var("HF_HOME", hf_home());
     std::env::set_var("HF_HUB_OFFLINE", "1");
     let _composed = emotune::model::precision::composed_ops();
+    emotune::model::precision::take_paths();
     let tmp = tempfile::tempdir().unwrap();
     let spec = text_label_files();
     let cfg = |name: &str| {
@@ -362,6 +363,8 @@ fn composed_path_trains_and_resumes_bitwise() {
     let first = whole.rows.first().unwrap().training_loss;
     let last = whole.rows.last().unwrap().training_loss;
     assert!(last < first, "the composed path learns: training loss {first} -> {last}");
+    let paths = emotune::model::precision::take_paths();
+    assert!(paths.fused == 0 && paths.composed > 0, "the composed path must be the one that ran: {paths:?}");
 }
 
 /// `--dtype bf16` on a CPU with AMX: a run stopped after step 3 and resumed ends with the same

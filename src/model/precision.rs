@@ -22,6 +22,7 @@ thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
     static COMPOSED: Cell<bool> = const { Cell::new(false) };
     static CPU_BF16: Cell<bool> = const { Cell::new(false) };
+    static PATHS: Cell<PathsTaken> = const { Cell::new(PathsTaken { fused: 0, composed: 0 }) };
 }
 
 /// Restores the previous setting when dropped.
@@ -87,6 +88,33 @@ pub fn composed_ops() -> Guard {
 /// The dtype matmuls run in on this thread, if autocast is on.
 pub fn autocast_dtype() -> Option<DType> {
     AUTOCAST.with(Cell::get)
+}
+
+/// How many times, on this thread, an op chose the fused CPU kernels and how many times the
+/// composed ops: tests assert that the path a guard promises is the one that ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathsTaken {
+    pub fused: u64,
+    pub composed: u64,
+}
+
+/// The counts since the last call (or since the thread started), which this resets to zero.
+pub fn take_paths() -> PathsTaken {
+    PATHS.with(|p| p.replace(PathsTaken::default()))
+}
+
+/// Counts one choice of path for [`take_paths`] and returns it.
+pub(crate) fn record_path(fused: bool) -> bool {
+    PATHS.with(|p| {
+        let mut t = p.get();
+        if fused {
+            t.fused += 1
+        } else {
+            t.composed += 1
+        }
+        p.set(t)
+    });
+    fused
 }
 
 /// False while [`composed_ops`] or [`autocast`] is on: the fused kernels are f32 only.

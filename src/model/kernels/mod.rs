@@ -53,7 +53,8 @@ use candle_core::Tensor;
 /// True where the fused kernels apply: they are written for contiguous f32 on the CPU, and
 /// step aside under [`super::precision`]'s autocast and composed-ops guards.
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && super::precision::fused_allowed()
+    let fused = t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && super::precision::fused_allowed();
+    super::precision::record_path(fused)
 }
 
 #[cfg(test)]
