@@ -204,8 +204,10 @@ fn every_fixture_matches_pytorch_on_the_gpu() {
 }
 
 /// Mixed precision (`--bf16`): bf16 matmuls keep the fixtures near PyTorch's f32 numbers (bf16
-/// has 8 significant bits, so the bounds are relative: logits within 2% of the largest, every
-/// gradient's direction within cosine 0.99), and every gradient reaches the f32 weights.
+/// has 8 significant bits, so the bounds are relative), and every gradient reaches the f32
+/// weights. Measured on an Intel Xeon with AMX over the five fixtures: logits within 1.03e-4 of
+/// the largest on AMX (bound 5e-4) and 9.8e-3 under autocast, where every matmul is bf16 (bound
+/// 0.02); the lowest gradient cosine 0.99989 (bound 0.9995, a 1 - cos five times the measured).
 /// `amx`: the fused CPU kernels with their projections on AMX tiles, instead of autocast's
 /// composed path.
 fn check_bf16_fixture(name: &str, device: &Device, amx: bool) {
@@ -223,7 +225,8 @@ fn check_bf16_fixture(name: &str, device: &Device, amx: bool) {
     };
     assert_eq!(logits.dtype(), candle_core::DType::F32);
     let e_logits = max_abs_diff(&logits, r.get("logits")) / max_abs(r.get("logits"));
-    assert!(e_logits <= 0.02, "{name}: bf16 logits off by {e_logits} of the largest");
+    let bound = if amx { 5e-4 } else { 0.02 };
+    assert!(e_logits <= bound, "{name}: bf16 logits off by {e_logits} of the largest (bound {bound})");
     // Proof that bf16 applied: f32 stays within 1e-8 of PyTorch. On AMX only the encoder's
     // projections are bf16 (measured 5.8e-5 on tiny-distilbert), under autocast every matmul (2.6e-3 and up).
     let changed = if amx { 1e-6 } else { 1e-4 };
@@ -243,7 +246,7 @@ fn check_bf16_fixture(name: &str, device: &Device, amx: bool) {
             continue;
         }
         let cos = cosine(g, rg);
-        assert!(cos >= 0.99, "{name} {pname}: bf16 gradient cosine {cos}");
+        assert!(cos >= 0.9995, "{name} {pname}: bf16 gradient cosine {cos}");
         worst = worst.min(cos);
     }
     println!("{name} --bf16: logits within {e_logits:.2e} of the largest; lowest gradient cosine {worst:.5}");

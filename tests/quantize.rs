@@ -67,7 +67,9 @@ fn bf16_logits_of_every_fixture_stay_near_pytorch() {
     for (name, types) in [("tiny-distilbert", false), ("tiny-bert", true), ("tiny-roberta", false)] {
         let (err, largest) = logit_error(name, types, Quantize::Bf16);
         println!("{name}: bf16 logits max abs err {err:.3e} (largest reference logit {largest:.3e})");
-        assert!(err > 0.0 && err <= 0.02 * largest, "{name}: bf16 logits off by {err} (largest {largest})");
+        // Measured at most 7.5e-5 of the largest logit (Intel Xeon with AMX, tiny-roberta): 5e-4
+        // leaves a small factor for other CPUs' summation orders.
+        assert!(err > 0.0 && err <= 5e-4 * largest, "{name}: bf16 logits off by {err} (largest {largest})");
     }
 }
 
@@ -154,7 +156,8 @@ fn predict_dtype_bf16_runs_bf16_or_says_why_not() {
     if emotune::model::kernels::panels_bf16::available() {
         let largest = f32_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
         let diff = f32_logits.iter().zip(&bf16_logits).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
-        assert!(diff > 0.0 && diff <= 0.02 * largest, "bf16 logits {bf16_logits:?} against {f32_logits:?}");
+        // Measured 3.1e-5 of the largest logit (Intel Xeon with AMX); the bound is a small factor above.
+        assert!(diff > 0.0 && diff <= 2e-4 * largest, "bf16 logits {bf16_logits:?} against {f32_logits:?}");
     } else {
         assert!(stderr.contains("no AVX-512 BF16") && stderr.contains("float32"), "{stderr}");
         assert_eq!(bf16_logits, f32_logits);

@@ -262,8 +262,10 @@ mod tests {
             let lin = Bf16PanelLinear::new(&data(n * k, 2, 0.2), &data(n, 3, 1.0), (n, k));
             let x = data(m * k, 1, 3.0);
             let (want, got) = (run(false, &lin, &x, m), run(true, &lin, &x, m));
+            // Bit for bit: measured identical on an Intel Xeon with AMX (Sapphire Rapids); the
+            // definition follows the instruction's documented rounding, so any difference is a bug.
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "({m}, {n}, {k}): {g} against {w}");
+                assert_eq!(g.to_bits(), w.to_bits(), "({m}, {n}, {k}): {g} against {w}");
             }
         }
     }
