@@ -54,6 +54,8 @@ pub struct ShapeReport {
     pub device: String,
     /// The CPU as the code sees it ([`crate::cpu::CpuIdentity::describe`]): figures depend on it.
     pub cpu: String,
+    /// Parameters of the timed classifier (the encoder and a six-label head): names the shape.
+    pub params: usize,
     /// Trained in bf16 (`--dtype bf16` on a GPU or a CPU with AMX): the matmuls in bf16, everything else f32.
     pub bf16: bool,
     /// `"int8"` or `"bf16"` when the encoder's linear layers ran in that format (`--quantize`,
@@ -233,6 +235,7 @@ pub fn run(
             seq,
             device: crate::device::name(device),
             cpu: crate::cpu::CpuIdentity::current().describe(),
+            params: m.params.iter().map(|(_, v)| v.as_tensor().elem_count()).sum(),
             bf16: opts.bf16,
             quantize: opts.quantize,
             int8_kernel: (opts.quantize == Some(Quantize::Int8)).then(|| Isa::detect().name()),

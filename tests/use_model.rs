@@ -268,7 +268,19 @@ fn bench_writes_a_random_base_model_that_trains() {
         None,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(trained.join("model.safetensors").exists());
+    // A classifier now: the dataset's labels in its config, a six-way head in its weights.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trained.join("config.json")).unwrap()).unwrap();
+    let labels: Vec<&str> = (0..6).map(|i| config["id2label"][i.to_string()].as_str().unwrap()).collect();
+    assert_eq!(labels, ["sadness", "joy", "love", "anger", "fear", "surprise"]);
+    let bytes = std::fs::read(trained.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let dim = serde_json::from_slice::<serde_json::Value>(&std::fs::read(tiny.join("config.json")).unwrap()).unwrap()
+        ["dim"]
+        .as_u64()
+        .unwrap() as usize;
+    assert_eq!(st.tensor("classifier.weight").unwrap().shape(), [6, dim]);
+    assert_eq!(st.tensor("pre_classifier.weight").unwrap().shape(), [dim, dim]);
 }
 
 /// Without --config, bench times the built-in distilbert-base-uncased shape, from any directory.
@@ -284,6 +296,18 @@ fn bench_has_the_distilbert_base_shape_built_in() {
     let r: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim()).unwrap();
     assert_eq!((r["batch"].as_u64(), r["seq"].as_u64()), (Some(2), Some(8)));
     assert!(r["train_step_s"].as_f64().unwrap() > 0.0);
+    // The shape timed is distilbert-base-uncased's (its config from ../shared/fixtures): the
+    // parameters of its encoder and of a six-label DistilBertForSequenceClassification head.
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("distilbert-base-uncased.config.json")).unwrap()).unwrap();
+    let n = |k: &str| c[k].as_u64().unwrap();
+    let (dim, hidden) = (n("dim"), n("hidden_dim"));
+    let embeddings = (n("vocab_size") + n("max_position_embeddings")) * dim + 2 * dim;
+    let layer = 4 * (dim * dim + dim) + 2 * (dim * hidden) + hidden + dim + 4 * dim;
+    let head = dim * dim + dim + dim * 6 + 6;
+    let expected = embeddings + n("n_layers") * layer + head;
+    assert_eq!(expected, 66_958_086);
+    assert_eq!(r["params"].as_u64(), Some(expected));
 }
 
 /// The inference figures: one-text latency percentiles over --latency-runs passes and texts/s
