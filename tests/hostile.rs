@@ -107,12 +107,14 @@ fn a_closed_pipe_stops_quietly() {
     }
     let model = fixture("tiny-distilbert");
     let predict = ["predict", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
-    let data = shared().join("data/emotion");
-    let check = ["check-data", "--dataset", data.to_str().unwrap(), "--limit", "100000"];
+    // GoEmotions' full report is about 150 KB, more than a pipe holds: the write must fail.
+    let check = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--limit", "100000"];
     for args in [&predict[..], &check[..]] {
         let (status, err) = with_closed_pipe(args);
+        // As ripgrep: the reader went away, so the work is done: status 0, no error printed.
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
-        assert_ne!(status.code(), Some(101), "{args:?} panicked: {err}");
+        assert!(!err.contains("error"), "{args:?}: {err}");
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
     }
 }
 

@@ -118,9 +118,17 @@ fn trains_a_multi_label_model_and_predicts_label_sets() {
     let o = emotune(&["predict", "--model", out.to_str().unwrap(), "--format", "jsonl", "thank you so much!"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(line["labels"].is_array(), "{line}");
     let scores = line["scores"].as_object().unwrap();
     assert_eq!(scores.len(), 28);
+    // `labels` are exactly those whose score reaches their saved threshold.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("thresholds.json")).unwrap_or_else(|_| b"{}".to_vec())).unwrap();
+    let threshold = |l: &str| saved["thresholds"][l].as_f64().unwrap_or(0.5);
+    let mut want: Vec<&str> =
+        scores.iter().filter(|(l, s)| s.as_f64().unwrap() >= threshold(l)).map(|(l, _)| l.as_str()).collect();
+    let mut got: Vec<&str> = line["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    (want.sort(), got.sort());
+    assert_eq!(got, want, "{line}");
     // Sigmoid scores: independent, not summing to one.
     let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
     assert!((sum - 1.0).abs() > 0.5, "scores sum to {sum}");
@@ -187,15 +195,13 @@ fn tuned_thresholds_are_saved_and_used_unless_overridden() {
 
 #[test]
 fn check_data_reports_label_cardinality_and_pairs() {
-    let o = emotune(&[
-        "check-data",
-        "--dataset",
-        "google-research-datasets/go_emotions",
-        "--limit",
-        "3",
-        "--json",
-        tempfile::tempdir().unwrap().path().join("r.json").to_str().unwrap(),
-    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("r.json");
+    let args = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--limit", "3", "--json"];
+    let o = emotune(&[&args[..], &[json.to_str().unwrap()]].concat());
+    // GoEmotions has texts given different labels and texts in two splits: errors, exit 1.
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data error(s) found"));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Labels per text (multi-label):"), "{out}");
     assert!(out.contains("Labels that occur together most often:"), "{out}");
@@ -203,4 +209,15 @@ fn check_data_reports_label_cardinality_and_pairs() {
     let train = out.lines().find(|l| l.starts_with("train") && l.split_whitespace().count() == 4).unwrap();
     let mean: f64 = train.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((1.1..1.3).contains(&mean), "{train}");
+    // The JSON report says the same, and more.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["labels"].as_array().unwrap().len(), 28);
+    let card = &r["multi_label"]["cardinality"][0];
+    assert_eq!(card["split"], "train");
+    assert!((card["mean"].as_f64().unwrap() - mean).abs() < 0.005, "{card} against the printed {mean}");
+    assert!(card["max"].as_u64().unwrap() >= 2 && card["several"].as_u64().unwrap() > 0, "{card}");
+    let pairs = r["multi_label"]["pairs"].as_array().unwrap();
+    let counts: Vec<u64> = pairs.iter().map(|p| p[2].as_u64().unwrap()).collect();
+    assert!(!counts.is_empty() && counts.windows(2).all(|w| w[0] >= w[1]), "most frequent first: {counts:?}");
+    assert!(r["conflicting_labels"].as_array().is_some_and(|c| !c.is_empty()));
 }

@@ -274,10 +274,21 @@ fn page_shows_six_bars_in_headless_chromium() {
             std::thread::sleep(Duration::from_millis(100));
         };
         assert_eq!(labels.len(), 6, "six bars: {labels:?}");
+        // Each bar is as wide as the API's score for its label (the page rounds to 0.1 %).
+        let r = s.call(
+            "POST",
+            "/predict",
+            &[("Authorization", "Bearer page-key-7f3a"), ("Content-Type", "application/json")],
+            Some(br#"{"inputs": "i feel so happy and grateful today", "raw_scores": false}"#),
+        );
+        let scores = r.json();
         for l in &labels {
             let (name, width) = l.split_once(' ').unwrap();
             assert!(LABELS.contains(&name), "{l}");
-            assert!(width.ends_with('%'), "{l}");
+            let shown: f64 = width.strip_suffix('%').unwrap().parse().unwrap();
+            let score =
+                scores.as_array().unwrap().iter().find(|x| x["label"] == name).unwrap()["score"].as_f64().unwrap();
+            assert!((shown - 100.0 * score).abs() <= 0.051, "{name}: bar {width} for score {score}");
         }
         let png = wd(&base, "GET", &format!("/session/{sid}/screenshot"), json!({}));
         let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
