@@ -127,7 +127,8 @@ fn trains_a_multi_label_model_and_predicts_label_sets() {
     let mut want: Vec<&str> =
         scores.iter().filter(|(l, s)| s.as_f64().unwrap() >= threshold(l)).map(|(l, _)| l.as_str()).collect();
     let mut got: Vec<&str> = line["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-    (want.sort(), got.sort());
+    want.sort();
+    got.sort();
     assert_eq!(got, want, "{line}");
     // Sigmoid scores: independent, not summing to one.
     let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();

@@ -316,7 +316,8 @@ fn csv_and_jsonl_with_custom_columns_train() {
     assert!(o.status.success(), "{}", stderr(&o));
     // The labels came from the named column: their sorted distinct names, in the saved config.
     let mut names: Vec<&str> = rows.iter().map(|(_, y)| y.as_str()).collect();
-    (names.sort(), names.dedup());
+    names.sort();
+    names.dedup();
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     let saved: Vec<&str> = (0..names.len()).map(|i| config["id2label"][i.to_string()].as_str().unwrap()).collect();
     assert_eq!(saved, names);
