@@ -193,6 +193,25 @@ fn sigterm_lets_in_flight_requests_finish() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Each bar (`label width%`) is as wide as the API's score for its label (the page rounds to
+/// 0.1 %) for the text the page test types.
+fn bars_show_the_scores(s: &Server, bars: &[String]) {
+    let r = s.call(
+        "POST",
+        "/predict",
+        &[("Authorization", "Bearer page-key-7f3a"), ("Content-Type", "application/json")],
+        Some(br#"{"inputs": "i feel so happy and grateful today", "raw_scores": false}"#),
+    );
+    let scores = r.json();
+    for l in bars {
+        let (name, width) = l.split_once(' ').unwrap();
+        assert!(LABELS.contains(&name), "{l}");
+        let shown: f64 = width.strip_suffix('%').unwrap().parse().unwrap();
+        let score = scores.as_array().unwrap().iter().find(|x| x["label"] == name).unwrap()["score"].as_f64().unwrap();
+        assert!((shown - 100.0 * score).abs() <= 0.051, "{name}: bar {width} for score {score}");
+    }
+}
+
 /// A minimal W3C WebDriver client for chromedriver.
 fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
     let url = format!("{base}{path}");
@@ -274,22 +293,7 @@ fn page_shows_six_bars_in_headless_chromium() {
             std::thread::sleep(Duration::from_millis(100));
         };
         assert_eq!(labels.len(), 6, "six bars: {labels:?}");
-        // Each bar is as wide as the API's score for its label (the page rounds to 0.1 %).
-        let r = s.call(
-            "POST",
-            "/predict",
-            &[("Authorization", "Bearer page-key-7f3a"), ("Content-Type", "application/json")],
-            Some(br#"{"inputs": "i feel so happy and grateful today", "raw_scores": false}"#),
-        );
-        let scores = r.json();
-        for l in &labels {
-            let (name, width) = l.split_once(' ').unwrap();
-            assert!(LABELS.contains(&name), "{l}");
-            let shown: f64 = width.strip_suffix('%').unwrap().parse().unwrap();
-            let score =
-                scores.as_array().unwrap().iter().find(|x| x["label"] == name).unwrap()["score"].as_f64().unwrap();
-            assert!((shown - 100.0 * score).abs() <= 0.051, "{name}: bar {width} for score {score}");
-        }
+        bars_show_the_scores(&s, &labels);
         let png = wd(&base, "GET", &format!("/session/{sid}/screenshot"), json!({}));
         let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
         std::fs::write(&shot, base64_decode(png.as_str().unwrap())).unwrap();
