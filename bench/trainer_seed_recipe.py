@@ -3,7 +3,8 @@
 `emotune train` on the same backbone and data.
 
     HF_HOME=../shared/hf HF_HUB_OFFLINE=1 python bench/trainer_seed_recipe.py \
-        [--model sentence-transformers/all-MiniLM-L6-v2] [--seed 42] [--out /tmp/trainer-run]
+        [--model sentence-transformers/all-MiniLM-L6-v2] [--seed 42] [--out /tmp/trainer-run] \
+        [--save-initial DIR]
 
 Recipe: dair-ai/emotion (read from the Hub cache's parquet files), AdamW (0.9, 0.999, 1e-8),
 weight decay 0.01 (Trainer excludes biases and LayerNorm weights), lr 2e-5 linear to 0 without
@@ -124,6 +125,9 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="the Trainer's bf16=True (autocast)")
     ap.add_argument("--data-dir", help="read DIR/{train,validation}.txt (text;label) instead of the Hub cache")
     ap.add_argument("--random-config", help="a config.json: train a randomly initialised model of that shape")
+    ap.add_argument("--save-initial", metavar="DIR",
+                    help="save the model as initialised (head included) to DIR before training, for "
+                         "`emotune train --model DIR` from the same weights")
     args = ap.parse_args()
     started = time.time()
 
@@ -141,6 +145,10 @@ def main():
     else:
         # float32 whatever the checkpoint stores (an f16 copy is what fits on the GPU machine).
         model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=torch.float32, **names)
+
+    if args.save_initial:
+        model.save_pretrained(args.save_initial)
+        tok.save_pretrained(args.save_initial)
 
     def metrics(pred):
         y = pred.label_ids
