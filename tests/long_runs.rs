@@ -69,6 +69,13 @@ fn stopped_and_resumed_run_is_bitwise_equal() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--resume") && err.contains("checkpoint-5"), "says how to resume: {err}");
     assert!(!b.join("model.safetensors").exists(), "no final model before the run ends");
+    // A checkpoint is a model predict takes as it is (its tokenizer saved with it).
+    let ckpt = b.join("checkpoint-5");
+    let args = ["predict", "--model", ckpt.to_str().unwrap(), "--format", "jsonl", "i feel happy"];
+    let o = run(&args.map(String::from));
+    ok(&o);
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(line["label"].is_string(), "{line}");
     ok(&run(&with(base_args(&b), &["--resume"])));
     same_files(&reference, &b);
     // Stop right after an epoch boundary's step, resume from an explicit checkpoint.

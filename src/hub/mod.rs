@@ -199,11 +199,24 @@ pub const TOKENIZER_FILES: [&str; 4] =
 
 /// Copies the [`TOKENIZER_FILES`] that `source` has into `dir` (each written atomically).
 pub fn copy_tokenizer_files(source: &Source, dir: &Path) -> Result<()> {
+    write_files(dir, &read_tokenizer_files(source)?)
+}
+
+/// The [`TOKENIZER_FILES`] that `source` has, by name, read into memory (for every checkpoint).
+pub fn read_tokenizer_files(source: &Source) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut out = Vec::new();
     for name in TOKENIZER_FILES {
         if let Some(src) = source.get_optional(name)? {
-            let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            crate::fsx::write_atomic(&dir.join(name), &bytes)?;
+            out.push((name, std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?));
         }
+    }
+    Ok(out)
+}
+
+/// Writes each (name, bytes) into `dir`, atomically.
+pub fn write_files(dir: &Path, files: &[(&'static str, Vec<u8>)]) -> Result<()> {
+    for (name, bytes) in files {
+        crate::fsx::write_atomic(&dir.join(name), bytes)?;
     }
     Ok(())
 }

@@ -96,8 +96,9 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Writes `checkpoint-<step>`: weights, config, optimiser moments, trainer state and
-/// arguments. It is assembled in a temporary directory and renamed into place, so a
+/// Writes `checkpoint-<step>`: weights, config, tokenizer, optimiser moments, trainer state and
+/// arguments (so `predict`, `eval` and `serve` take a checkpoint as they take a model, as with
+/// the Trainer's checkpoints). It is assembled in a temporary directory and renamed into place, so a
 /// checkpoint directory is always complete; the previous ones stay untouched.
 pub fn save_checkpoint(
     out: &Path,
@@ -105,6 +106,7 @@ pub fn save_checkpoint(
     model: &LoadedModel,
     opt: &AdamW,
     state: &TrainerState,
+    tokenizer: &[(&'static str, Vec<u8>)],
 ) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = out.join(&name);
@@ -115,6 +117,7 @@ pub fn save_checkpoint(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     model.params.save(&tmp.join("model.safetensors"))?;
     crate::fsx::write_json_atomic(&tmp.join("config.json"), &model.config.to_classifier_json())?;
+    crate::hub::write_files(&tmp, tokenizer)?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
     crate::fsx::write_json_atomic(&tmp.join("training_args.json"), &serde_json::to_value(cfg)?)?;
     crate::fsx::write_json_atomic(&tmp.join("trainer_state.json"), &serde_json::to_value(state)?)?;

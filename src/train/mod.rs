@@ -118,6 +118,7 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     checkpoint::remove_stale_temporaries(&cfg.output_dir);
     let mut trainer = Trainer::new(cfg, model, &data, device, resume_dir.as_deref())?;
+    trainer.tokenizer_files = crate::hub::read_tokenizer_files(&files.source)?;
     log::info!(
         "training {} ({} parameters) on {} examples, validating on {}: {} epoch(s), {} steps, batch {}",
         cfg.model,

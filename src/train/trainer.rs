@@ -58,6 +58,8 @@ pub struct Trainer<'a> {
     /// Checkpoints this run wrote after its last evaluation: if it diverges, they may hold the
     /// state on the way to the divergence, so they are removed with the error.
     unvalidated: Vec<PathBuf>,
+    /// The tokenizer files written into every checkpoint (set by the caller).
+    pub tokenizer_files: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl<'a> Trainer<'a> {
@@ -117,6 +119,7 @@ impl<'a> Trainer<'a> {
             per_epoch,
             epochs: total_steps.div_ceil(per_epoch),
             unvalidated: Vec::new(),
+            tokenizer_files: Vec::new(),
         })
     }
 
@@ -310,7 +313,14 @@ impl<'a> Trainer<'a> {
     fn checkpoint(&mut self) -> Result<PathBuf> {
         self.check_finite()?;
         self.state.dropout_rng = self.dropout.state().expect("training dropout");
-        let dir = checkpoint::save_checkpoint(&self.cfg.output_dir, self.cfg, &self.model, &self.opt, &self.state)?;
+        let dir = checkpoint::save_checkpoint(
+            &self.cfg.output_dir,
+            self.cfg,
+            &self.model,
+            &self.opt,
+            &self.state,
+            &self.tokenizer_files,
+        )?;
         checkpoint::prune_checkpoints(&self.cfg.output_dir, self.cfg.save_total_limit, self.state.best.as_ref())?;
         Ok(dir)
     }
