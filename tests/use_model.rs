@@ -218,6 +218,36 @@ fn check_data_passes_clean_data() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("no problems found"));
 }
 
+/// Without --plot, eval writes the plot beside the model with the split in its name, says where,
+/// and never replaces one without --overwrite.
+#[test]
+fn eval_writes_its_plot_beside_the_model_and_never_overwrites_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    std::fs::create_dir(&m).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-distilbert")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
+    }
+    let data = shared().join("data/emotion/validation.txt");
+    let args = ["eval", "-m", m.to_str().unwrap(), "--file", data.to_str().unwrap(), "--limit", "16"];
+    let o = emotune(&args, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = m.join("confusion_matrix_test.png");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("confusion matrix saved to {}", png.display())));
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let o = emotune(&args, None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("confusion_matrix_test.png already exists: pass --overwrite"), "{err}");
+    assert!(o.stdout.is_empty(), "refused before any work");
+    let o = emotune(&[&args[..], &["--overwrite"]].concat(), None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let elsewhere = dir.path().join("reports");
+    let o = emotune(&[&args[..], &["--output-dir", elsewhere.to_str().unwrap()]].concat(), None);
+    assert!(o.status.success() && elsewhere.join("confusion_matrix_test.png").is_file());
+}
+
 #[test]
 fn bench_writes_a_random_base_model_that_trains() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,9 +35,16 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 10)]
     pub top_losses: usize,
     /// Where to save the confusion matrix (single-label) or the per-label F1 chart (multi-label)
-    /// as a PNG.
-    #[arg(long, default_value = "confusion_matrix.png")]
-    pub plot: PathBuf,
+    /// as a PNG (default: `confusion_matrix_<split>.png` or `per_label_f1_<split>.png` in
+    /// --output-dir).
+    #[arg(long, value_name = "PNG")]
+    pub plot: Option<PathBuf>,
+    /// Where the plot goes (default: the model's directory; for a Hub id, `<name>-eval` here).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Replace a plot that already exists (otherwise eval refuses before it starts).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Write the whole report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,6 +59,38 @@ pub struct EvalArgs {
     pub quantize: Option<crate::model::Quantize>,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
+}
+
+/// The plot's path: `--plot`, else a name with the split in `--output-dir` or beside the model.
+fn plot_path(args: &EvalArgs, split: SplitName, multi_label: bool) -> PathBuf {
+    if let Some(p) = &args.plot {
+        return p.clone();
+    }
+    let dir = args.output_dir.clone().unwrap_or_else(|| {
+        let model = std::path::Path::new(&args.model);
+        if model.is_dir() {
+            model.to_path_buf()
+        } else {
+            PathBuf::from(format!("{}-eval", args.model.rsplit('/').next().unwrap_or(&args.model)))
+        }
+    });
+    let kind = if multi_label { "per_label_f1" } else { "confusion_matrix" };
+    dir.join(format!("{kind}_{}.png", split.as_str()))
+}
+
+/// Refuses, before any work, to replace an existing plot without `--overwrite`.
+fn check_plot_free(path: &std::path::Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        anyhow::bail!("{} already exists: pass --overwrite to replace it, or --plot/--output-dir", path.display());
+    }
+    Ok(())
+}
+
+fn create_parent(path: &std::path::Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display())),
+        None => Ok(()),
+    }
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -71,19 +110,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
         quantize: crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?,
         autocast,
     };
-    let report =
-        crate::eval::run(&crate::hub::with_revision(&args.model, args.revision.as_deref())?, &spec, &opts, &device)?;
+    let model = crate::hub::with_revision(&args.model, args.revision.as_deref())?;
+    // Both names are checked: whether the model is multi-label is known only once it is loaded.
+    let (single, multi) = (plot_path(&args, split, false), plot_path(&args, split, true));
+    check_plot_free(&single, args.overwrite)?;
+    check_plot_free(&multi, args.overwrite)?;
+    let report = crate::eval::run(&model, &spec, &opts, &device)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", crate::eval::format_report(&report))?;
-    let title = format!("{} · {} ({})", report.split, report.data, report.examples);
+    let title = format!("{model} · {} · {} ({})", report.split, report.data, report.examples);
     if let Some(m) = &report.metrics {
-        crate::plot::confusion_matrix_png(&args.plot, &report.labels, &m.confusion, &title)?;
-        writeln!(out, "\nconfusion matrix saved to {}", args.plot.display())?;
+        create_parent(&single)?;
+        crate::plot::confusion_matrix_png(&single, &report.labels, &m.confusion, &title)?;
+        writeln!(out, "\nconfusion matrix saved to {}", single.display())?;
     }
     if let Some(m) = &report.multi_label {
         let f1: Vec<f64> = m.per_class.iter().map(|c| c.f1).collect();
-        crate::plot::per_label_f1_png(&args.plot, &report.labels, &f1, &title)?;
-        writeln!(out, "\nper-label F1 chart saved to {}", args.plot.display())?;
+        create_parent(&multi)?;
+        crate::plot::per_label_f1_png(&multi, &report.labels, &f1, &title)?;
+        writeln!(out, "\nper-label F1 chart saved to {}", multi.display())?;
     }
     if let Some(path) = &args.json {
         crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
