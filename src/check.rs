@@ -6,7 +6,7 @@
 //! imbalance, texts longer than the model's maximum length.
 
 use crate::data::{self, DataSpec, Dataset, RowProblem};
-use crate::display::{clip, escape, label, labels, LABEL_CHARS};
+use crate::display::{clip, escape, label, labels, ShortLocations, LABEL_CHARS};
 use crate::tokenize::TextEncoder;
 use anyhow::Result;
 use serde::Serialize;
@@ -33,6 +33,7 @@ pub struct TextGroup {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    pub split: String,
     pub location: String,
     pub message: String,
 }
@@ -231,7 +232,7 @@ fn control_characters(ds: &Dataset) -> Vec<Finding> {
         for (i, e) in s.examples.iter().enumerate() {
             if let Some(c) = e.text.chars().find(|c| c.is_control() && *c != '\t') {
                 let message = format!("control character U+{:04X}", c as u32);
-                found.push(Finding { location: s.location(i), message });
+                found.push(Finding { split: s.name.clone(), location: s.location(i), message });
             }
         }
     }
@@ -262,11 +263,11 @@ fn token_lengths(ds: &Dataset, enc: &TextEncoder) -> Result<Vec<LengthStats>> {
     Ok(stats)
 }
 
-fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize) {
+fn list_groups(s: &mut String, groups: &[TextGroup], limit: usize, short: &ShortLocations) {
     for g in groups.iter().take(limit) {
         let places: Vec<String> =
-            g.occurrences.iter().map(|(sp, loc, l)| format!("{} ({sp}, {})", escape(loc), label(l))).collect();
-        let _ = writeln!(s, "  \"{}\"\n      {}", clip(&g.text, 90), places.join("\n      "));
+            g.occurrences.iter().map(|(_, loc, l)| format!("{} ({})", escape(&short.show(loc)), label(l))).collect();
+        let _ = writeln!(s, "  \"{}\"\n      {}", clip(&g.text, 90), places.join(", "));
     }
     if groups.len() > limit {
         let _ = writeln!(s, "  ... and {} more (all in --json)", groups.len() - limit);
@@ -338,7 +339,20 @@ fn write_token_lengths(s: &mut String, r: &CheckReport) {
     }
 }
 
+/// The locations the problem lists show (each list up to `limit`), for [`ShortLocations`].
+fn shown_locations(r: &CheckReport, limit: usize) -> ShortLocations {
+    let groups = [&r.conflicting_labels, &r.leakage, &r.duplicates];
+    let in_groups = groups.into_iter().flat_map(|g| g.iter().take(limit)).flat_map(|g| &g.occurrences);
+    let findings = r.control_characters.iter().take(limit).map(|f| (f.split.as_str(), f.location.as_str()));
+    ShortLocations::new(in_groups.map(|(sp, loc, _)| (sp.as_str(), loc.as_str())).chain(findings))
+}
+
 fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
+    let short = shown_locations(r, limit);
+    let legend = short.legend();
+    if !legend.is_empty() {
+        let _ = write!(s, "\nRows below are split:line (or split/file:line) of\n{legend}");
+    }
     let mut section = |title: String, body: String| {
         let _ = write!(s, "\n{title}\n{body}");
     };
@@ -359,13 +373,13 @@ fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
     ];
     for (found, title) in groups.into_iter().filter(|(g, _)| !g.is_empty()) {
         let mut b = String::new();
-        list_groups(&mut b, found, limit);
+        list_groups(&mut b, found, limit, &short);
         section(title.replace("{}", &found.len().to_string()), b);
     }
     if !r.control_characters.is_empty() {
         let mut b = String::new();
         for f in r.control_characters.iter().take(limit) {
-            let _ = writeln!(b, "  {}: {}", escape(&f.location), f.message);
+            let _ = writeln!(b, "  {}: {}", escape(&short.show(&f.location)), f.message);
         }
         section(format!("warning: {} text(s) contain control characters:", r.control_characters.len()), b);
     }

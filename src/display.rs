@@ -86,3 +86,78 @@ mod tests {
         assert_eq!(last_segment("plain"), "plain");
     }
 }
+
+/// Locations (`file:line`) made short for a terminal: a file is named by its split when it is
+/// the only file of that split among the locations shown, else `split/file-name`; the legend
+/// names each full path once. JSON output keeps the full locations.
+pub struct ShortLocations {
+    names: std::collections::HashMap<String, String>,
+}
+
+impl ShortLocations {
+    /// From every `(split, location)` that will be shown.
+    pub fn new<'a>(shown: impl IntoIterator<Item = (&'a str, &'a str)>) -> ShortLocations {
+        let mut files: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+        for (split, loc) in shown {
+            files.entry(split).or_default().insert(file_of(loc));
+        }
+        let mut names = std::collections::HashMap::new();
+        for (split, set) in files {
+            for file in &set {
+                let base = std::path::Path::new(file).file_name().map_or((*file).into(), |n| n.to_string_lossy());
+                let name = if set.len() == 1 { split.to_string() } else { format!("{split}/{base}") };
+                names.insert((*file).to_string(), name);
+            }
+        }
+        ShortLocations { names }
+    }
+
+    /// `test:817` for `/…/test-00000-of-00001.parquet:817`.
+    pub fn show(&self, location: &str) -> String {
+        let file = file_of(location);
+        match self.names.get(file) {
+            Some(name) => format!("{name}{}", &location[file.len()..]),
+            None => location.to_string(),
+        }
+    }
+
+    /// One line per file: `  test = /…/test-00000-of-00001.parquet`, sorted by name.
+    pub fn legend(&self) -> String {
+        let mut rows: Vec<(&String, &String)> = self.names.iter().map(|(f, n)| (n, f)).collect();
+        rows.sort();
+        rows.iter().map(|(n, f)| format!("  {n} = {}\n", escape(f))).collect()
+    }
+}
+
+/// The file part of `file:line` (the whole string when it has no `:line`).
+fn file_of(location: &str) -> &str {
+    match location.rsplit_once(':') {
+        Some((file, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => file,
+        _ => location,
+    }
+}
+
+#[cfg(test)]
+mod short_location_tests {
+    use super::*;
+
+    #[test]
+    fn a_split_with_one_file_is_named_by_the_split() {
+        let shown = [
+            ("test", "/cache/snap/split/test-00000-of-00001.parquet:817"),
+            ("train", "/data/train-0.parquet:3"),
+            ("train", "/data/train-1.parquet:9"),
+            ("test", "/cache/snap/split/test-00000-of-00001.parquet:12"),
+        ];
+        let s = ShortLocations::new(shown);
+        assert_eq!(s.show(shown[0].1), "test:817");
+        assert_eq!(s.show(shown[3].1), "test:12");
+        assert_eq!(s.show(shown[1].1), "train/train-0.parquet:3");
+        assert_eq!(s.show("/elsewhere/x.csv:4"), "/elsewhere/x.csv:4");
+        assert_eq!(
+            s.legend(),
+            "  test = /cache/snap/split/test-00000-of-00001.parquet\n  train/train-0.parquet = /data/train-0.parquet\n  \
+             train/train-1.parquet = /data/train-1.parquet\n"
+        );
+    }
+}

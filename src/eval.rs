@@ -2,7 +2,7 @@
 //! per-class report, confusion matrix (printed and as a PNG) and the highest-loss examples.
 
 use crate::data::{self, DataSpec, Dataset, SplitName};
-use crate::display::{clip, escape, label};
+use crate::display::{clip, escape, label, ShortLocations};
 use crate::infer::{evaluate, Predictor};
 use crate::metrics::{self, MultiLabelReport, Report};
 use crate::model::Task;
@@ -182,10 +182,13 @@ pub fn format_report(r: &EvalReport) -> String {
         write_per_class(&mut s, &m.per_class, &names, w);
     }
     if !r.highest_loss.is_empty() {
-        let _ = writeln!(s, "\n{} highest-loss examples", r.highest_loss.len());
+        // Locations short (`test:817`), the files named once; each text on a line of its own.
+        let short = ShortLocations::new(r.highest_loss.iter().map(|e| (r.split.as_str(), e.location.as_str())));
+        let _ = write!(s, "\n{} highest-loss examples, from\n{}", r.highest_loss.len(), short.legend());
         for e in &r.highest_loss {
-            let (gold, pred, at, text) = (label(&e.gold), label(&e.predicted), escape(&e.location), clip(&e.text, 100));
-            let _ = writeln!(s, "  loss {:>7.3}  gold {gold:<w$} predicted {pred:<w$} {at}  {text}", e.loss);
+            let (gold, pred, at) = (label(&e.gold), label(&e.predicted), escape(&short.show(&e.location)));
+            let _ = writeln!(s, "  {at:<10} loss {:>6.3}  gold {gold:<w$}  predicted {pred}", e.loss);
+            let _ = writeln!(s, "      {}", clip(&e.text, 92));
         }
     }
     s

@@ -135,7 +135,8 @@ fn train_and_predict_download_into_an_empty_cache_then_run_offline_without_a_req
     let o = predict(&down, &home, MODEL, &[]);
     assert!(o.status.success(), "predict with the Hub down: {}", stderr(&o));
     assert!(stderr(&o).contains("cannot reach the Hub at"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("using the copy of config.json in the cache"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("using the cache for the rest of this run"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("cannot reach").count(), 1, "one warning, not one per file: {}", stderr(&o));
 }
 
 /// An endpoint where nothing listens (a port bound, then released).

@@ -18,6 +18,28 @@ use std::time::Duration;
 /// a 5xx or 429 answer), as `huggingface_hub`; waits 1, 2, 4, 8 s between them.
 pub const TRIES: u32 = 5;
 
+/// Why the Hub could not be reached, once that happened in this process: later lookups use the
+/// cache without asking again (and without a warning per file).
+static UNREACHABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Records that the Hub could not be reached; true the first time (the one to warn about).
+pub fn note_unreachable(why: &Failure) -> bool {
+    let mut down = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let first = down.is_none();
+    if first {
+        *down = Some(match why {
+            Failure::Unreachable(detail) => detail.clone(),
+            other => format!("{other:?}"),
+        });
+    }
+    first
+}
+
+/// The failure that made the Hub unreachable earlier in this process, if one did.
+pub fn unreachable() -> Option<Failure> {
+    UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner()).clone().map(Failure::Unreachable)
+}
+
 /// Where the token came from, to name it in errors (never its value).
 #[derive(Clone)]
 pub struct Token {
@@ -32,7 +54,7 @@ impl std::fmt::Debug for Token {
 }
 
 /// Why a request failed, before it is explained in the user's terms.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// An HTTP error status, with the Hub's `X-Error-Code` and `X-Error-Message`.
     Status {

@@ -24,6 +24,12 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
         return Ok(known(cached));
     }
     let client = Client::from_env()?;
+    if let Some(down) = super::client::unreachable() {
+        return match cached {
+            Lookup::Present(p) => Ok(Some(p)),
+            _ => Err(explain(&down, repo, &client)).with_context(|| whose(repo, file)),
+        };
+    }
     let meta = match client.metadata(repo, file) {
         Ok(Head::Found(meta)) => meta,
         Ok(Head::Missing { commit }) => {
@@ -33,7 +39,9 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
             return Ok(None);
         }
         Err(f @ (Failure::Unreachable(_) | Failure::TimedOut)) if matches!(cached, Lookup::Present(_)) => {
-            log::warn!("{}; using the copy of {file} in the cache", explain(&f, repo, &client));
+            if super::client::note_unreachable(&f) {
+                log::warn!("{}; using the cache for the rest of this run", explain(&f, repo, &client));
+            }
             return Ok(known(cached));
         }
         Err(f) => return Err(explain(&f, repo, &client)).with_context(|| whose(repo, file)),

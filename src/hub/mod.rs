@@ -157,7 +157,11 @@ fn list_hub(repo: &Repo) -> Result<Vec<String>> {
         return cached();
     }
     let client = client::Client::from_env()?;
-    match client.listing(repo) {
+    let listed = match client::unreachable() {
+        Some(down) => Err(down),
+        None => client.listing(repo),
+    };
+    match listed {
         Ok((commit, files)) => {
             for f in &files {
                 download::check_relative(f).with_context(|| format!("the Hub's listing of {}", repo.id))?;
@@ -168,7 +172,9 @@ fn list_hub(repo: &Repo) -> Result<Vec<String>> {
         Err(f @ (client::Failure::Unreachable(_) | client::Failure::TimedOut))
             if cache.has_snapshot(&repo.revision) =>
         {
-            log::warn!("{}; using the cached snapshot", download::explain(&f, repo, &client));
+            if client::note_unreachable(&f) {
+                log::warn!("{}; using the cache for the rest of this run", download::explain(&f, repo, &client));
+            }
             cached()
         }
         Err(f) => {
