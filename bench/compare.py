@@ -2,7 +2,7 @@
 """emotune against PyTorch on this machine, in one run: per shape, `emotune bench --json` and
 `bench/torch_bench.py` (fp32, and with --bf16 both in bf16: `emotune bench --dtype bf16` against
 PyTorch's bf16 autocast) one after the other, then a table of median step times and their
-ratios, and of inference: one-text latency p50/p99 and texts/s at batch 1, 8 and --batch
+ratios, and of inference: one-text latency p50/p99 and texts/s at batch 1, 8 and --batch-size
 (ratios are emotune's time over PyTorch's: below 1, emotune is faster). emotune trains in bf16
 on CPUs with AMX and infers in bf16 on CPUs with AVX-512 BF16 (on AMX tiles where there are
 some); elsewhere it says so and runs fp32, and the tables mark it.
@@ -36,7 +36,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.path.join(ROOT, "..", "shared", "fixtures", "distilbert-base-uncased.config.json"))
     ap.add_argument("--seq", type=int, action="append")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also measure PyTorch with bf16 autocast")
@@ -49,7 +49,7 @@ def main():
     ap.add_argument("--skip-training", action="store_true", help="inference only")
     args = ap.parse_args()
     seqs = args.seq or [24, 40, 64, 87]
-    common = ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+    common = ["--batch-size", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--latency-runs", str(args.latency_runs)]
     if args.threads:
         common += ["--threads", str(args.threads)]

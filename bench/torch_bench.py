@@ -5,7 +5,7 @@ Builds a randomly initialised DistilBertForSequenceClassification (or BERT) from
 trains it on synthetic batches of random token ids with AdamW (weight decay 0.01 except biases
 and LayerNorm, lr 2e-5) and prints, per shape, one JSON object with the keys emotune prints:
 the median seconds of a training step split into forward, backward and optimiser, the eval
-forward time, texts/s at batch 1, 8 and --batch, one-text latency p50/p99 over --latency-runs
+forward time, texts/s at batch 1, 8 and --batch-size, one-text latency p50/p99 over --latency-runs
 passes and peak resident memory.
 
     python bench/torch_bench.py --config ../shared/fixtures/distilbert-base-uncased.config.json \
@@ -54,7 +54,7 @@ def reset_peak_rss():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=64)
     ap.add_argument("--seq", type=int, action="append", help="tokens per row (repeatable); default 24 40 64 87")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)

@@ -52,16 +52,16 @@ impl std::fmt::Display for DeviceChoice {
 pub struct ComputeArgs {
     /// Where to compute: cpu, cuda, cuda:N, or auto (the first GPU when this binary has CUDA
     /// and one is present, else the CPU).
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    #[arg(long, default_value = "auto", value_name = "DEVICE", help_heading = "Device and precision")]
     pub device: DeviceChoice,
     /// The matmuls' number format. bf16: on a GPU, mixed precision as torch.autocast (weights,
     /// optimiser state, softmax, LayerNorm, GELU and the loss stay f32); on a CPU with AMX, the
     /// encoder's projections on AMX tiles (training and inference); on a CPU with AVX-512 BF16
     /// only, inference on bf16 panels; elsewhere float32, with a warning.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Device and precision")]
     pub dtype: Dtype,
     /// The same as --dtype bf16 (the earlier spelling).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, help_heading = "Device and precision")]
     pub bf16: bool,
 }
 

@@ -108,7 +108,7 @@ fn a_closed_pipe_stops_quietly() {
     let model = fixture("tiny-distilbert");
     let predict = ["predict", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
     // GoEmotions' full report is about 150 KB, more than a pipe holds: the write must fail.
-    let check = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--limit", "100000"];
+    let check = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--show", "100000"];
     for args in [&predict[..], &check[..]] {
         let (status, err) = with_closed_pipe(args);
         // As ripgrep: the reader went away, so the work is done: status 0, no error printed.
@@ -153,7 +153,7 @@ fn weights_that_overflow_are_refused_naming_the_tensor() {
     assert!(o.stdout.is_empty(), "no predictions from a broken model: {}", String::from_utf8_lossy(&o.stdout));
     let data = shared().join("data/emotion/validation.txt");
     let model = dir.path().to_str().unwrap();
-    let o = emotune(&["eval", "--model", model, "--file", data.to_str().unwrap(), "--limit", "8"]);
+    let o = emotune(&["eval", "--model", model, "--input", data.to_str().unwrap(), "--limit", "8"]);
     fails_with(&o, "outputs are not finite");
     // The server answers TEI's backend error (424) with the reason, never a null score.
     let s = server::Server::start_path(dir.path(), &[]);
@@ -320,7 +320,7 @@ fn check_data_names_the_rows_whose_labels_train_lacks() {
     let valid: String = (0..30).map(|i| format!("what a day number {i};elation\n")).collect();
     std::fs::write(dir.path().join("train.txt"), train).unwrap();
     std::fs::write(dir.path().join("validation.txt"), valid).unwrap();
-    let o = emotune(&["check-data", "--dataset", dir.path().to_str().unwrap(), "--limit", "3"]);
+    let o = emotune(&["check-data", "--dataset", dir.path().to_str().unwrap(), "--show", "3"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success());
     assert!(out.contains("31 unusable row(s)") || out.contains("30 unusable row(s)"), "{out}");

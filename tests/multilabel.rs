@@ -198,7 +198,7 @@ fn tuned_thresholds_are_saved_and_used_unless_overridden() {
 fn check_data_reports_label_cardinality_and_pairs() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("r.json");
-    let args = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--limit", "3", "--json"];
+    let args = ["check-data", "--dataset", "google-research-datasets/go_emotions", "--show", "3", "--json"];
     let o = emotune(&[&args[..], &[json.to_str().unwrap()]].concat());
     // GoEmotions has texts given different labels and texts in two splits: errors, exit 1.
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));

@@ -176,7 +176,7 @@ fn predict_dtype_bf16_runs_bf16_or_says_why_not() {
 fn bench_quantize_int8_reports_inference_only() {
     let tiny = fixture("tiny-bert").join("config.json");
     let o = std::process::Command::new(bin())
-        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch", "4", "--seq", "8", "--steps", "1"])
+        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch-size", "4", "--seq", "8", "--steps", "1"])
         .args(["--latency-runs", "3", "--quantize", "int8", "--json"])
         .output()
         .unwrap();

@@ -102,7 +102,7 @@ fn eval_report_is_consistent() {
             "eval",
             "-m",
             &model(),
-            "--file",
+            "--input",
             test_file.to_str().unwrap(),
             "--limit",
             "120",
@@ -232,7 +232,7 @@ fn eval_writes_its_plot_beside_the_model_and_never_overwrites_silently() {
         std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
     }
     let data = shared().join("data/emotion/validation.txt");
-    let args = ["eval", "-m", m.to_str().unwrap(), "--file", data.to_str().unwrap(), "--limit", "16"];
+    let args = ["eval", "-m", m.to_str().unwrap(), "--input", data.to_str().unwrap(), "--limit", "16"];
     let o = emotune(&args, None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = m.join("confusion_matrix_test.png");
@@ -320,7 +320,7 @@ fn bench_writes_a_random_base_model_that_trains() {
 fn bench_has_the_distilbert_base_shape_built_in() {
     let elsewhere = tempfile::tempdir().unwrap();
     let o = Command::new(bin())
-        .args(["bench", "--batch", "2", "--seq", "8", "--steps", "1", "--warmup", "0", "--json"])
+        .args(["bench", "--batch-size", "2", "--seq", "8", "--steps", "1", "--warmup", "0", "--json"])
         .current_dir(elsewhere.path())
         .output()
         .unwrap();
@@ -343,12 +343,12 @@ fn bench_has_the_distilbert_base_shape_built_in() {
 }
 
 /// The inference figures: one-text latency percentiles over --latency-runs passes and texts/s
-/// at batch 1, 8 and --batch, on --threads threads.
+/// at batch 1, 8 and --batch-size, on --threads threads.
 #[test]
 fn bench_reports_latency_percentiles_and_throughput_per_batch() {
     let tiny = fixture("tiny-distilbert").join("config.json");
     let o = Command::new(bin())
-        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch", "16", "--seq", "12", "--steps", "2"])
+        .args(["bench", "--config", tiny.to_str().unwrap(), "--batch-size", "16", "--seq", "12", "--steps", "2"])
         .args(["--latency-runs", "30", "--threads", "1", "--json"])
         .output()
         .unwrap();

@@ -10,26 +10,26 @@ use std::path::PathBuf;
 pub struct BenchArgs {
     /// The model shape (a config.json; default: distilbert-base-uncased's, built in). Weights
     /// are random.
-    #[arg(long)]
+    #[arg(long, value_name = "CONFIG")]
     pub config: Option<PathBuf>,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 64)]
+    /// Texts per batch.
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 64, value_name = "N")]
     pub batch: usize,
     /// Tokens per row; repeat for several shapes (default: 24, 40, 64, 87).
-    #[arg(long)]
+    #[arg(long, value_name = "TOKENS")]
     pub seq: Vec<usize>,
     /// Measured steps per shape (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub steps: usize,
     /// Unmeasured warm-up runs per shape, before each timing (training steps, batch forwards,
     /// one-text forwards).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub warmup: usize,
     /// Forward passes of one text behind the latency p50 and p99.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_name = "N")]
     pub latency_runs: usize,
     /// Threads for the kernels (default: rayon's, one per core), to measure thread scaling.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// One JSON object per shape instead of a table.
     #[arg(long)]
@@ -51,7 +51,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub write_model: Option<PathBuf>,
     /// Where --write-model takes the tokenizer from (a model directory or Hub id).
-    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2", requires = "write_model")]
+    #[arg(
+        long,
+        default_value = "sentence-transformers/all-MiniLM-L6-v2",
+        requires = "write_model",
+        value_name = "MODEL"
+    )]
     pub tokenizer: String,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,

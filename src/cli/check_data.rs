@@ -12,20 +12,20 @@ pub struct CheckDataArgs {
     pub data: DataSpec,
     /// A model whose tokenizer measures the texts (token-length distribution, rows over its
     /// maximum length).
-    #[arg(long, short)]
+    #[arg(long, short, value_name = "MODEL")]
     pub model: Option<String>,
     /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
     #[arg(long, value_name = "REV", requires = "model")]
     pub revision: Option<String>,
     /// Maximum length to check against (default: the model's); needs --model, whose tokenizer
     /// counts the tokens.
-    #[arg(long, requires = "model")]
+    #[arg(long, requires = "model", value_name = "TOKENS")]
     pub max_length: Option<usize>,
-    /// How many instances of each problem to list.
-    #[arg(long, default_value_t = 10)]
-    pub limit: usize,
+    /// How many instances of each problem to show (all of them go to --json).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub show: usize,
     /// Write the whole report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
@@ -39,7 +39,7 @@ pub fn run(args: CheckDataArgs) -> Result<()> {
     };
     let report = crate::check::run(&args.data, encoder.as_ref())?;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", crate::check::format_report(&report, args.limit))?;
+    write!(out, "{}", crate::check::format_report(&report, args.show))?;
     if encoder.is_none() {
         writeln!(out, "(pass --model to measure token lengths against a model's maximum length)")?;
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// A model directory or a Hub id of a text-classification model.
-    #[arg(long, short)]
+    #[arg(long, short, value_name = "MODEL")]
     pub model: String,
     /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
     #[arg(long, value_name = "REV")]
@@ -20,19 +20,20 @@ pub struct EvalArgs {
     /// Which split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitName::Validation)]
     pub split: SplitName,
-    /// Evaluate this one file instead of a split of --dataset.
-    #[arg(long, conflicts_with_all = ["dataset", "train", "validation", "test"])]
-    pub file: Option<PathBuf>,
+    /// Evaluate this one labelled file instead of a split of --dataset (as predict's --input).
+    #[arg(long, alias = "file", conflicts_with_all = ["dataset", "train", "validation", "test"], value_name = "FILE")]
+    pub input: Option<PathBuf>,
     /// Use only the first N examples.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 64)]
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64, value_name = "N")]
     pub batch_size: usize,
     /// Truncate texts to this many tokens (default: the model's maximum).
-    #[arg(long)]
+    #[arg(long, value_name = "TOKENS")]
     pub max_length: Option<usize>,
     /// How many of the highest-loss examples to list.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "N")]
     pub top_losses: usize,
     /// Where to save the confusion matrix (single-label) or the per-label F1 chart (multi-label)
     /// as a PNG (default: `confusion_matrix_<split>.png` or `per_label_f1_<split>.png` in
@@ -46,11 +47,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Write the whole report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Multi-label models: predict every label whose probability reaches this (default: the
     /// model's saved thresholds, else 0.5).
-    #[arg(long)]
+    #[arg(long, value_name = "PROB")]
     pub threshold: Option<f32>,
     /// Run the encoder's linear layers in int8 (weights per output channel, quantised at load;
     /// activations per token). CPU only; faster, with predictions that can differ slightly
@@ -94,7 +95,7 @@ fn create_parent(path: &std::path::Path) -> Result<()> {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let (spec, split) = match &args.file {
+    let (spec, split) = match &args.input {
         // One file is read as the test split of a dataset of its own.
         Some(f) => (DataSpec { dataset: None, test: Some(f.clone()), ..args.data.clone() }, SplitName::Test),
         None => (args.data.clone(), args.split),

@@ -15,10 +15,10 @@ use clap::{Parser, Subcommand};
 #[command(name = "emotune", version, about = "Fine-tune, evaluate and serve emotion classifiers")]
 pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
     /// Only errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Logging")]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Classify texts given as arguments; prints one JSON line per text.
+    /// Classify texts (arguments, --input or standard input): a table on a terminal, JSON lines
+    /// otherwise (--format).
     Predict(predict::PredictArgs),
     /// Fine-tune a model on a labelled dataset (defaults: the seed recipe).
     Train(Box<train::TrainArgs>),

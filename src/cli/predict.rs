@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     /// A model directory or a Hub id of a text-classification model.
-    #[arg(long, short)]
+    #[arg(long, short, value_name = "MODEL")]
     pub model: String,
     /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
     #[arg(long, value_name = "REV")]
@@ -21,25 +21,25 @@ pub struct PredictArgs {
     pub texts: Vec<String>,
     /// Read texts from a file: one per line (.txt), JSON lines (.jsonl), CSV/TSV with a header
     /// or parquet.
-    #[arg(long, short)]
+    #[arg(long, short, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// The JSON field or CSV/parquet column holding the text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", value_name = "COLUMN")]
     pub text_column: String,
     /// Output: a table on a terminal, JSON lines otherwise (auto), or either explicitly.
     #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
     pub format: OutputFormat,
     /// Also give the N most probable labels, ranked.
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Give every label, ranked (as --top-k with all labels).
     #[arg(long)]
     pub all_scores: bool,
     /// Texts per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_name = "N")]
     pub batch_size: usize,
     /// Truncate texts to this many tokens (default: the model's maximum).
-    #[arg(long)]
+    #[arg(long, value_name = "TOKENS")]
     pub max_length: Option<usize>,
     /// Also print the raw logits (`"logits": [...]`, in label-id order). JSON lines only: with
     /// it the output is JSON lines even on a terminal (`--format table` refuses it).
@@ -47,7 +47,7 @@ pub struct PredictArgs {
     pub logits: bool,
     /// Multi-label models: predict every label whose probability reaches this (default: the
     /// model's saved thresholds, else 0.5).
-    #[arg(long)]
+    #[arg(long, value_name = "PROB")]
     pub threshold: Option<f32>,
     /// Run the encoder's linear layers in int8 (weights per output channel, quantised at load;
     /// activations per token). CPU only; faster, with predictions that can differ slightly

@@ -18,17 +18,17 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
     /// Where to write the fine-tuned model (default: <model>-finetuned-<dataset>).
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Output", value_name = "DIR", aliases = ["output_dir"])]
     pub output_dir: Option<PathBuf>,
     /// After training, classify these texts with the new model (repeatable).
-    #[arg(long = "predict")]
+    #[arg(long = "predict", help_heading = "Output", value_name = "TEXT")]
     pub predict: Vec<String>,
     /// Continue from a checkpoint: the given one, or the newest in --output-dir.
-    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT", help_heading = "Checkpoints and the best model")]
     pub resume: Option<Option<PathBuf>>,
     /// Stop after this optimiser step as an interrupt would: write a checkpoint, print the
     /// command that resumes, exit with status 130 (to split a run into sessions).
-    #[arg(long, value_name = "STEP")]
+    #[arg(long, value_name = "STEP", help_heading = "Checkpoints and the best model")]
     pub stop_after_step: Option<usize>,
 }
 

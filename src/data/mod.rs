@@ -117,32 +117,32 @@ pub const DEFAULT_DATASET: &str = "dair-ai/emotion";
 pub struct DataSpec {
     /// A Hub dataset id or a directory with train.*/validation.*/test.* files (no default when
     /// --train is given).
-    #[arg(long, default_value = DEFAULT_DATASET, default_value_if("train", ArgPredicate::IsPresent, None))]
+    #[arg(long, default_value = DEFAULT_DATASET, default_value_if("train", ArgPredicate::IsPresent, None), help_heading = "Data", value_name = "DATASET")]
     pub dataset: Option<String>,
     /// The dataset's branch, tag or commit on the Hub (default: main); also `--dataset ID@REV`.
-    #[arg(long, value_name = "REV", requires = "dataset")]
+    #[arg(long, value_name = "REV", requires = "dataset", help_heading = "Data")]
     pub dataset_revision: Option<String>,
     /// Training file (parquet, csv, tsv, jsonl, or `text;label` lines); overrides the dataset's.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "FILE")]
     pub train: Option<PathBuf>,
     /// Validation file.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "FILE")]
     pub validation: Option<PathBuf>,
     /// Test file.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "FILE")]
     pub test: Option<PathBuf>,
     /// Column (or JSON field) holding the text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", help_heading = "Data", value_name = "COLUMN")]
     pub text_column: String,
     /// Column (or JSON field) holding the label (a name or an integer id).
-    #[arg(long, default_value = "label")]
+    #[arg(long, default_value = "label", help_heading = "Data", value_name = "COLUMN")]
     pub label_column: String,
     /// Label names in id order, comma-separated (default: the dataset's ClassLabel names, else
     /// the sorted distinct names). Integer labels index into them; named labels must be among them.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help_heading = "Data", value_name = "NAMES")]
     pub label_names: Option<Vec<String>>,
     /// Splits a label cell into several labels (multi-label CSV/TSV/`text;label` data), e.g. ','.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "SEP")]
     pub label_separator: Option<String>,
 }
 

@@ -51,47 +51,50 @@ pub enum ClassWeights {
 #[derive(Debug, Clone, Serialize, Deserialize, Args)]
 pub struct TrainConfig {
     /// The model to fine-tune: a Hub id or a directory.
-    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    #[arg(long, short, default_value = DEFAULT_MODEL, help_heading = "Model", value_name = "MODEL")]
     pub model: String,
     /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
-    #[arg(long, value_name = "REV")]
+    #[arg(long, value_name = "REV", help_heading = "Model")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// Where the model is written (set by the caller; `--output-dir` on the command line).
     #[arg(skip)]
     pub output_dir: PathBuf,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = 2e-5, help_heading = "Optimiser", value_name = "LR", aliases = ["learning_rate"])]
     pub learning_rate: f64,
-    #[arg(long, default_value_t = 0.9)]
+    /// AdamW's decay rate of the gradient's running mean (β₁).
+    #[arg(long, default_value_t = 0.9, help_heading = "Optimiser", value_name = "BETA", aliases = ["adam_beta1"])]
     pub adam_beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
+    /// AdamW's decay rate of the squared gradient's running mean (β₂).
+    #[arg(long, default_value_t = 0.999, help_heading = "Optimiser", value_name = "BETA", aliases = ["adam_beta2"])]
     pub adam_beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
+    /// Added to AdamW's denominator for numerical stability (ε).
+    #[arg(long, default_value_t = 1e-8, help_heading = "Optimiser", value_name = "EPS", aliases = ["adam_epsilon"])]
     pub adam_epsilon: f64,
     /// Decoupled weight decay (not applied to biases and LayerNorm weights).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, help_heading = "Optimiser", value_name = "DECAY", aliases = ["weight_decay"])]
     pub weight_decay: f64,
     /// Training batch size.
-    #[arg(long = "batch-size", visible_alias = "train-batch-size", default_value_t = 64)]
+    #[arg(long = "batch-size", visible_alias = "train-batch-size", default_value_t = 64, help_heading = "Schedule", value_name = "N", aliases = ["per-device-train-batch-size", "per_device_train_batch_size"])]
     pub train_batch_size: usize,
     /// Evaluation batch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Schedule", value_name = "N", aliases = ["per-device-eval-batch-size", "per_device_eval_batch_size"])]
     pub eval_batch_size: usize,
     /// Training epochs.
-    #[arg(long = "epochs", default_value_t = 2)]
+    #[arg(long = "epochs", default_value_t = 2, help_heading = "Schedule", value_name = "N", aliases = ["num-train-epochs", "num_train_epochs"])]
     pub num_train_epochs: usize,
     /// Stop after this many optimiser steps (overrides --epochs, as in Transformers).
-    #[arg(long)]
+    #[arg(long, help_heading = "Schedule", value_name = "STEPS", aliases = ["max_steps"])]
     pub max_steps: Option<usize>,
     /// Linear warm-up steps (overrides --warmup-ratio).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Schedule", value_name = "STEPS", aliases = ["warmup_steps"])]
     pub warmup_steps: usize,
     /// Warm-up as a fraction of all steps.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "Schedule", value_name = "FRACTION", aliases = ["warmup_ratio"])]
     pub warmup_ratio: f64,
     /// Seeds head initialisation, dropout and shuffling.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, help_heading = "Schedule", value_name = "SEED")]
     pub seed: u64,
     /// Mixed precision (`--dtype bf16`, set with `--device`): the matmuls in bf16, as the Trainer's
     /// `bf16=True`.
@@ -99,53 +102,53 @@ pub struct TrainConfig {
     #[serde(default)]
     pub bf16: bool,
     /// Truncate texts to this many tokens (default: the model's maximum).
-    #[arg(long)]
+    #[arg(long, help_heading = "Model", value_name = "TOKENS")]
     pub max_length: Option<usize>,
     /// Use only the first N training examples.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "N")]
     pub train_limit: Option<usize>,
     /// Use only the first N validation/test examples.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data", value_name = "N")]
     pub eval_limit: Option<usize>,
     /// Replace a model already in --output-dir.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output", aliases = ["overwrite_output_dir"])]
     pub overwrite_output_dir: bool,
     /// Also checkpoint every N steps (checkpoints are always written at each epoch end).
-    #[arg(long)]
+    #[arg(long, help_heading = "Checkpoints and the best model", value_name = "STEPS", aliases = ["save_steps"])]
     pub save_steps: Option<usize>,
     /// Keep at most N checkpoints (the best one is always kept).
-    #[arg(long, default_value = "2")]
+    #[arg(long, default_value = "2", help_heading = "Checkpoints and the best model", value_name = "N", aliases = ["save_total_limit"])]
     pub save_total_limit: Option<usize>,
     /// Stop when the best metric has not improved for N evaluations.
-    #[arg(long)]
+    #[arg(long, help_heading = "Checkpoints and the best model", value_name = "N", aliases = ["early_stopping_patience"])]
     pub early_stopping_patience: Option<usize>,
     /// The metric that picks the best epoch.
-    #[arg(long, value_enum, default_value_t = BestMetric::Loss)]
+    #[arg(long, value_enum, default_value_t = BestMetric::Loss, help_heading = "Checkpoints and the best model", value_name = "METRIC", aliases = ["metric-for-best-model", "metric_for_best_model"])]
     pub metric_for_best: BestMetric,
     /// Make the output the best epoch's model (the card and table say which).
-    #[arg(long)]
+    #[arg(long, help_heading = "Checkpoints and the best model", aliases = ["load-best-model-at-end", "load_best_model_at_end"])]
     pub load_best_at_end: bool,
     /// Weigh the loss per class (balanced: inversely to the training counts).
-    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    #[arg(long, value_enum, default_value_t = ClassWeights::None, help_heading = "Optimiser", value_name = "WEIGHTS", aliases = ["class_weights"])]
     pub class_weights: ClassWeights,
     /// Log the mean training loss every N steps (learning curves).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, help_heading = "Output", value_name = "STEPS", aliases = ["logging_steps"])]
     pub logging_steps: usize,
     /// Clip the global gradient norm to this before each step, as the Trainer does (0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, help_heading = "Optimiser", value_name = "NORM", aliases = ["max_grad_norm"])]
     pub max_grad_norm: f64,
     /// Batch texts of similar length together (less padding; Transformers' group_by_length).
-    #[arg(long)]
+    #[arg(long, help_heading = "Schedule", aliases = ["group_by_length"])]
     #[serde(default)]
     pub group_by_length: bool,
     /// Multi-label data: the probability from which a label is predicted (evaluations, and the
     /// saved thresholds unless tuned).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, help_heading = "Multi-label", value_name = "PROB")]
     #[serde(default = "default_threshold", skip_serializing_if = "is_default_threshold")]
     pub threshold: f32,
     /// Multi-label data: after training, pick each label's threshold on the validation split to
     /// maximise its F1, and save those with the model.
-    #[arg(long)]
+    #[arg(long, help_heading = "Multi-label")]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tune_thresholds: bool,
 }
