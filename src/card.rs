@@ -64,9 +64,14 @@ pub fn model_card(
 /// The YAML metadata the Hub reads: base model, dataset, and the model-index results.
 fn front_matter(cfg: &TrainConfig, dataset: &Dataset, name: &str, reported: Option<&EpochRow>) -> String {
     let ds = last_segment(&dataset.name);
-    let mut s = String::from("---\nlibrary_name: transformers\nlicense: apache-2.0\n");
+    // A license only when the user chose one (`--license`): the data's and the base model's
+    // terms are theirs to weigh.
+    let mut s = String::from("---\nlibrary_name: transformers\n");
+    if let Some(l) = &cfg.license {
+        let _ = writeln!(s, "license: {}", yaml_str(l));
+    }
     let _ = writeln!(s, "base_model: {}", yaml_str(&cfg.model));
-    s.push_str("tags:\n- generated_from_trainer\n- emotune\n");
+    s.push_str("tags:\n- emotune\n- text-classification\n");
     let _ = writeln!(s, "datasets:\n- {}", yaml_str(ds));
     s.push_str("metrics:\n- accuracy\n- f1\n");
     let _ = writeln!(s, "model-index:\n- name: {}\n  results:", yaml_str(name));
@@ -76,7 +81,11 @@ fn front_matter(cfg: &TrainConfig, dataset: &Dataset, name: &str, reported: Opti
         if let Some(c) = &dataset.config_name {
             let _ = writeln!(s, "      config: {}", yaml_str(c));
         }
-        s.push_str("      split: validation\n");
+        // A slice in the datasets library's own notation, so the result is not taken for the split's.
+        match dataset.split("validation").filter(|v| v.sliced_from.is_some()) {
+            Some(v) => _ = writeln!(s, "      split: validation[:{}]", v.len()),
+            None => s.push_str("      split: validation\n"),
+        }
         if let Some(c) = &dataset.config_name {
             let _ = writeln!(s, "      args: {}", yaml_str(c));
         }
@@ -100,7 +109,16 @@ fn write_summary(s: &mut String, cfg: &TrainConfig, dataset: &Dataset, name: &st
     };
     let _ = writeln!(s, "This model is a fine-tuned version of {base} on the {} dataset.", last_segment(&dataset.name));
     if let Some(r) = r {
-        s.push_str("It achieves the following results on the evaluation set:\n");
+        match dataset.split("validation").and_then(|v| v.sliced_from.map(|of| (v.len(), of))) {
+            Some((n, of)) => {
+                _ = writeln!(
+                    s,
+                    "It achieves the following results on the first {n} of the validation split's {of} examples \
+                 (`--eval-limit {n}`), not on the whole split:"
+                )
+            }
+            None => s.push_str("It achieves the following results on the evaluation set:\n"),
+        }
         let (accuracy, f1) = metric_names(dataset);
         let _ = writeln!(s, "- Loss: {:.4}\n- {accuracy}: {:.4}\n- {f1}: {:.4}", r.validation_loss, r.accuracy, r.f1);
         if best {
@@ -271,6 +289,7 @@ mod tests {
             files: vec!["train.csv".into()],
             file_of: vec![0; examples.len()],
             examples,
+            sliced_from: None,
         };
         crate::data::Dataset {
             name: "org/feelings".into(),
@@ -296,6 +315,38 @@ mod tests {
         super::write_description(&mut card, &config, &data, 1);
         assert!(card.contains("3 training texts of feelings (median 4 words; 67% written"), "{card}");
         assert!(!card.contains("English"), "nothing said of the data that it does not show: {card}");
+    }
+
+    #[test]
+    fn the_card_declares_no_license_unless_given_and_says_when_metrics_are_from_a_slice() {
+        let mut cfg = super::TrainConfig::seed_recipe("m", "out".into());
+        let mut data = dataset(&["a", "b", "c", "d"], false);
+        let mut validation = data.splits[0].clone();
+        validation.name = "validation".into();
+        validation.truncate(2);
+        data.splits.push(validation);
+        let row = crate::train::EpochRow {
+            epoch: 1.0,
+            step: 1,
+            training_loss: 1.0,
+            validation_loss: 0.5,
+            accuracy: 0.75,
+            f1: 0.7,
+            f1_macro: 0.6,
+            multi_label: false,
+        };
+        let card = super::front_matter(&cfg, &data, "out", Some(&row));
+        assert!(!card.contains("license:") && card.contains("- emotune\n"), "{card}");
+        assert!(!card.contains("generated_from_trainer"));
+        assert!(card.contains("split: validation[:2]"), "{card}");
+        let mut summary = String::new();
+        super::write_summary(&mut summary, &cfg, &data, "out", Some(&row), false);
+        assert!(
+            summary.contains("on the first 2 of the validation split's 4 examples (`--eval-limit 2`)"),
+            "{summary}"
+        );
+        cfg.license = Some("mit".into());
+        assert!(super::front_matter(&cfg, &data, "out", Some(&row)).contains("license: \"mit\"\n"));
     }
 
     #[test]

@@ -321,6 +321,9 @@ fn csv_and_jsonl_with_custom_columns_train() {
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     let saved: Vec<&str> = (0..names.len()).map(|i| config["id2label"][i.to_string()].as_str().unwrap()).collect();
     assert_eq!(saved, names);
+    // Fields that describe this model, not the base it came from.
+    assert!(config.get("_name_or_path").is_none() && config.get("transformers_version").is_none(), "{config}");
+    assert_eq!(config["emotune_version"], env!("CARGO_PKG_VERSION"));
     // One epoch of 64 rows at batch 16, evaluated on the 32 JSON lines.
     let table: Vec<String> =
         String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('|')).map(String::from).collect();

@@ -49,6 +49,8 @@ pub struct Split {
     pub examples: Vec<Example>,
     /// For each example, the index into `files` it came from.
     pub file_of: Vec<usize>,
+    /// How many examples the split had before [`Split::truncate`] cut it (None: whole).
+    pub sliced_from: Option<usize>,
 }
 
 impl Split {
@@ -72,6 +74,9 @@ impl Split {
 
     /// The first `n` examples (for `--train-limit`/`--eval-limit`).
     pub fn truncate(&mut self, n: usize) {
+        if n < self.examples.len() {
+            self.sliced_from = Some(self.sliced_from.unwrap_or(self.examples.len()));
+        }
         self.examples.truncate(n);
         self.file_of.truncate(n);
     }
@@ -283,7 +288,13 @@ fn is_multi_label(raw: &[(&'static str, Vec<RawFile>)]) -> Result<bool> {
 /// problems).
 fn build_split(name: &str, files: Vec<RawFile>, labels: &[String], sink: &mut Sink) -> Result<Split> {
     let index: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
-    let mut s = Split { name: name.to_string(), files: Vec::new(), examples: Vec::new(), file_of: Vec::new() };
+    let mut s = Split {
+        name: name.to_string(),
+        files: Vec::new(),
+        examples: Vec::new(),
+        file_of: Vec::new(),
+        sliced_from: None,
+    };
     for (fi, f) in files.into_iter().enumerate() {
         s.files.push(f.path.clone());
         for row in f.rows {

@@ -66,6 +66,11 @@ impl ModelConfig {
     /// `id2label`, `label2id` and `problem_type`.
     pub fn to_classifier_json(&self) -> Value {
         let mut m = self.raw.clone();
+        // What describes the base model, not this one: where it was loaded from, and the
+        // Transformers version that wrote it.
+        m.remove("_name_or_path");
+        m.remove("transformers_version");
+        m.insert("emotune_version".into(), Value::String(env!("CARGO_PKG_VERSION").into()));
         m.insert("architectures".into(), Value::Array(vec![Value::String(self.arch.classifier_class().into())]));
         let id2label: Map<String, Value> =
             self.labels.iter().enumerate().map(|(i, l)| (i.to_string(), Value::String(l.clone()))).collect();

@@ -110,6 +110,11 @@ pub struct TrainConfig {
     /// Use only the first N validation/test examples.
     #[arg(long, help_heading = "Data", value_name = "N")]
     pub eval_limit: Option<usize>,
+    /// The license the model card declares (an SPDX id such as apache-2.0, or `other`); none
+    /// unless given: the base model's and the data's terms are yours to weigh.
+    #[arg(long, help_heading = "Output", value_name = "LICENSE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
     /// Replace a model already in --output-dir.
     #[arg(long, help_heading = "Output", aliases = ["overwrite_output_dir"])]
     pub overwrite_output_dir: bool,
@@ -227,7 +232,7 @@ impl TrainConfig {
     pub fn resume_key(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("serialisable");
         let m = v.as_object_mut().expect("an object");
-        for k in ["output_dir", "overwrite_output_dir", "save_steps", "save_total_limit"] {
+        for k in ["output_dir", "overwrite_output_dir", "save_steps", "save_total_limit", "license"] {
             m.remove(k);
         }
         v
