@@ -96,7 +96,7 @@ pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) ->
     if cut > 0 {
         log::warn!("{cut} text(s) were longer than {} tokens and were truncated", predictor.encoder.max_length());
     }
-    let pb = crate::progress::bar(rows.len() as u64, "evaluating");
+    let pb = crate::progress::bar(rows.len() as u64, "evaluating", "text");
     let (p, thresholds) = (&predictor, &predictor.thresholds);
     let out = evaluate(&p.model, &p.encoder, &rows, &gold, thresholds, opts.batch_size, device, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();

@@ -84,11 +84,16 @@ fn stopped_and_resumed_run_is_bitwise_equal() {
     assert_eq!(o.status.code(), Some(130));
     let ckpt = c.join("checkpoint-9");
     assert!(ckpt.join("trainer_state.json").is_file());
-    ok(&run(&with(base_args(&c), &["--resume", ckpt.to_str().unwrap()])));
+    // Given only the checkpoint, resuming takes the model, the data, the recipe and the output
+    // directory from it.
+    ok(&run(&["train".to_string(), "--resume".to_string(), ckpt.to_str().unwrap().to_string()]));
     same_files(&reference, &c);
     // Resuming with other hyperparameters is refused.
     let d = tmp.path().join("d");
-    let _ = run(&with(base_args(&d), &["--stop-after-step", "3"]));
+    let o = run(&with(base_args(&d), &["--stop-after-step", "3"]));
+    // Stopped before the first epoch ended: no empty table, a line that says so.
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("Training Loss"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no epoch ended before the stop"));
     let mut changed = with(base_args(&d), &["--resume"]);
     let lr = changed.iter().position(|a| a == "1e-3").unwrap();
     changed[lr] = "5e-4".into();

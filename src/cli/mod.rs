@@ -44,7 +44,13 @@ pub enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Train(args), Some(("train", m))) = (&mut cli.command, matches.subcommand()) {
+        // `--resume` takes from the checkpoint every setting not given here.
+        let given = m.ids().filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine));
+        args.given = given.map(|id| id.as_str().to_string()).collect();
+    }
     init_logging(cli.verbose, cli.quiet);
     match run(cli) {
         Ok(()) => 0,

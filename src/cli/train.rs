@@ -30,9 +30,20 @@ pub struct TrainArgs {
     /// command that resumes, exit with status 130 (to split a run into sessions).
     #[arg(long, value_name = "STEP", help_heading = "Checkpoints and the best model")]
     pub stop_after_step: Option<usize>,
+    /// The ids of the flags given on the command line (the rest come from the checkpoint when
+    /// resuming).
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    if let Some(Some(ckpt)) = &args.resume {
+        // An explicit checkpoint knows its run: settings not given here, and where it lives.
+        (args.recipe, args.data) = crate::train::settings_from_checkpoint(ckpt, &args.recipe, &args.data, &args.given)?;
+        if args.output_dir.is_none() {
+            args.output_dir = ckpt.parent().map(std::path::Path::to_path_buf);
+        }
+    }
     let mut cfg = args.recipe;
     let (device, autocast) = args.compute.resolve_training()?;
     cfg.bf16 = autocast.is_some();
@@ -53,7 +64,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let outcome = crate::train::train_with(&cfg, &args.data, &device, &control)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;
+    if outcome.rows.is_empty() {
+        crate::status!("no epoch ended before the stop, so there are no results yet");
+    } else {
+        writeln!(out, "{}", format_table(&outcome.rows).trim_end())?;
+    }
     if let Some(ckpt) = &outcome.interrupted_at {
         let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
         crate::status!(

@@ -118,7 +118,7 @@ impl Dataset {
 pub const DEFAULT_DATASET: &str = "dair-ai/emotion";
 
 /// What to read and how (the data flags of `train`, `eval` and `check-data`).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct DataSpec {
     /// A Hub dataset id or a directory with train.*/validation.*/test.* files (no default when
     /// --train is given).

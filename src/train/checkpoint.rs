@@ -96,6 +96,61 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// What a checkpoint carries besides the training state: the tokenizer files (so the checkpoint
+/// is a usable model) and the data arguments (so `--resume DIR` knows the run's data).
+#[derive(Debug, Default)]
+pub struct Carried {
+    pub tokenizer: Vec<(&'static str, Vec<u8>)>,
+    pub data_args: serde_json::Value,
+}
+
+/// The file of a checkpoint holding the data arguments ([`crate::data::DataSpec`]).
+pub const DATA_ARGS: &str = "data_args.json";
+
+/// The run's settings for resuming from `ckpt`: those given on the command line (`given`: clap
+/// ids, which are the field names) as given, every other one as the checkpoint recorded it.
+pub fn settings_from_checkpoint(
+    ckpt: &Path,
+    cfg: &TrainConfig,
+    data: &crate::data::DataSpec,
+    given: &[String],
+) -> Result<(TrainConfig, crate::data::DataSpec)> {
+    let read = |name: &str| -> Result<Option<serde_json::Value>> {
+        let path = ckpt.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+        }
+    };
+    let saved_cfg = read("training_args.json")?
+        .ok_or_else(|| anyhow::anyhow!("--resume: {} is not a checkpoint (no training_args.json)", ckpt.display()))?;
+    let cfg = merge(serde_json::to_value(cfg)?, saved_cfg, given, &["output_dir"])?;
+    let data = match read(DATA_ARGS)? {
+        Some(saved) => merge(serde_json::to_value(data)?, saved, given, &[])?,
+        None => data.clone(),
+    };
+    Ok((cfg, data))
+}
+
+/// `current` with each field not in `given` (nor in `keep`) replaced by `saved`'s.
+fn merge<T: serde::de::DeserializeOwned>(
+    mut current: serde_json::Value,
+    saved: serde_json::Value,
+    given: &[String],
+    keep: &[&str],
+) -> Result<T> {
+    let (Some(cur), Some(saved)) = (current.as_object_mut(), saved.as_object()) else {
+        anyhow::bail!("--resume: the checkpoint's arguments are not a JSON object");
+    };
+    for (k, v) in saved {
+        if !given.iter().any(|g| g == k) && !keep.contains(&k.as_str()) {
+            cur.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(current).context("--resume: the checkpoint's arguments do not fit this version")
+}
+
 /// Writes `checkpoint-<step>`: weights, config, tokenizer, optimiser moments, trainer state and
 /// arguments (so `predict`, `eval` and `serve` take a checkpoint as they take a model, as with
 /// the Trainer's checkpoints). It is assembled in a temporary directory and renamed into place, so a
@@ -106,7 +161,7 @@ pub fn save_checkpoint(
     model: &LoadedModel,
     opt: &AdamW,
     state: &TrainerState,
-    tokenizer: &[(&'static str, Vec<u8>)],
+    carried: &Carried,
 ) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = out.join(&name);
@@ -117,7 +172,8 @@ pub fn save_checkpoint(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     model.params.save(&tmp.join("model.safetensors"))?;
     crate::fsx::write_json_atomic(&tmp.join("config.json"), &model.config.to_classifier_json())?;
-    crate::hub::write_files(&tmp, tokenizer)?;
+    crate::hub::write_files(&tmp, &carried.tokenizer)?;
+    crate::fsx::write_json_atomic(&tmp.join(DATA_ARGS), &carried.data_args)?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
     crate::fsx::write_json_atomic(&tmp.join("training_args.json"), &serde_json::to_value(cfg)?)?;
     crate::fsx::write_json_atomic(&tmp.join("trainer_state.json"), &serde_json::to_value(state)?)?;

@@ -12,7 +12,7 @@ pub mod output;
 pub mod sampler;
 pub mod trainer;
 
-pub use checkpoint::latest_checkpoint;
+pub use checkpoint::{latest_checkpoint, settings_from_checkpoint};
 pub use config::{BestMetric, ClassWeights, TrainConfig, DEFAULT_MODEL};
 pub use history::{format_table, Best, EpochRow, LogPoint};
 
@@ -118,7 +118,10 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     checkpoint::remove_stale_temporaries(&cfg.output_dir);
     let mut trainer = Trainer::new(cfg, model, &data, device, resume_dir.as_deref())?;
-    trainer.tokenizer_files = crate::hub::read_tokenizer_files(&files.source)?;
+    trainer.carried = checkpoint::Carried {
+        tokenizer: crate::hub::read_tokenizer_files(&files.source)?,
+        data_args: serde_json::to_value(spec)?,
+    };
     log::info!(
         "training {} ({} parameters) on {} examples, validating on {}: {} epoch(s), {} steps, batch {}",
         cfg.model,

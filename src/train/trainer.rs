@@ -58,8 +58,8 @@ pub struct Trainer<'a> {
     /// Checkpoints this run wrote after its last evaluation: if it diverges, they may hold the
     /// state on the way to the divergence, so they are removed with the error.
     unvalidated: Vec<PathBuf>,
-    /// The tokenizer files written into every checkpoint (set by the caller).
-    pub tokenizer_files: Vec<(&'static str, Vec<u8>)>,
+    /// What every checkpoint carries besides the state (set by the caller).
+    pub carried: checkpoint::Carried,
 }
 
 impl<'a> Trainer<'a> {
@@ -119,7 +119,7 @@ impl<'a> Trainer<'a> {
             per_epoch,
             epochs: total_steps.div_ceil(per_epoch),
             unvalidated: Vec::new(),
-            tokenizer_files: Vec::new(),
+            carried: checkpoint::Carried::default(),
         })
     }
 
@@ -154,8 +154,12 @@ impl<'a> Trainer<'a> {
     /// The steps of this epoch not yet done. Returns the checkpoint when interrupted.
     fn train_epoch(&mut self, order: &[usize], data: &TrainData, stop: &Stop) -> Result<Option<PathBuf>> {
         let steps = self.steps_this_epoch();
-        let pb = crate::progress::bar(steps as u64, &format!("epoch {}/{}", self.state.epoch + 1, self.epochs));
+        let pb = crate::progress::bar(steps as u64, &format!("epoch {}/{}", self.state.epoch + 1, self.epochs), "step");
         pb.set_position(self.state.batches_done as u64);
+        // A resumed epoch starts part-way: the steps skipped are not this process's rate (the
+        // tick records the position, the reset then starts the rate from it).
+        pb.tick();
+        pb.reset_eta();
         let (first, started) = (self.state.batches_done, Instant::now());
         while self.state.batches_done < steps {
             let b = self.state.batches_done;
@@ -319,7 +323,7 @@ impl<'a> Trainer<'a> {
             &self.model,
             &self.opt,
             &self.state,
-            &self.tokenizer_files,
+            &self.carried,
         )?;
         checkpoint::prune_checkpoints(&self.cfg.output_dir, self.cfg.save_total_limit, self.state.best.as_ref())?;
         Ok(dir)
@@ -358,7 +362,7 @@ impl<'a> Trainer<'a> {
 
     /// The validation split scored with dropout off.
     fn evaluate(&self, data: &TrainData) -> Result<EpochRow> {
-        let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating");
+        let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating", "text");
         let (rows, gold) = (&data.valid_rows, &data.valid_gold);
         let thresholds = vec![self.cfg.threshold; data.labels.len()];
         let (batch, device) = (self.cfg.eval_batch_size, &self.device);
