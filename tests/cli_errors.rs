@@ -151,3 +151,21 @@ fn flags_that_would_change_nothing_are_refused() {
     assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--model"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Offline, an id that finds nothing says what the user may have meant: no such directory, a
+/// close id the cache holds, or what it holds.
+#[test]
+fn not_found_errors_find_the_typo() {
+    let run = |args: &[&str]| {
+        let o = Command::new(bin()).args(args).env("HF_HOME", hf_home()).env("HF_HUB_OFFLINE", "1").output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["predict", "-m", "my-model", "hi"]);
+    assert!(err.contains("there is no directory my-model here either"), "{err}");
+    assert!(err.contains("the cache holds the models sentence-transformers/all-MiniLM-L6-v2"), "{err}");
+    for typo in ["dair-ai/emotions", "emotion"] {
+        let err = run(&["check-data", "--dataset", typo]);
+        assert!(err.contains("did you mean dair-ai/emotion (in the cache)?"), "{typo}: {err}");
+    }
+}

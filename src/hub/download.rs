@@ -168,8 +168,9 @@ pub fn explain(f: &Failure, repo: &Repo, client: &Client) -> anyhow::Error {
         }
         Failure::Status { status: 401 | 404, .. } => format!(
             "{kind} {id} was not found on the Hub at {endpoint}: check the id; if it is private or gated, accept its \
-             terms on the Hub and set HF_TOKEN{}",
-            token_note("gives no access to it")
+             terms on the Hub and set HF_TOKEN{}{}",
+            token_note("gives no access to it"),
+            super::suggest::hint(repo, false)
         ),
         Failure::Status { status: 403, message, .. } => format!(
             "the Hub at {endpoint} forbids reading {kind} {id} (403{}){}: use a token with read access to it",

@@ -9,6 +9,7 @@ mod cache;
 mod client;
 mod download;
 mod repo;
+mod suggest;
 
 use anyhow::{bail, Context, Result};
 pub use cache::cache_dir;
@@ -102,8 +103,9 @@ impl Source {
                     let (what, id) = (repo.kind.noun(), self.describe());
                     if offline() {
                         bail!(
-                            "{what} {id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
-                            cache_dir().display()
+                            "{what} {id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set{}",
+                            cache_dir().display(),
+                            suggest::hint(repo, true)
                         )
                     }
                     bail!("{what} {id}: no file {file} on the Hub")
@@ -145,10 +147,11 @@ fn list_hub(repo: &Repo) -> Result<Vec<String>> {
     let cached = || -> Result<Vec<String>> {
         let commit = cache.commit(&repo.revision).filter(|c| cache.snapshot(c).is_dir()).ok_or_else(|| {
             anyhow::anyhow!(
-                "{} {} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
+                "{} {} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set{}",
                 repo.kind.noun(),
                 Source::Hub(repo.clone()).describe(),
                 cache_dir().display(),
+                suggest::hint(repo, true)
             )
         })?;
         walk(&cache.snapshot(&commit))
