@@ -364,11 +364,11 @@ fn write_problems(s: &mut String, r: &CheckReport, limit: usize) {
         if r.unusable_rows.len() > limit {
             let _ = writeln!(b, "  ... and {} more (all in --json)", r.unusable_rows.len() - limit);
         }
-        section(format!("ERROR: {} unusable row(s):", r.unusable_rows.len()), b);
+        section(format!("error: {} unusable row(s):", r.unusable_rows.len()), b);
     }
     let groups = [
-        (&r.conflicting_labels, "ERROR: {} text(s) carry different labels:"),
-        (&r.leakage, "ERROR: {} text(s) appear in more than one split (leakage):"),
+        (&r.conflicting_labels, "error: {} text(s) carry different labels:"),
+        (&r.leakage, "error: {} text(s) appear in more than one split (leakage):"),
         (&r.duplicates, "warning: {} text(s) are repeated within a split:"),
     ];
     for (found, title) in groups.into_iter().filter(|(g, _)| !g.is_empty()) {

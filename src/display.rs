@@ -6,6 +6,22 @@
 //! what the terminal shows, so every human-readable output shows them escaped; and a field of a
 //! megabyte is cut, so that one bad row cannot flood a message.
 
+/// `error` or `warning` as the start of a message on stderr: in red or yellow on a terminal
+/// (unless `NO_COLOR` is set, as no-color.org asks), plain otherwise.
+pub fn severity(word: &str) -> String {
+    use std::io::IsTerminal;
+    let colour = match word {
+        "error" => "31",
+        _ => "33",
+    };
+    let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) || !std::io::stderr().is_terminal();
+    if plain {
+        format!("{word}:")
+    } else {
+        format!("\x1b[1;{colour}m{word}:\x1b[0m")
+    }
+}
+
 /// How many characters of a label a message shows.
 pub const LABEL_CHARS: usize = 60;
 

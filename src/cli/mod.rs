@@ -59,7 +59,7 @@ pub fn main() -> i32 {
         Err(e) if is_broken_pipe(&e) => 0,
         // Messages quote data and configs; what reaches the terminal is escaped.
         Err(e) => {
-            eprintln!("error: {}", crate::display::escape(&format!("{e:#}")));
+            eprintln!("{} {}", crate::display::severity("error"), crate::display::escape(&format!("{e:#}")));
             1
         }
     }
@@ -78,7 +78,17 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "debug",
     };
     let env = env_logger::Env::default().default_filter_or(format!("emotune={level},warn"));
-    let _ = env_logger::Builder::from_env(env).format_timestamp(None).try_init();
+    // One style for what users read (`error:`, `warning:`); the module only on -v's log lines.
+    let _ = env_logger::Builder::from_env(env)
+        .format(|buf, record| {
+            use std::io::Write;
+            match record.level() {
+                log::Level::Error => writeln!(buf, "{} {}", crate::display::severity("error"), record.args()),
+                log::Level::Warn => writeln!(buf, "{} {}", crate::display::severity("warning"), record.args()),
+                level => writeln!(buf, "[{level} {}] {}", record.target(), record.args()),
+            }
+        })
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
