@@ -22,6 +22,21 @@ pub fn severity(word: &str) -> String {
     }
 }
 
+/// The width of the terminal on stdout, or 100 columns when it is not one (or will not say).
+pub fn terminal_width() -> usize {
+    #[cfg(unix)]
+    {
+        let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one `winsize` into the struct it is given; it fails (and
+        // leaves it zeroed) when stdout is not a terminal.
+        let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+        if rc == 0 && size.ws_col > 0 {
+            return usize::from(size.ws_col);
+        }
+    }
+    100
+}
+
 /// How many characters of a label a message shows.
 pub const LABEL_CHARS: usize = 60;
 

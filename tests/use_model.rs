@@ -72,7 +72,9 @@ fn predict_from_files_with_top_k() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
-    assert!(out.lines().next().unwrap().contains("label"), "{out}");
+    // --all-scores ranks every label; the ranking's first entry is the label.
+    assert!(out.lines().next().unwrap().contains("ranked"), "{out}");
+    assert_eq!(out.lines().nth(1).unwrap().matches(" 0.").count(), 6, "{out}");
     assert!(out.contains("i am, frankly, angry"));
     assert_eq!(out.lines().count(), 3);
     // A missing column is an error naming the file.

@@ -153,7 +153,7 @@ fn write_output(
     };
     let mut out = std::io::stdout().lock();
     if table {
-        write!(out, "{}", format_predictions_table(rows, labels, top_k, task))?;
+        write!(out, "{}", format_predictions_table(rows, labels, top_k, task, crate::display::terminal_width()))?;
         return Ok(());
     }
     for (input, p) in rows {
