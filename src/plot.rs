@@ -132,12 +132,17 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
             .build_cartesian_2d(0f64..max_step, 0f64..max_loss)
             .map_err(err)?;
         chart.configure_mesh().x_desc("step").label_style((FAMILY, 13)).draw().map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(log.iter().map(|p| (p.step as f64, p.loss)), BLUE.stroke_width(2)))
-            .map_err(err)?
-            .label("training loss")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
-        chart.draw_series(log.iter().map(|p| Circle::new((p.step as f64, p.loss), 2, BLUE.filled()))).map_err(err)?;
+        // No legend entry for a series without points (a run shorter than --logging-steps).
+        if !log.is_empty() {
+            chart
+                .draw_series(LineSeries::new(log.iter().map(|p| (p.step as f64, p.loss)), BLUE.stroke_width(2)))
+                .map_err(err)?
+                .label("training loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+            chart
+                .draw_series(log.iter().map(|p| Circle::new((p.step as f64, p.loss), 2, BLUE.filled())))
+                .map_err(err)?;
+        }
         chart
             .draw_series(LineSeries::new(rows.iter().map(|r| (r.step as f64, r.validation_loss)), RED.stroke_width(2)))
             .map_err(err)?
@@ -151,6 +156,8 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
             .label_font((FAMILY, 13))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK.mix(0.3))
+            // Losses fall from the upper left: the legend goes where the curves end low.
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(err)?;
 

@@ -294,6 +294,13 @@ fn page_shows_six_bars_in_headless_chromium() {
         };
         assert_eq!(labels.len(), 6, "six bars: {labels:?}");
         bars_show_the_scores(&s, &labels);
+        // A long label ("disappointment", GoEmotions) is cut with an ellipsis inside its box, not
+        // drawn over its bar.
+        let js = "const r = document.querySelector('#bars .row'); const n = r.querySelector('.name'); \
+                  n.textContent = 'disappointment and embarrassment'; const st = getComputedStyle(n); \
+                  return [st.overflow, st.textOverflow, st.whiteSpace, n.getBoundingClientRect().right <= \
+                  r.querySelector('.track').getBoundingClientRect().left + 0.5]";
+        assert_eq!(script(js), json!(["hidden", "ellipsis", "nowrap", true]));
         let png = wd(&base, "GET", &format!("/session/{sid}/screenshot"), json!({}));
         let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
         std::fs::write(&shot, base64_decode(png.as_str().unwrap())).unwrap();
