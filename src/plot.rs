@@ -123,7 +123,8 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
         let (left, right) = root.split_horizontally(560);
         let max_step = log.iter().map(|p| p.step).chain(rows.iter().map(|r| r.step)).max().unwrap_or(1).max(1) as f64;
         let losses = log.iter().map(|p| p.loss).chain(rows.iter().map(|r| r.validation_loss));
-        let max_loss = losses.fold(0.0f64, f64::max).max(1e-3) * 1.05;
+        // Headroom above the highest loss holds the legend, so it never covers a curve.
+        let max_loss = losses.fold(0.0f64, f64::max).max(1e-3) * 1.3;
         let mut chart = ChartBuilder::on(&left)
             .caption("loss", (FAMILY, 20))
             .margin(12)
@@ -156,7 +157,6 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
             .label_font((FAMILY, 13))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK.mix(0.3))
-            // Losses fall from the upper left: the legend goes where the curves end low.
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(err)?;
@@ -167,7 +167,7 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
             .margin(12)
             .x_label_area_size(35)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_step, (lo - 0.02).max(0.0)..1.0f64)
+            .build_cartesian_2d(0f64..max_step, (lo - 0.02).max(0.0)..1.0 + 0.2 * (1.02 - lo))
             .map_err(err)?;
         chart.configure_mesh().x_desc("step").label_style((FAMILY, 13)).draw().map_err(err)?;
         for (name, color, get) in [
@@ -188,7 +188,7 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
             .label_font((FAMILY, 13))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(err)?;
         Ok(())
