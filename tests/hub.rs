@@ -301,6 +301,40 @@ fn a_download_cut_half_way_resumes_to_the_right_sha256() {
     assert_eq!(sha256(&home.join(format!("hub/models--test-org--tiny-bert/blobs/{sha}"))), sha);
 }
 
+/// A part left complete (a run stopped before renaming it) is used without a byte more; one
+/// longer than the file, or with the wrong bytes, is downloaded again.
+#[test]
+fn a_leftover_part_is_used_only_when_it_is_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = server(tmp.path());
+    let weights = hub.repo(MODEL).file("main", "model.safetensors");
+    let (sha, bytes) = (weights.sha256.clone(), weights.bytes.clone());
+    let blobs = |home: &Path| home.join("hub/models--test-org--tiny-bert/blobs");
+    let cases: [(&str, Vec<u8>, usize); 3] = [
+        ("complete", bytes.to_vec(), 0),
+        ("too long", [bytes.as_slice(), b"extra"].concat(), 1),
+        ("wrong bytes", vec![7u8; bytes.len()], 0),
+    ];
+    for (what, part, gets) in cases {
+        let home = tmp.path().join(what.replace(' ', "-"));
+        std::fs::create_dir_all(blobs(&home)).unwrap();
+        std::fs::write(blobs(&home).join(format!("{sha}.incomplete")), &part).unwrap();
+        hub.clear_log();
+        let o = predict(&hub.endpoint, &home, MODEL, &[]);
+        let got = hub.requests().into_iter().filter(|r| r.cdn && r.path.contains(&sha)).count();
+        if what == "wrong bytes" {
+            // Same size, wrong hash: refused and deleted; the next run downloads it whole.
+            assert_fails_with(&o, &["the downloaded bytes hash to sha256", "run again"]);
+            let o = predict(&hub.endpoint, &home, MODEL, &[]);
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+        } else {
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+            assert_eq!(got, gets, "{what}: downloads of the weights");
+        }
+        assert_eq!(sha256(&blobs(&home).join(&sha)), sha, "{what}");
+    }
+}
+
 #[test]
 fn revision_picks_a_tag_or_a_commit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -111,11 +111,16 @@ fn fetch_with_retries(
     let mut tries = 0;
     loop {
         tries += 1;
-        let have = out.metadata().map_err(|e| Failure::Broken(e.to_string()))?.len();
+        let mut have = out.metadata().map_err(|e| Failure::Broken(e.to_string()))?.len();
         if meta.size.is_some_and(|s| have > s) {
+            // Longer than the file: not a part of it. Start again.
             out.set_len(0).map_err(|e| Failure::Broken(e.to_string()))?;
+            have = 0;
         }
-        let failure = match client.fetch_into(meta, out, have.min(meta.size.unwrap_or(u64::MAX)), progress) {
+        if have > 0 && meta.size == Some(have) {
+            return Ok(()); // complete already (a run stopped before renaming it); the hash decides
+        }
+        let failure = match client.fetch_into(meta, out, have, progress) {
             Ok(n) if meta.size.is_none_or(|s| s == n) => return Ok(()),
             Ok(n) => Failure::Broken(format!("the connection closed after {n} of {} bytes", meta.size.unwrap_or(0))),
             Err(f) => f,
