@@ -93,9 +93,20 @@ fn download(client: &Client, cache: &RepoCache, meta: &Meta, repo: &Repo, file: 
         crate::status!("downloading {file} of {} {} ({size})", repo.kind.noun(), repo.id);
     }
     let bar = crate::progress::bytes_bar(if large { meta.size.unwrap_or(0) } else { 0 }, file);
-    fetch_with_retries(client, meta, &out, &|pos| bar.set_position(pos)).map_err(|f| explain(&f, repo, client))?;
+    let fetch =
+        || fetch_with_retries(client, meta, &out, &|pos| bar.set_position(pos)).map_err(|f| explain(&f, repo, client));
+    fetch()?;
+    if let Err(e) = verify(&part, meta) {
+        // The bytes kept from an earlier try may be what is wrong: once more, from the first byte.
+        log::warn!("{file} of {} {}: {e:#}; downloading it again whole", repo.kind.noun(), repo.id);
+        out.set_len(0).with_context(|| format!("truncating {}", part.display()))?;
+        fetch()?;
+        if let Err(e) = verify(&part, meta) {
+            let _ = std::fs::remove_file(&part);
+            return Err(e.context("deleted the download; run again"));
+        }
+    }
     bar.finish_and_clear();
-    verify(&part, meta)?;
     out.sync_all().with_context(|| format!("syncing {}", part.display()))?;
     std::fs::rename(&part, &blob).with_context(|| format!("renaming {} to {}", part.display(), blob.display()))
 }
@@ -145,8 +156,7 @@ fn verify(part: &Path, meta: &Meta) -> Result<()> {
     std::io::copy(&mut f, &mut hasher).with_context(|| format!("reading {}", part.display()))?;
     let got = format!("{:x}", hasher.finalize());
     if !got.eq_ignore_ascii_case(&meta.etag) {
-        let _ = std::fs::remove_file(part);
-        anyhow::bail!("the downloaded bytes hash to sha256 {got}, not {}: deleted them, run again", meta.etag);
+        anyhow::bail!("the downloaded bytes hash to sha256 {got}, not {}", meta.etag);
     }
     Ok(())
 }
