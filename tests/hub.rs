@@ -137,6 +137,11 @@ fn train_and_predict_download_into_an_empty_cache_then_run_offline_without_a_req
     assert!(stderr(&o).contains("warning: cannot reach the Hub at"), "one message style: {}", stderr(&o));
     assert!(stderr(&o).contains("using the cache for the rest of this run"), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("cannot reach").count(), 1, "one warning, not one per file: {}", stderr(&o));
+    // Training too, whose tokenizer files the Hub said do not exist (recorded in .no_exist).
+    let out3 = tmp.path().join("out3");
+    let train_down = [&train[..train.len() - 1], &[out3.to_str().unwrap()]].concat();
+    let o = run(&down, &home, &train_down, &[]);
+    assert!(o.status.success(), "train with the Hub down: {}", stderr(&o));
 }
 
 /// An endpoint where nothing listens (a port bound, then released).

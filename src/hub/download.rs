@@ -26,8 +26,8 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
     let client = Client::from_env()?;
     if let Some(down) = super::client::unreachable() {
         return match cached {
-            Lookup::Present(p) => Ok(Some(p)),
-            _ => Err(explain(&down, repo, &client)).with_context(|| whose(repo, file)),
+            Lookup::Unknown => Err(explain(&down, repo, &client)).with_context(|| whose(repo, file)),
+            known_there => Ok(known(known_there)),
         };
     }
     let meta = match client.metadata(repo, file) {
@@ -38,7 +38,8 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
             }
             return Ok(None);
         }
-        Err(f @ (Failure::Unreachable(_) | Failure::TimedOut)) if matches!(cached, Lookup::Present(_)) => {
+        // What the cache knows (the file, or that there is none) stands in for the Hub.
+        Err(f @ (Failure::Unreachable(_) | Failure::TimedOut)) if cached != Lookup::Unknown => {
             if super::client::note_unreachable(&f) {
                 log::warn!("{}; using the cache for the rest of this run", explain(&f, repo, &client));
             }
