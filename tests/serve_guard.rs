@@ -161,14 +161,15 @@ fn chunked(total: usize) -> Vec<u8> {
 fn hostile_requests_get_quick_4xx_and_memory_stays_bounded() {
     let s = Server::start(&["--max-client-batch-size", "32", "--read-timeout", "2"]);
     // The allocator keeps some freed memory for reuse, so the first rounds raise the RSS; bounded
-    // means it levels off: two more rounds after two add little.
+    // means it levels off: two more rounds after four add little. (After two, a CI run under
+    // load measured 281 → 314 MB while still settling: +25, +20, +12 MB a round; alone, +2 MB.)
     let mut rss = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         hostile_corpus(&s);
         rss.push(s.rss_kib());
     }
     eprintln!("server RSS after each round of the hostile corpus (KiB): {rss:?}");
-    assert!(rss[3] < rss[1] + 32 * 1024, "RSS keeps growing: {rss:?} KiB");
+    assert!(rss[5] < rss[3] + 32 * 1024, "RSS keeps growing: {rss:?} KiB");
     // A client sending one byte a second: the body (408) and the headers (closed) time out.
     let slow = |head: &[u8], body: bool| {
         let started = Instant::now();
