@@ -158,24 +158,9 @@ impl ShortLocations {
         let mut rows: Vec<(&String, &String)> = self.names.iter().map(|(f, n)| (n, f)).collect();
         rows.sort();
         rows.iter()
-            .map(|(n, f)| format!("  {n} = {}\n", escape(&hf_address(f).unwrap_or_else(|| f.to_string()))))
+            .map(|(n, f)| format!("  {n} = {}\n", escape(&crate::hub::hf_address(f).unwrap_or_else(|| f.to_string()))))
             .collect()
     }
-}
-
-/// `…/hub/datasets--org--name/snapshots/<commit>/path` as `hf://datasets/org/name/path`, the
-/// address `huggingface_hub`'s file system gives it.
-fn hf_address(path: &str) -> Option<String> {
-    let (before, after) = path.split_once("/snapshots/")?;
-    let folder = before.rsplit('/').next()?;
-    let (kind, id) = folder.split_once("--")?;
-    let rest = after.split_once('/')?.1;
-    let prefix = match kind {
-        "datasets" => "datasets/",
-        "models" => "",
-        _ => return None,
-    };
-    Some(format!("hf://{prefix}{}/{rest}", id.replacen("--", "/", 1)))
 }
 
 /// The file part of `file:line` (the whole string when it has no `:line`).
@@ -203,10 +188,6 @@ mod short_location_tests {
         assert_eq!(s.show(shown[3].1), "test:12");
         assert_eq!(s.show(shown[1].1), "train/train-0.parquet:3");
         assert_eq!(s.show("/elsewhere/x.csv:4"), "/elsewhere/x.csv:4");
-        let cached = "/h/hub/datasets--dair-ai--emotion/snapshots/b0671f6d/split/test-00000-of-00001.parquet";
-        assert_eq!(hf_address(cached).unwrap(), "hf://datasets/dair-ai/emotion/split/test-00000-of-00001.parquet");
-        assert_eq!(hf_address("/h/hub/models--org--m/snapshots/abc/config.json").unwrap(), "hf://org/m/config.json");
-        assert_eq!(hf_address("/data/train.csv"), None);
         assert_eq!(
             s.legend(),
             "  test = /cache/snap/split/test-00000-of-00001.parquet\n  train/train-0.parquet = /data/train-0.parquet\n  \

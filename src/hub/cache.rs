@@ -54,13 +54,34 @@ pub struct RepoCache {
     folder: String,
 }
 
+/// The folder of a repository in the cache: `models--org--name`, `datasets--org--name`.
+fn folder_name(kind: RepoKind, id: &str) -> String {
+    format!("{}--{}", kind.api_name(), id.replace('/', "--"))
+}
+
+/// The kind and id a cache folder name stands for ([`folder_name`] read back).
+pub fn parse_folder(name: &str) -> Option<(RepoKind, String)> {
+    let (kind, rest) = name.split_once("--")?;
+    let kind = match kind {
+        "models" => RepoKind::Model,
+        "datasets" => RepoKind::Dataset,
+        _ => return None,
+    };
+    Some((kind, rest.replacen("--", "/", 1)))
+}
+
+/// A file of a cached snapshot (`…/datasets--org--name/snapshots/<commit>/path`) by the
+/// address `huggingface_hub`'s file system gives it: `hf://datasets/org/name/path`.
+pub fn hf_address(path: &str) -> Option<String> {
+    let (before, after) = path.split_once("/snapshots/")?;
+    let (kind, id) = parse_folder(before.rsplit('/').next()?)?;
+    let rest = after.split_once('/')?.1;
+    Some(format!("hf://{}{id}/{rest}", kind.url_prefix()))
+}
+
 impl RepoCache {
     pub fn new(kind: RepoKind, id: &str) -> RepoCache {
-        let prefix = match kind {
-            RepoKind::Model => "models",
-            RepoKind::Dataset => "datasets",
-        };
-        RepoCache { base: cache_dir(), folder: format!("{prefix}--{}", id.replace('/', "--")) }
+        RepoCache { base: cache_dir(), folder: folder_name(kind, id) }
     }
 
     pub fn root(&self) -> PathBuf {
@@ -234,5 +255,16 @@ mod tests {
         assert_eq!(cache.lookup("main", "README.md"), Lookup::Unknown);
         cache.record_absent("main", commit, "README.md").unwrap();
         assert_eq!(cache.lookup("main", "README.md"), Lookup::Absent);
+    }
+
+    #[test]
+    fn folder_names_read_back_and_give_hf_addresses() {
+        assert_eq!(folder_name(RepoKind::Dataset, "dair-ai/emotion"), "datasets--dair-ai--emotion");
+        assert_eq!(parse_folder("datasets--dair-ai--emotion"), Some((RepoKind::Dataset, "dair-ai/emotion".into())));
+        assert_eq!(parse_folder(".locks"), None);
+        let cached = "/h/hub/datasets--dair-ai--emotion/snapshots/b0671f6d/split/test-00000-of-00001.parquet";
+        assert_eq!(hf_address(cached).unwrap(), "hf://datasets/dair-ai/emotion/split/test-00000-of-00001.parquet");
+        assert_eq!(hf_address("/h/hub/models--org--m/snapshots/abc/config.json").unwrap(), "hf://org/m/config.json");
+        assert_eq!(hf_address("/data/train.csv"), None);
     }
 }

@@ -12,7 +12,7 @@ mod repo;
 mod suggest;
 
 use anyhow::{bail, Context, Result};
-pub use cache::cache_dir;
+pub use cache::{cache_dir, hf_address};
 pub use repo::{offline, Repo, RepoKind};
 use std::path::{Path, PathBuf};
 

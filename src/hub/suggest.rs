@@ -2,18 +2,17 @@
 //! said to be none; ids the cache holds that are close to it are offered (`dair-ai/emotions` →
 //! `dair-ai/emotion`, `emotion` → `dair-ai/emotion`), else, offline, what the cache holds.
 
-use super::cache::cache_dir;
+use super::cache::{cache_dir, parse_folder};
 use super::repo::{Repo, RepoKind};
 
 /// The ids of the repositories of `kind` the cache holds a snapshot of, sorted.
 pub fn cached_ids(kind: RepoKind) -> Vec<String> {
-    let prefix = format!("{}--", kind.api_name());
     let mut ids: Vec<String> = std::fs::read_dir(cache_dir())
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.path().join("snapshots").is_dir())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix).map(|rest| rest.replacen("--", "/", 1)))
+        .filter_map(|e| parse_folder(e.file_name().to_str()?).filter(|(k, _)| *k == kind).map(|(_, id)| id))
         .collect();
     ids.sort();
     ids
