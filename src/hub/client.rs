@@ -98,7 +98,20 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// The process's client, built on first use.
+static SHARED: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+
 impl Client {
+    /// The client of this process: built from the environment once, so the token file is read
+    /// once and connections to the Hub are reused from one file to the next.
+    pub fn shared() -> Result<&'static Client> {
+        if let Some(c) = SHARED.get() {
+            return Ok(c);
+        }
+        let built = Client::from_env()?;
+        Ok(SHARED.get_or_init(|| built))
+    }
+
     /// The client `HF_ENDPOINT`, the token variables and `HF_HUB_DOWNLOAD_TIMEOUT` describe.
     pub fn from_env() -> Result<Client> {
         let timeout = download_timeout()?;

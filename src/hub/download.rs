@@ -23,10 +23,10 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
     if offline() || (is_commit(&repo.revision) && cached != Lookup::Unknown) {
         return Ok(known(cached));
     }
-    let client = Client::from_env()?;
+    let client = Client::shared()?;
     if let Some(down) = super::client::unreachable() {
         return match cached {
-            Lookup::Unknown => Err(explain(&down, repo, &client)).with_context(|| whose(repo, file)),
+            Lookup::Unknown => Err(explain(&down, repo, client)).with_context(|| whose(repo, file)),
             known_there => Ok(known(known_there)),
         };
     }
@@ -41,14 +41,14 @@ pub fn file(repo: &Repo, file: &str) -> Result<Option<PathBuf>> {
         // What the cache knows (the file, or that there is none) stands in for the Hub.
         Err(f @ (Failure::Unreachable(_) | Failure::TimedOut)) if cached != Lookup::Unknown => {
             if super::client::note_unreachable(&f) {
-                log::warn!("{}; using the cache for the rest of this run", explain(&f, repo, &client));
+                log::warn!("{}; using the cache for the rest of this run", explain(&f, repo, client));
             }
             return Ok(known(cached));
         }
-        Err(f) => return Err(explain(&f, repo, &client)).with_context(|| whose(repo, file)),
+        Err(f) => return Err(explain(&f, repo, client)).with_context(|| whose(repo, file)),
     };
     if !cache.blob(&meta.etag).is_file() {
-        download(&client, &cache, &meta, repo, file).with_context(|| whose(repo, file))?;
+        download(client, &cache, &meta, repo, file).with_context(|| whose(repo, file))?;
     }
     let path = cache.link(&meta.commit, file, &meta.etag)?;
     cache.set_ref(&repo.revision, &meta.commit)?;

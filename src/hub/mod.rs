@@ -159,7 +159,7 @@ fn list_hub(repo: &Repo) -> Result<Vec<String>> {
     if offline() {
         return cached();
     }
-    let client = client::Client::from_env()?;
+    let client = client::Client::shared()?;
     let listed = match client::unreachable() {
         Some(down) => Err(down),
         None => client.listing(repo),
@@ -176,13 +176,11 @@ fn list_hub(repo: &Repo) -> Result<Vec<String>> {
             if cache.has_snapshot(&repo.revision) =>
         {
             if client::note_unreachable(&f) {
-                log::warn!("{}; using the cache for the rest of this run", download::explain(&f, repo, &client));
+                log::warn!("{}; using the cache for the rest of this run", download::explain(&f, repo, client));
             }
             cached()
         }
-        Err(f) => {
-            Err(download::explain(&f, repo, &client)).with_context(|| format!("listing the files of {}", repo.id))
-        }
+        Err(f) => Err(download::explain(&f, repo, client)).with_context(|| format!("listing the files of {}", repo.id)),
     }
 }
 
