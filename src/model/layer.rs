@@ -23,7 +23,7 @@
 //! Always take gradients through [`backward`]: a bare `loss.backward()` misses them.
 
 use super::kernels::prepared::Prepared;
-use super::kernels::{self, profile, AttentionOp, Slices};
+use super::kernels::{self, ffn, profile, AttentionOp, Slices};
 use super::nn::{Activation, Dropout, LayerNorm, Linear, SelfAttention};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::cell::RefCell;
@@ -140,9 +140,7 @@ struct Saved {
     /// The LayerNorms' inputs (residual sums).
     z1: Vec<f32>,
     h1: Vec<f32>,
-    /// The feed-forward pre-activation and activation.
-    f: Vec<f32>,
-    g: Vec<f32>,
+    ffn: ffn::Saved,
     z2: Vec<f32>,
 }
 
@@ -193,12 +191,16 @@ impl EncoderLayerOp {
     }
 
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
-    /// `which`, side by side; by the prepared forms where the layer has them; an element-wise
-    /// `then` on the result.
-    fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize], then: Option<kernels::Then>) -> Vec<f32> {
+    /// `which`, side by side; by the prepared forms where the layer has them.
+    fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
         let slot = |i| PROJECTIONS.iter().position(|&p| p == i).expect("a projection's weight");
         let layers: Vec<_> = which.iter().map(|&i| (w[i], w[i + 1], self.prepared[slot(i)].as_deref())).collect();
-        kernels::project(x, (x.len() / k, k), &layers, then)
+        kernels::project(x, (x.len() / k, k), &layers)
+    }
+
+    fn ffn_weights<'a>(&'a self, w: &[&'a [f32]]) -> ffn::Weights<'a> {
+        let prepared = [self.prepared[4].as_deref(), self.prepared[5].as_deref()];
+        ffn::Weights { w1: w[W1], b1: w[B1], w2: w[W2], b2: w[B2], prepared }
     }
 }
 
@@ -210,7 +212,7 @@ impl CustomOp2 for EncoderLayerOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, _l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let _span = profile::Span::new(self.name());
         let _precision = super::precision::cpu_bf16(self.bf16);
-        let (b, s, d, ffn) = self.dims;
+        let (b, s, d, ffn_width) = self.dims;
         let m = b * s;
         let x = kernels::f32_slice(s1, l1, "encoder layer x")?;
         if x.len() != m * d {
@@ -228,7 +230,7 @@ impl CustomOp2 for EncoderLayerOp {
             (wqkv, qkv)
         } else {
             // no backward pass to come: no concatenated copy of the weights
-            (Vec::new(), self.project(&w, x, d, &[WQ, WQ + 2, WQ + 4], None))
+            (Vec::new(), self.project(&w, x, d, &[WQ, WQ + 2, WQ + 4]))
         };
         section.start("· attention");
         let ctx = kernels::filled(m * d, |o| self.attention.forward_into(&qkv, (b, s, d), o));
@@ -236,26 +238,17 @@ impl CustomOp2 for EncoderLayerOp {
             qkv = Vec::new();
         }
         section.start("· output projection");
-        let a = self.project(&w, &ctx, d, &[WO], None);
+        let a = self.project(&w, &ctx, d, &[WO]);
         section.start("· add + LayerNorm 1");
         let (h1, z1) = self.add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
         drop(a);
-        section.start("· feed-forward 1");
-        let (f, g) = if self.keep {
-            let f = self.project(&w, &h1, d, &[W1], None);
-            section.start("· GELU");
-            let g = kernels::filled(m * ffn, |o| kernels::gelu_into(&f, o));
-            (f, g)
-        } else {
-            // for inference only g is kept: GELU runs on each piece of f as it is computed
-            (Vec::new(), self.project(&w, &h1, d, &[W1], Some(&|_, _, f| kernels::gelu_segment(f))))
-        };
-        section.start("· feed-forward 2");
-        let o2 = self.project(&w, &g, ffn, &[W2], None);
+        let (o2, ffn_saved) =
+            ffn::forward(&h1, &self.ffn_weights(&w), (m, d, ffn_width), (self.keep, self.bf16), &mut section);
         section.start("· add + LayerNorm 2");
         let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
-            *crate::sync::lock(&self.saved) = Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, f, g, z2 }));
+            let ffn = ffn_saved.expect("kept when the layer keeps its activations");
+            *crate::sync::lock(&self.saved) = Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, ffn, z2 }));
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -272,7 +265,7 @@ impl CustomOp2 for EncoderLayerOp {
         let Some(sv) = crate::sync::lock(&self.saved).clone() else {
             bail!("encoder layer: no backward pass: the forward ran for inference only (Dropout::inference, or a model loaded for inference)");
         };
-        let (b, s, d, ffn) = self.dims;
+        let (b, s, d, ffn_width) = self.dims;
         let m = b * s;
         let grad = grad.contiguous()?;
         let ps = Slices::new(&self.params);
@@ -291,24 +284,15 @@ impl CustomOp2 for EncoderLayerOp {
         let (dw, db) = ln2.split_at(d);
         grads[LN2_W] = Some(dw.to_vec());
         grads[LN2_B] = Some(db.to_vec());
-        let do2 = masked(&self.drop2, &dz2);
-        // o2 = g W2ᵀ + b2
-        section.start("· feed-forward 2 backward");
-        let mut dg =
-            kernels::filled(m * ffn, |o| kernels::matmul_into(o, false, (m, ffn, d), &do2, (d, 1), w[W2], (ffn, 1)));
-        grads[W2] = Some(kernels::filled(d * ffn, |o| kernels::weight_grad_into(o, &do2, d, &sv.g, (m, d, ffn))));
-        grads[B2] = Some(kernels::column_sums(&do2, d, m, d));
-        drop(do2);
-        // g = GELU(f), in place: dg becomes df (a pass: fused into the AMX blocks it was slower)
-        section.start("· GELU backward");
-        kernels::gelu_backward_in_place(&sv.f, &mut dg);
-        // f = h1 W1ᵀ + b1; h1 also feeds z2 directly
-        section.start("· feed-forward 1 backward");
+        // o2 = GELU(h1 W1ᵀ + b1) W2ᵀ + b2; h1 also feeds z2 directly
         let mut dh1 = dz2;
-        kernels::matmul_into(kernels::as_uninit(&mut dh1), true, (m, d, ffn), &dg, (ffn, 1), w[W1], (d, 1));
-        grads[W1] = Some(kernels::filled(ffn * d, |o| kernels::weight_grad_into(o, &dg, ffn, &sv.h1, (m, ffn, d))));
-        grads[B1] = Some(kernels::column_sums(&dg, ffn, m, ffn));
-        drop(dg);
+        let do2 = match &self.drop2.0 {
+            Some(mask) => kernels::dropped(mask, self.drop2.1, &dh1),
+            None => dh1.clone(),
+        };
+        let g = ffn::backward(&do2, &sv.ffn, &self.ffn_weights(&w), &sv.h1, &mut dh1, (m, d, ffn_width), &mut section);
+        drop(do2);
+        [grads[W1], grads[B1], grads[W2], grads[B2]] = [g.w1, g.b1, g.w2, g.b2].map(Some);
         // h1 = LN1(z1), z1 = dropout1(a) + x
         section.start("· LayerNorm 1 backward");
         let mut ln1 = Vec::new();

@@ -19,7 +19,7 @@
 //! task in a block of its own ([`Tiles`]). Linux hands out the tile state only to a process that
 //! asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
-pub use super::amx_block::{available, Then};
+pub use super::amx_block::{available, Piece, Then};
 use super::amx_block::{write_block, BiasRow, Block, Init, Output, Tiles};
 use super::amx_pack::{pack_lhs, pack_rhs, Packed, T};
 use rayon::prelude::*;
@@ -39,30 +39,31 @@ pub enum Start<'a> {
 /// `dst[i, c] = start + Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n
 /// columns, the same k); `dst` rows `dst_rs` apart. Needs [`available`].
 pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
-    matmul_then(dst, dst_rs, start, a, b, None)
+    let (m, n) = (a.rows, b.rows);
+    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
+    run(Output { ptr: Some(dst.as_mut_ptr().cast::<f32>()), rs: dst_rs, init: Init::Zero, then: None }, start, a, b)
 }
 
-/// [`matmul`], then `then` on every piece of the output as it is computed.
-pub fn matmul_then(
-    dst: &mut [MaybeUninit<f32>],
-    dst_rs: usize,
-    start: Start,
-    a: &Packed,
-    b: &Packed,
-    then: Option<Then>,
-) {
+/// The product of [`matmul`] handed to `then` one 32 × 32 [`Piece`] at a time, and written
+/// nowhere else: for a result whose only consumer is the element-wise step and the packing
+/// that `then` does. Each piece is handed over once; pieces run in parallel.
+pub fn matmul_pieces(start: Start, a: &Packed, b: &Packed, then: Then) {
+    assert!(!matches!(start, Start::Dst), "a product accumulating onto no output");
+    run(Output { ptr: None, rs: 0, init: Init::Zero, then: Some(then) }, start, a, b)
+}
+
+fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
     assert!(available(), "AMX bf16 kernel called on a CPU without it");
     assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
     let (m, n) = (a.rows, b.rows);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= (m - 1) * dst_rs + n);
     let bias = match start {
         Start::Bias(b) => Some(BiasRow::new(b, n)),
         _ => None,
     };
-    let init = match start {
+    out.init = match start {
         Start::Zero => Init::Zero,
         Start::Dst => Init::Dst,
         Start::Bias(_) => Init::Row(bias.as_ref().expect("made above").0.as_ptr().cast()),
@@ -70,7 +71,6 @@ pub fn matmul_then(
     // Tasks of 128 rows × 512 columns: the task's A tiles (192 KiB at k = 768) and B tiles
     // (768 KiB) stay in L2 while every 32 × 32 block of it is computed, B's 32 columns reused
     // by the 4 row blocks under them while in L1.
-    let out = Output { ptr: dst.as_mut_ptr().cast::<f32>(), rs: dst_rs, init, then };
     let (row_pairs, col_pairs) = (a.blocks() / 2, b.blocks() / 2);
     let row_tasks = row_pairs.div_ceil(ROW_PAIRS_PER_TASK);
     let col_tasks = col_pairs.div_ceil(COL_PAIRS_PER_TASK);
@@ -88,10 +88,10 @@ pub fn matmul_then(
                     cols: (n - cb * 2 * T).min(2 * T),
                 };
                 let rows_of_a = ([a.block(2 * rb), a.block(2 * rb + 1)], a.step());
-                // SAFETY: the block's rows and columns lie inside `dst` (asserted above, `at` is
-                // clipped to m × n); each task writes only its own block of rows and columns, so
-                // no two tasks touch the same element, and `dst` is borrowed mutably for the
-                // whole call; the bias row lives until the call returns.
+                // SAFETY: the block's rows and columns lie inside the output (the callers assert
+                // its length; `at` is clipped to m × n); each task writes only its own block of
+                // rows and columns, so no two tasks touch the same element, and the output is
+                // borrowed mutably for the whole call; the bias row lives until the call returns.
                 unsafe { write_block(&out, at, rows_of_a, bs, a.k_tiles) };
             }
         }
@@ -143,12 +143,12 @@ impl AmxLinear {
 
     /// [`AmxLinear::forward_into`] on activations packed by [`AmxLinear::pack_input`].
     pub fn forward_packed(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
-        self.forward_packed_then(x, dst, dst_rs, None)
+        matmul(dst, dst_rs, Start::Bias(&self.bias), x, &self.weight)
     }
 
-    /// [`AmxLinear::forward_packed`], then `then` on each piece of the output as it is computed.
-    pub fn forward_packed_then(&self, x: &Packed, dst: &mut [MaybeUninit<f32>], dst_rs: usize, then: Option<Then>) {
-        matmul_then(dst, dst_rs, Start::Bias(&self.bias), x, &self.weight, then);
+    /// [`AmxLinear::forward_packed`] handed to `then` piece by piece ([`matmul_pieces`]).
+    pub fn forward_pieces(&self, x: &Packed, then: Then) {
+        matmul_pieces(Start::Bias(&self.bias), x, &self.weight, then)
     }
 }
 
@@ -250,32 +250,38 @@ mod tests {
     }
 
     #[test]
-    fn then_runs_once_on_every_output_value_where_it_lies() {
-        if !checkable("then_runs_once_on_every_output_value_where_it_lies") {
+    fn every_piece_is_handed_over_once_where_it_lies() {
+        if !checkable("every_piece_is_handed_over_once_where_it_lies") {
             return;
         }
-        // whole blocks on cache lines and cut ones off them; `then` replaces each value by its
-        // place and counts, so a value missed, visited twice or misplaced shows
-        for ((m, n, k), spare) in [((64, 64, 32), 0), ((40, 50, 20), 5)] {
+        // whole blocks and cut ones: each piece copied to its place gives bitwise the product
+        // written straight, each value once, with zeros past the edge
+        for (m, n, k) in [(64, 64, 32), (40, 50, 20)] {
             let (x, w, b) = (uniform(m * k, 1, 1.0), uniform(n * k, 2, 1.0), uniform(n, 3, 1.0));
             let lin = AmxLinear::new(&w, &b, (n, k));
-            let rs = n + spare;
-            let mut lines = vec![Line([-1.0; T]); (m * rs).div_ceil(T)];
-            let out = as_output(&mut lines, m * rs);
-            let calls = std::sync::atomic::AtomicUsize::new(0);
-            let place = |row: usize, col: usize, v: &mut [f32]| {
-                calls.fetch_add(v.len(), std::sync::atomic::Ordering::Relaxed);
-                v.iter_mut().enumerate().for_each(|(j, x)| *x = (row * 1000 + col + j) as f32);
-            };
-            lin.forward_packed_then(&AmxLinear::pack_input(&x, m), out, rs, Some(&place));
-            assert_eq!(calls.into_inner(), m * n, "each value once");
-            for i in 0..m {
-                for c in 0..rs {
-                    // SAFETY: initialised above.
-                    let got = unsafe { out[i * rs + c].assume_init() };
-                    assert_eq!(got, if c < n { (i * 1000 + c) as f32 } else { -1.0 }, "({i}, {c})");
+            let packed = AmxLinear::pack_input(&x, m);
+            let mut want = vec![MaybeUninit::new(0f32); m * n];
+            lin.forward_packed(&packed, &mut want, n);
+            let placed = std::sync::Mutex::new((vec![f32::NAN; m * n], vec![0u8; m * n]));
+            lin.forward_pieces(&packed, &|p: Piece| {
+                assert_eq!((p.rows, p.cols), ((m - p.row).min(2 * T), (n - p.col).min(2 * T)));
+                let (got, seen) = &mut *placed.lock().unwrap();
+                for (r, row) in p.values.chunks_exact(2 * T).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        if r < p.rows && c < p.cols {
+                            got[(p.row + r) * n + p.col + c] = v;
+                            seen[(p.row + r) * n + p.col + c] += 1;
+                        } else {
+                            assert_eq!(v, 0.0, "past the edge at ({}, {})", p.row + r, p.col + c);
+                        }
+                    }
                 }
-            }
+            });
+            let (got, seen) = placed.into_inner().unwrap();
+            assert!(seen.iter().all(|&s| s == 1), "each value once");
+            // SAFETY: initialised above.
+            let want: Vec<u32> = want.into_iter().map(|v| unsafe { v.assume_init() }.to_bits()).collect();
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
         }
     }
 

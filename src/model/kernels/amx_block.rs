@@ -1,7 +1,8 @@
 //! One 32 × 32 output block of the AMX bf16 product ([`super::amx`]): the `asm!` microkernel
 //! (2 × 2 C tiles kept over the whole k loop, two A and two B tiles loaded per step, the next
 //! step's tiles prefetched), the tile configuration it needs, and how a block's sums start
-//! (zero, the output, a bias row) and reach the output (straight, or through an aligned buffer).
+//! (zero, the output, a bias row) and reach the output (straight, or through an aligned buffer
+//! where something runs on each block as it is computed).
 
 use super::amx_pack::{T, TILE};
 use std::sync::OnceLock;
@@ -30,10 +31,22 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// What runs on each computed piece of an output row, `then(row, first column, values)`, while
-/// it is still in L1: an element-wise step that would otherwise be a pass of its own over the
-/// whole output (GELU after the first feed-forward layer, for inference).
-pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+/// A computed 32 × 32 block of a product's output while it is in L1: it holds rows `row..row +
+/// rows` and columns `col..col + cols` of the output, row-major, 32 values a row, with zeros
+/// where the block reaches past the output's edge.
+pub struct Piece<'a> {
+    pub row: usize,
+    pub col: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub values: &'a mut [f32; 4 * T * T],
+}
+
+/// What runs on each [`Piece`] of a product's output as it is computed, instead of a pass of
+/// its own over the whole output: GELU after the first feed-forward layer, its derivative
+/// after the second one's backward, the rounding and packing of the result as the next
+/// product's operand.
+pub type Then<'a> = &'a (dyn Fn(Piece) + Sync);
 
 /// The tile configuration of [`tile_block`] (eight tiles of 16 rows × 64 bytes), loaded on
 /// this thread for as long as the guard lives and released with it. Loading it costs about as
@@ -113,79 +126,90 @@ pub(super) enum Init {
     Row(*const f32),
 }
 
-/// Where a product goes: the output (rows `rs` apart), how its sums start, what runs on it.
+/// Where a product goes: the output (rows `rs` apart; none where `then` is its only consumer),
+/// how its sums start, what runs on it.
 pub(super) struct Output<'a> {
-    pub(super) ptr: *mut f32,
+    pub(super) ptr: Option<*mut f32>,
     pub(super) rs: usize,
     pub(super) init: Init,
     pub(super) then: Option<Then<'a>>,
 }
 
 // SAFETY: `ptr` is only used to write disjoint blocks of one mutably borrowed output (see
-// `matmul_then`), and `init`'s bias row only read while the product runs; never shared state.
+// `amx::run`), and `init`'s bias row only read while the product runs; never shared state.
 unsafe impl Send for Output<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Output<'_> {}
 
 /// Computes one output block into `out`, each sum starting as `out.init` says, then runs
-/// `out.then` on its rows. A whole block whose rows start on cache lines goes straight between
-/// the output and the tiles; one cut by the matrix's edge, or off the lines, goes through a
-/// 32 × 32 buffer.
+/// `out.then` on it. A whole block whose rows start on cache lines, with nothing to run on it,
+/// goes straight between the output and the tiles; any other goes through a 32 × 32 buffer.
 ///
 /// # Safety
-/// `out.ptr` must be valid for reads (for `Init::Dst`) and writes of the block's `rows × cols`
-/// elements at `row * rs + col`, with no other thread touching them; an `Init::Row` must point
-/// to a live [`BiasRow`] of at least `col + 32` values.
+/// `out.ptr`, where given, must be valid for reads (for `Init::Dst`) and writes of the block's
+/// `rows × cols` elements at `row * rs + col`, with no other thread touching them; an
+/// `Init::Row` must point to a live [`BiasRow`] of at least `col + 32` values.
 pub(super) unsafe fn write_block(out: &Output, at: Block, a: Operand, b: Operand, k_tiles: usize) {
     let (dst_rs, init) = (out.rs, out.init);
     // SAFETY: the caller guarantees the block's elements are ours to read and write.
-    let origin = unsafe { out.ptr.add(at.row * dst_rs + at.col) };
-    let then = |c: *mut f32, rs: usize| {
-        if let Some(then) = out.then {
-            for r in 0..at.rows {
-                // SAFETY: row `r` of the block just written, `cols` elements, at `c` (the
-                // output's block or the buffer) with rows `rs` apart.
-                then(at.row + r, at.col, unsafe { std::slice::from_raw_parts_mut(c.add(r * rs), at.cols) });
-            }
-        }
-    };
+    let origin = out.ptr.map(|p| unsafe { p.add(at.row * dst_rs + at.col) });
     let from_bias = |p: *const f32| -> Option<(*const f32, usize)> {
         // SAFETY: columns `col..col + 32` of the bias row, inside it (the caller's contract).
         Some((unsafe { p.add(at.col) }, 0))
     };
-    let aligned = (origin as usize).is_multiple_of(64) && dst_rs.is_multiple_of(T);
-    if at.rows == 2 * T && at.cols == 2 * T && aligned {
-        let from = match init {
-            Init::Zero => None,
-            Init::Dst => Some((origin.cast_const(), dst_rs)),
-            Init::Row(p) => from_bias(p),
-        };
-        // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller
-        // guarantees; `from` is that block or 32 values of the bias row.
-        unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
-        return then(origin, dst_rs);
-    }
-    let mut buffer = CBlock([0f32; 4 * T * T]);
-    let c = &mut buffer.0;
-    let from = match init {
-        Init::Zero => None,
-        Init::Dst => {
-            for r in 0..at.rows {
-                // SAFETY: row `r` of the block, `cols` elements, inside what the caller guarantees.
-                let row = unsafe { std::slice::from_raw_parts(origin.add(r * dst_rs), at.cols) };
-                c[r * 2 * T..r * 2 * T + at.cols].copy_from_slice(row);
-            }
-            Some((c.as_ptr(), 2 * T))
+    let whole = at.rows == 2 * T && at.cols == 2 * T;
+    if let (Some(origin), None, true) = (origin, out.then, whole) {
+        if (origin as usize).is_multiple_of(64) && dst_rs.is_multiple_of(T) {
+            let from = match init {
+                Init::Zero => None,
+                Init::Dst => Some((origin.cast_const(), dst_rs)),
+                Init::Row(p) => from_bias(p),
+            };
+            // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller
+            // guarantees; `from` is that block or 32 values of the bias row.
+            return unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
         }
-        Init::Row(p) => from_bias(p),
+    }
+    // A whole block's tiles write every value of the buffer; a cut one's are zeroed first, so
+    // that the rows and columns its tiles start from past the edge are defined too.
+    let mut buffer = std::mem::MaybeUninit::<CBlock>::uninit();
+    if !whole {
+        buffer.write(CBlock([0f32; 4 * T * T]));
+    }
+    let c = buffer.as_mut_ptr().cast::<f32>();
+    let from = match (init, origin) {
+        (Init::Zero, _) => None,
+        (Init::Dst, Some(origin)) => {
+            for r in 0..at.rows {
+                // SAFETY: row `r` of the block, `cols` elements, inside what the caller
+                // guarantees, copied into row `r` of the 32 × 32 buffer.
+                unsafe { std::ptr::copy_nonoverlapping(origin.add(r * dst_rs), c.add(r * 2 * T), at.cols) };
+            }
+            Some((c.cast_const(), 2 * T))
+        }
+        (Init::Dst, None) => unreachable!("a product accumulating onto no output"),
+        (Init::Row(p), _) => from_bias(p),
     };
     // SAFETY: `c` is 32 rows of 32 f32; `from` is `c` or 32 values of the bias row.
-    unsafe { tile_block(c.as_mut_ptr(), 2 * T, from, a, b, k_tiles) };
-    then(c.as_mut_ptr(), 2 * T);
-    for r in 0..at.rows {
-        // SAFETY: as above.
-        let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
-        row.copy_from_slice(&c[r * 2 * T..r * 2 * T + at.cols]);
+    unsafe { tile_block(c, 2 * T, from, a, b, k_tiles) };
+    // SAFETY: every value is initialised: the tiles stored all 32 × 32 (a cut block was also
+    // zeroed before).
+    let c = unsafe { &mut buffer.assume_init_mut().0 };
+    if let Some(then) = out.then {
+        if !whole {
+            // past the edge the tiles summed padding (or started from the bias): zeros there
+            for (r, row) in c.chunks_exact_mut(2 * T).enumerate() {
+                row[if r < at.rows { at.cols } else { 0 }..].fill(0.0);
+            }
+        }
+        then(Piece { row: at.row, col: at.col, rows: at.rows, cols: at.cols, values: c });
+    }
+    if let Some(origin) = origin {
+        for r in 0..at.rows {
+            // SAFETY: as above.
+            let row = unsafe { std::slice::from_raw_parts_mut(origin.add(r * dst_rs), at.cols) };
+            row.copy_from_slice(&c[r * 2 * T..r * 2 * T + at.cols]);
+        }
     }
 }
 

@@ -73,6 +73,103 @@ impl Packed {
     }
 }
 
+/// What a product's output `Y [m, n]` becomes as a [`Packed`] operand of the next product.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    /// `Y` as the left operand (its rows the lines, k along its columns).
+    Lhs,
+    /// `Yᵀ` as the left operand (its columns the lines, k along its rows).
+    LhsTransposed,
+    /// `Y` as the right operand (k along its rows, its columns the lines).
+    Rhs,
+}
+
+/// Builds a [`Packed`] operand from the 32 × 32 blocks of a product's output `Y` as they are
+/// computed (`amx::matmul_pieces`), from several threads at once: each block of Y's grid is
+/// stored exactly once (checked), and together they write every tile, padding included.
+pub struct Filler {
+    lines: Vec<TileRow>,
+    out: SendPtr<u16>,
+    rows: usize,
+    k_tiles: usize,
+    role: Role,
+    /// Per block of Y's grid (row-major), whether it was stored.
+    stored: Vec<std::sync::atomic::AtomicBool>,
+    grid_cols: usize,
+}
+
+impl Filler {
+    /// For `Y [m, n]` in the given role.
+    pub fn new(role: Role, (m, n): (usize, usize)) -> Filler {
+        let (rows, k) = match role {
+            Role::Lhs => (m, n),
+            Role::LhsTransposed | Role::Rhs => (n, m),
+        };
+        let (blocks, k_tiles) = (rows.div_ceil(2 * T) * 2, k.div_ceil(KT));
+        let mut lines: Vec<TileRow> = Vec::with_capacity(blocks * k_tiles * T);
+        let out = SendPtr(lines.as_mut_ptr().cast::<u16>());
+        let grid = m.div_ceil(2 * T) * n.div_ceil(2 * T);
+        let stored = (0..grid).map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        Filler { lines, out, rows, k_tiles, role, stored, grid_cols: n.div_ceil(2 * T) }
+    }
+
+    /// Rounds the block of `Y` whose first row is `row` and first column `col` (multiples of
+    /// 32), held row-major 32 values a row (zeros past `Y`'s edge), into its two tiles.
+    pub fn store(&self, row: usize, col: usize, block: &[f32; 4 * T * T]) {
+        assert!(row.is_multiple_of(2 * T) && col.is_multiple_of(2 * T), "a block at ({row}, {col})");
+        let grid_row = row / (2 * T);
+        let first = &self.stored[grid_row * self.grid_cols + col / (2 * T)];
+        assert!(col / (2 * T) < self.grid_cols, "a block at ({row}, {col}) outside the output");
+        assert!(!first.swap(true, std::sync::atomic::Ordering::Relaxed), "the block at ({row}, {col}) stored twice");
+        let (lines_along_rows, layout) = match self.role {
+            Role::Lhs => (true, Layout::Rows),
+            Role::LhsTransposed => (false, Layout::Rows),
+            Role::Rhs => (false, Layout::Pairs),
+        };
+        let (first_line, k) = if lines_along_rows { (row, col) } else { (col, row) };
+        let (line_block, k_tile) = (first_line / T, k / KT);
+        for h in 0..2 {
+            // line q, value j of this half at src[q * line_stride + j * k_stride]
+            let (src, strides) = match lines_along_rows {
+                true => (&block[h * T * 2 * T..(h + 1) * T * 2 * T], (2 * T, 1)),
+                false => (&block[h * T..h * T + (T - 1) + (KT - 1) * 2 * T + 1], (1, 2 * T)),
+            };
+            // SAFETY: tile (line_block + h, k_tile) lies inside the allocation (the block is on
+            // the output's grid, checked above, and the allocation holds the tiles of every
+            // block of it); only this block writes it (each block is stored once, checked).
+            let tile = unsafe {
+                std::slice::from_raw_parts_mut(self.out.0.add(((line_block + h) * self.k_tiles + k_tile) * TILE), TILE)
+            };
+            round_tile(src, strides, layout, tile);
+        }
+    }
+
+    /// The operand, once every block of the grid was stored.
+    pub fn finish(mut self) -> Packed {
+        let missing = self.stored.iter().filter(|s| !s.load(std::sync::atomic::Ordering::Relaxed)).count();
+        assert_eq!(missing, 0, "{missing} blocks of the output were never stored");
+        // SAFETY: every block of the grid stored its two tiles (checked just above), and the
+        // grid's blocks cover every tile of the allocation: 32 lines (two 16-line blocks) by one
+        // k tile each, over all line blocks and k tiles.
+        unsafe { self.lines.set_len(self.lines.capacity()) };
+        Packed { lines: std::mem::take(&mut self.lines), rows: self.rows, k_tiles: self.k_tiles }
+    }
+}
+
+/// One whole 16 × 32 tile from `src` (line `q`, value `j` at `q * strides.0 + j * strides.1`,
+/// one stride 1): straight by the vector path where the CPU has it, else gathered.
+fn round_tile(src: &[f32], strides: (usize, usize), layout: Layout, tile: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU has the instructions; `src` holds the tile's 16 lines × 32 values
+        // (the callers slice it to exactly that, which `direct_avx512` asserts).
+        return unsafe { direct_avx512(src, strides, layout, tile) };
+    }
+    let mut block = [0f32; TILE];
+    gathered(&mut block, layout, (T, KT), |r, j| src[r * strides.0 + j * strides.1]);
+    convert(layout, &block, tile);
+}
+
 /// Packs `A[m, k]` (element `(i, j)` at `src[i * rs + j * cs]`) as the left operand.
 pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
     pack(src, (rs, cs), m, k, Layout::Rows)
@@ -155,7 +252,7 @@ fn gathered(block: &mut [f32; TILE], layout: Layout, (nr, nj): (usize, usize), v
 /// at a time along the unit stride. `vcvtne2ps2bf16` of a line's 32 values gives its 16 pairs
 /// of k in order, and of two k columns (16 lines each, interleaved) one pair per line: the first
 /// is a row of A's layout, the second a row of B's; the other layout is the 16 × 16 transpose of
-/// the pairs (as 32-bit words).
+/// the pairs (as 32-bit words), scattered into place.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn direct_avx512(src: &[f32], (line_stride, k_stride): (usize, usize), layout: Layout, tile: &mut [u16]) {
@@ -169,12 +266,16 @@ unsafe fn direct_avx512(src: &[f32], (line_stride, k_stride): (usize, usize), la
     let interleave: [u16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as u16);
     // SAFETY: `interleave` is 64 bytes.
     let idx = unsafe { _mm512_loadu_si512(interleave.as_ptr().cast()) };
-    let mut words = [0u32; T * T];
+    // word p of line q goes to word p * 16 + q of the tile in the transposed case
+    let column: [i32; T] = std::array::from_fn(|p| (p * T) as i32);
+    // SAFETY: `column` is 64 bytes.
+    let column = unsafe { _mm512_loadu_si512(column.as_ptr().cast()) };
     let in_place = matches!((along_k, layout), (true, Layout::Rows) | (false, Layout::Pairs));
     for q in 0..T {
         // SAFETY: row q reads 16 floats at `lo` and 16 at `hi`, inside `src` by the assert
         // above (along k: line q's 32 values; along the lines: k columns 2q and 2q + 1); the
-        // store writes 64 bytes at row q of `tile` (asserted 512 u16) or of `words`.
+        // store writes 64 bytes at row q of `tile` (asserted 512 u16), the scatter 16 words of
+        // it at word offsets q..=15 * 16 + q, inside its 256 words.
         unsafe {
             let base = src.as_ptr().add(q * outer_stride);
             let (lo, hi) = if along_k { (base, base.add(T)) } else { (base, base.add(k_stride)) };
@@ -182,17 +283,11 @@ unsafe fn direct_avx512(src: &[f32], (line_stride, k_stride): (usize, usize), la
             if !along_k {
                 v = _mm512_permutexvar_epi16(idx, v);
             }
-            let dst: *mut u32 =
-                if in_place { tile.as_mut_ptr().add(q * KT).cast() } else { words.as_mut_ptr().add(q * T) };
-            _mm512_storeu_si512(dst.cast(), v);
-        }
-    }
-    if !in_place {
-        for (p, row) in tile.chunks_exact_mut(KT).enumerate() {
-            for (r, pair) in row.chunks_exact_mut(2).enumerate() {
-                let w = words[r * T + p];
-                pair[0] = w as u16;
-                pair[1] = (w >> 16) as u16;
+            if in_place {
+                _mm512_storeu_si512(tile.as_mut_ptr().add(q * KT).cast(), v);
+            } else {
+                let at = _mm512_add_epi32(column, _mm512_set1_epi32(q as i32));
+                _mm512_i32scatter_epi32::<4>(tile.as_mut_ptr().cast(), at, v);
             }
         }
     }
@@ -332,6 +427,33 @@ mod tests {
         assert_eq!(pack_rhs(&a, (1, k), k, m).data(), pairs);
         assert_eq!(pack_rhs(&at, (m, 1), k, m).data(), pairs);
         assert_eq!(pack_rhs(&wide, (2 * m, 2), k, m).data(), pairs);
+    }
+
+    #[test]
+    fn blocks_filled_in_place_equal_the_packed_matrix() {
+        // Y [70, 45]: blocks cut at both edges, stored one by one in each role
+        let (m, n) = (70, 45);
+        let y = uniform(m * n, 21, 3.0);
+        let roles = [
+            (Role::Lhs, pack_lhs(&y, (n, 1), m, n)),
+            (Role::LhsTransposed, pack_lhs(&y, (1, n), n, m)),
+            (Role::Rhs, pack_rhs(&y, (n, 1), m, n)),
+        ];
+        for (role, want) in roles {
+            let filler = Filler::new(role, (m, n));
+            for r0 in (0..m).step_by(2 * T) {
+                for c0 in (0..n).step_by(2 * T) {
+                    let mut block = [0f32; 4 * T * T];
+                    for r in 0..(m - r0).min(2 * T) {
+                        for c in 0..(n - c0).min(2 * T) {
+                            block[r * 2 * T + c] = y[(r0 + r) * n + c0 + c];
+                        }
+                    }
+                    filler.store(r0, c0, &block);
+                }
+            }
+            assert_eq!(filler.finish().data(), want.data(), "{role:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@ simd_dispatch! {
     }
 }
 
+/// `x ← x Φ(x)` in place, in parallel (the values of [`gelu_into`]).
+pub(crate) fn gelu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(ELEMS_PER_CHUNK).for_each(gelu_in_place_chunk)
+}
+
 /// `x ← x Φ(x)` in place on one piece, on this thread: for a product's output as it is
 /// computed (the values of [`gelu_into`]).
 pub(crate) fn gelu_segment(x: &mut [f32]) {
@@ -46,6 +51,13 @@ pub(crate) fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(ELEMS_PER_CHUNK)
         .zip(x.par_chunks(ELEMS_PER_CHUNK))
         .for_each(|(gc, xc)| gelu_backward_chunk(xc, gc))
+}
+
+/// `g ← g · GELU'(x)` in place on one piece, on this thread (the values of
+/// [`gelu_backward_in_place`]).
+pub(crate) fn gelu_backward_segment(x: &[f32], g: &mut [f32]) {
+    assert_eq!(x.len(), g.len());
+    gelu_backward_chunk(x, g)
 }
 
 simd_dispatch! {

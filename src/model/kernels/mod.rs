@@ -17,10 +17,12 @@
 
 pub mod amx;
 mod amx_block;
+pub(crate) mod amx_ffn;
 pub mod amx_pack;
 mod attention;
 mod buffer;
 mod dropout;
+pub(crate) mod ffn;
 mod gelu;
 mod int8_simd;
 mod layer_norm;
@@ -33,14 +35,12 @@ pub mod qlinear;
 mod simd;
 mod tiles;
 
-pub(crate) use amx::Then;
 pub use attention::attention;
 pub(crate) use attention::AttentionOp;
 pub(crate) use buffer::{as_uninit, f32_slice, filled, Slices};
 pub use dropout::{dropout, keep_mask};
 pub(crate) use dropout::{dropped, optional_keep_mask};
 pub use gelu::gelu_erf;
-pub(crate) use gelu::{gelu_backward_in_place, gelu_into, gelu_segment};
 pub use layer_norm::{add_layer_norm, layer_norm};
 pub(crate) use layer_norm::{add_layer_norm_rows, layer_norm_backward_into};
 pub use linear::linear;

@@ -3,14 +3,13 @@
 //! (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the optimizer, so only models loaded for inference carry one, and a backward pass through it
 //! fails loudly instead of stopping the gradient.
 
-use super::amx::{AmxLinear, Then};
+use super::amx::AmxLinear;
 use super::buffer::{f32_slice, filled};
 use super::linear::linear_into;
 use super::panels::PanelLinear;
 use super::panels_bf16::Bf16PanelLinear;
 use super::qlinear::{QuantizedLinear, QuantizedRows};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -100,16 +99,14 @@ pub(crate) type Projection<'a> = (&'a [f32], &'a [f32], Option<&'a Prepared>);
 /// prepared form where a layer has one (int8 activations quantised, or bf16 ones packed, once
 /// for all of them), by gemm otherwise, and by gemm for float32 from
 /// [`super::panels::gemm_rows`] rows on (so a large batch is never slower than the training
-/// forward). An element-wise `then` runs on the result: on AMX on each piece as it is computed,
-/// otherwise in a pass after.
-pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection], then: Option<Then>) -> Vec<f32> {
+/// forward).
+pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) -> Vec<f32> {
     let total: usize = layers.iter().map(|l| l.1.len()).sum();
     let int8 = layers.iter().any(|l| matches!(l.2, Some(Prepared::Int8(_))));
     let rows = int8.then(|| QuantizedRows::new(x, (m, k)));
     let amx = layers.iter().any(|l| matches!(l.2, Some(Prepared::Amx(_))));
-    let all_amx = layers.iter().all(|l| matches!(l.2, Some(Prepared::Amx(_))));
     let tiles = amx.then(|| AmxLinear::pack_input(x, m));
-    let mut y = filled(m * total, |out| {
+    filled(m * total, |out| {
         let mut offset = 0;
         for &(w, b, prepared) in layers {
             let n = b.len();
@@ -118,19 +115,12 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection], 
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
                 (Some(Prepared::F32(p)), _) if m < super::panels::gemm_rows() => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
-                (Some(Prepared::Amx(p)), _) => {
-                    let packed = tiles.as_ref().expect("packed above");
-                    p.forward_packed_then(packed, dst, total, then.filter(|_| all_amx))
-                }
+                (Some(Prepared::Amx(p)), _) => p.forward_packed(tiles.as_ref().expect("packed above"), dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
             }
             offset += n;
         }
-    });
-    if let Some(then) = then.filter(|_| !all_amx) {
-        y.par_chunks_mut(total.max(1)).enumerate().for_each(|(row, values)| then(row, 0, values));
-    }
-    y
+    })
 }
 
 struct PreparedOp(Arc<Prepared>);
