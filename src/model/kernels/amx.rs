@@ -24,6 +24,7 @@ use super::amx_block::{write_block, BiasRow, Block, Init, Output, Tiles};
 use super::amx_pack::{pack_lhs, pack_rhs, Packed, T};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// Where each output's sum starts.
 #[derive(Clone, Copy)]
@@ -52,6 +53,20 @@ pub fn matmul_pieces(start: Start, a: &Packed, b: &Packed, then: Then) {
     run(Output { ptr: None, rs: 0, init: Init::Zero, then: Some(then) }, start, a, b)
 }
 
+/// How the sums start, as the blocks read it, with the bias row it points into (which the
+/// caller keeps while the product runs).
+fn init(start: Start, n: usize) -> (Init, Option<BiasRow>) {
+    match start {
+        Start::Zero => (Init::Zero, None),
+        Start::Dst => (Init::Dst, None),
+        Start::Bias(b) => {
+            let row = BiasRow::new(b, n);
+            // the row's values stay where they are when `row` moves (a Vec's heap buffer)
+            (Init::Row(row.0.as_ptr().cast()), Some(row))
+        }
+    }
+}
+
 fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
     assert!(available(), "AMX bf16 kernel called on a CPU without it");
     assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
@@ -59,15 +74,8 @@ fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
     if m == 0 || n == 0 {
         return;
     }
-    let bias = match start {
-        Start::Bias(b) => Some(BiasRow::new(b, n)),
-        _ => None,
-    };
-    out.init = match start {
-        Start::Zero => Init::Zero,
-        Start::Dst => Init::Dst,
-        Start::Bias(_) => Init::Row(bias.as_ref().expect("made above").0.as_ptr().cast()),
-    };
+    let (init, _bias) = init(start, n);
+    out.init = init;
     // Tasks of 128 rows × 512 columns: the task's A tiles (192 KiB at k = 768) and B tiles
     // (768 KiB) stay in L2 while every 32 × 32 block of it is computed, B's 32 columns reused
     // by the 4 row blocks under them while in L1.
@@ -75,27 +83,75 @@ fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
     let row_tasks = row_pairs.div_ceil(ROW_PAIRS_PER_TASK);
     let col_tasks = col_pairs.div_ceil(COL_PAIRS_PER_TASK);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
-        let _tiles = Tiles::configure();
+        let tiles = Tiles::configure();
         let (rt, ct) = (task % row_tasks, task / row_tasks);
         let rows = rt * ROW_PAIRS_PER_TASK..((rt + 1) * ROW_PAIRS_PER_TASK).min(row_pairs);
-        for cb in ct * COL_PAIRS_PER_TASK..((ct + 1) * COL_PAIRS_PER_TASK).min(col_pairs) {
-            let bs = ([b.block(2 * cb), b.block(2 * cb + 1)], b.step());
-            for rb in rows.clone() {
-                let at = Block {
-                    row: rb * 2 * T,
-                    col: cb * 2 * T,
-                    rows: (m - rb * 2 * T).min(2 * T),
-                    cols: (n - cb * 2 * T).min(2 * T),
-                };
-                let rows_of_a = ([a.block(2 * rb), a.block(2 * rb + 1)], a.step());
-                // SAFETY: the block's rows and columns lie inside the output (the callers assert
-                // its length; `at` is clipped to m × n); each task writes only its own block of
-                // rows and columns, so no two tasks touch the same element, and the output is
-                // borrowed mutably for the whole call; the bias row lives until the call returns.
-                unsafe { write_block(&out, at, rows_of_a, bs, a.k_tiles) };
-            }
-        }
+        let cols = ct * COL_PAIRS_PER_TASK..((ct + 1) * COL_PAIRS_PER_TASK).min(col_pairs);
+        // SAFETY: the callers' contract for the output (see `run_blocks`); tasks cover disjoint
+        // blocks.
+        unsafe { run_blocks(&tiles, &out, a, b, rows, cols) };
     });
+}
+
+/// The 32 × 32 blocks of `rows × cols` (in pairs of 16-row and 16-column blocks), column pair
+/// by column pair, on this thread.
+///
+/// # Safety
+/// The output's blocks there lie inside what `out.ptr` may write (the callers assert its
+/// length against m × n), and no other thread writes them meanwhile.
+unsafe fn run_blocks(_tiles: &Tiles, out: &Output, a: &Packed, b: &Packed, rows: Range<usize>, cols: Range<usize>) {
+    let (m, n) = (a.rows, b.rows);
+    for cb in cols {
+        let bs = ([b.block(2 * cb), b.block(2 * cb + 1)], b.step());
+        for rb in rows.clone() {
+            let at = Block {
+                row: rb * 2 * T,
+                col: cb * 2 * T,
+                rows: (m - rb * 2 * T).min(2 * T),
+                cols: (n - cb * 2 * T).min(2 * T),
+            };
+            let rows_of_a = ([a.block(2 * rb), a.block(2 * rb + 1)], a.step());
+            // SAFETY: the block's rows and columns lie inside the output (`at` is clipped to
+            // m × n; the caller's contract), no other thread touches them, and the bias row
+            // lives until the product returns; the tiles are configured (`_tiles`).
+            unsafe { write_block(out, at, rows_of_a, bs, a.k_tiles) };
+        }
+    }
+}
+
+/// Small products one after another on this thread (attention's per-head products), with the
+/// tiles configured once for all of them: no rayon call may run while one lives (rayon could
+/// run another product's task here, which would configure and then release the tiles).
+pub struct Serial {
+    tiles: Tiles,
+    /// The tile configuration belongs to this thread.
+    _here: std::marker::PhantomData<*const ()>,
+}
+
+impl Serial {
+    pub fn new() -> Serial {
+        Serial { tiles: Tiles::configure(), _here: std::marker::PhantomData }
+    }
+
+    /// [`matmul`] on this thread.
+    pub fn matmul(&self, dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
+        assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
+        let (m, n) = (a.rows, b.rows);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(dst.len() >= (m - 1) * dst_rs + n);
+        let (init, _bias) = init(start, n);
+        let out = Output { ptr: Some(dst.as_mut_ptr().cast::<f32>()), rs: dst_rs, init, then: None };
+        // SAFETY: `dst` holds every block (asserted above) and is borrowed mutably here.
+        unsafe { run_blocks(&self.tiles, &out, a, b, 0..a.blocks() / 2, 0..b.blocks() / 2) };
+    }
+}
+
+impl Default for Serial {
+    fn default() -> Serial {
+        Serial::new()
+    }
 }
 
 /// A linear layer for inference on AMX (`--dtype bf16`): the weight rounded to bf16 and packed

@@ -172,13 +172,23 @@ fn round_tile(src: &[f32], strides: (usize, usize), layout: Layout, tile: &mut [
 
 /// Packs `A[m, k]` (element `(i, j)` at `src[i * rs + j * cs]`) as the left operand.
 pub fn pack_lhs(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
-    pack(src, (rs, cs), m, k, Layout::Rows)
+    pack(src, (rs, cs), m, k, Layout::Rows, true)
+}
+
+/// [`pack_lhs`] on this thread (for `amx::Serial`'s products, where no rayon call may run).
+pub fn pack_lhs_serial(src: &[f32], (rs, cs): (usize, usize), m: usize, k: usize) -> Packed {
+    pack(src, (rs, cs), m, k, Layout::Rows, false)
 }
 
 /// Packs `B[k, n]` (element `(j, c)` at `src[j * rs + c * cs]`) as the right operand: per block
 /// of 16 columns, tiles whose row `p` holds, for each column, the pair `B[2p], B[2p + 1]` of k.
 pub fn pack_rhs(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Packed {
-    pack(src, (cs, rs), n, k, Layout::Pairs)
+    pack(src, (cs, rs), n, k, Layout::Pairs, true)
+}
+
+/// [`pack_rhs`] on this thread.
+pub fn pack_rhs_serial(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize) -> Packed {
+    pack(src, (cs, rs), n, k, Layout::Pairs, false)
 }
 
 /// How a tile holds its 16 lines (rows of A, columns of B) of 32 values along k.
@@ -195,13 +205,13 @@ enum Layout {
 /// contiguous, k-major when the lines are), so that neighbouring tiles read neighbouring memory;
 /// a whole tile is rounded straight from the source ([`direct_avx512`]), a tile cut by an edge
 /// (or a source with no unit stride) is gathered into a 16 × 32 f32 block first ([`gathered`]).
-fn pack(src: &[f32], strides: (usize, usize), rows: usize, k: usize, layout: Layout) -> Packed {
+fn pack(src: &[f32], strides: (usize, usize), rows: usize, k: usize, layout: Layout, parallel: bool) -> Packed {
     let k_tiles = k.div_ceil(KT);
     let blocks = rows.div_ceil(2 * T) * 2;
     let mut lines = vec![TileRow([0; KT]); blocks * k_tiles * T];
     let out = SendPtr(lines.as_mut_ptr().cast::<u16>());
     let k_major = strides.1 != 1;
-    (0..blocks * k_tiles).into_par_iter().for_each(|i| {
+    let tile_task = |i: usize| {
         let (b, t) = if k_major { (i % blocks, i / blocks) } else { (i / k_tiles, i % k_tiles) };
         let (r0, j0) = (b * T, t * KT);
         let (nr, nj) = (T.min(rows.saturating_sub(r0)), KT.min(k - j0));
@@ -223,7 +233,11 @@ fn pack(src: &[f32], strides: (usize, usize), rows: usize, k: usize, layout: Lay
         let mut block = [0f32; TILE];
         gathered(&mut block, layout, (nr, nj), |r, j| src[at(r, j)]);
         convert(layout, &block, tile);
-    });
+    };
+    match parallel {
+        true => (0..blocks * k_tiles).into_par_iter().for_each(tile_task),
+        false => (0..blocks * k_tiles).for_each(tile_task),
+    }
     Packed { lines, rows, k_tiles }
 }
 

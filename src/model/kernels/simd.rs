@@ -19,6 +19,20 @@ pub(crate) fn lane_sum(xs: &[f32]) -> f32 {
     s
 }
 
+/// The largest value (−∞ for none), over 16 lanes so that it vectorises (the same value as in
+/// any order: max is exact).
+#[inline]
+pub(crate) fn lane_max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    chunks.remainder().iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
 #[inline]
 pub(crate) fn lane_dot(xs: &[f32], ys: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
