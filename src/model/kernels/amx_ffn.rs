@@ -3,22 +3,25 @@
 //! each 32 × 32 block of a product's output while it is in L1 ([`amx::matmul_pieces`]):
 //!
 //! ```text
-//! forward   f = h W1ᵀ + b1, per block: keep f (block order), g = GELU(f), g packed as the
-//!           left operand of o = g W2ᵀ + b2 (and, to train, as the right one of dW2 = doᵀ g)
-//! backward  dg = do W2, per block: df = dg GELU'(f), packed as the left operand of
-//!           dh += df W1 and, transposed, of dW1 = dfᵀ h; db1's partial sums
-//!           dW2 = doᵀ g, db2 = Σ do
+//! forward   f = h W1ᵀ + b1, per block: f rounded to bf16 (kept, in block order, to train),
+//!           g = GELU(f) packed as the left operand of o = g W2ᵀ + b2
+//! backward  dg = do W2, per block: g = GELU(f) packed as the right operand of dW2 = doᵀ g;
+//!           df = dg GELU'(f) packed as the left operand of dh += df W1 and, transposed, of
+//!           dW1 = dfᵀ h; db1's partial sums
 //! ```
 //!
-//! The unfused path writes f, g, dg and df as `tokens × 3072` floats, passes over each for
-//! GELU or its derivative, and reads g and df again to round and pack them: about a third of a
-//! bf16 step's time went there. Here no 3072-wide float32 array is written but f (in block order,
-//! for GELU'). The values are the unfused path's (the same products, the same GELU formulas on
-//! the same numbers, the same rounding); only db1's sums run in another order: per 32-row block,
-//! then the blocks in order (the same on any thread count).
+//! f is rounded to bf16 before GELU, as under `torch.autocast` (where the first product's output
+//! is bf16): so that the backward can make g again from the 2 bytes per value it keeps, with
+//! the forward's values. The unfused path wrote f, g, dg and df as `tokens × 3072` floats,
+//! passed over each for GELU or its derivative, and read g and df again to round and pack them:
+//! about a third of a bf16 step's time went there. Here the only 3072-wide array that reaches
+//! memory unpacked is f in bf16. The values are those of passes doing the same (the same
+//! products, GELU formulas, rounding; `the_fused_block_gives_the_passes_values`); only db1's
+//! sums run in another order: per 32-row block, then the blocks in order (the same on any
+//! thread count).
 
 use super::amx::{self, Piece, Start};
-use super::amx_pack::{pack_lhs, pack_rhs, Filler, Packed, Role};
+use super::amx_pack::{from_bf16, pack_lhs, pack_rhs, round_in_place, Filler, Packed, Role};
 use super::buffer::{as_uninit, filled};
 use super::gelu::{gelu_backward_segment, gelu_segment};
 use super::linear::column_sums;
@@ -28,11 +31,10 @@ use std::mem::MaybeUninit;
 const BLOCK: usize = 1024;
 const EDGE: usize = 32;
 
-/// What the backward pass needs from the forward: f in block order (block `(i, j)` of the
-/// `tokens × ffn` grid at `(i * col_blocks + j) * 1024`, row-major) and g as dW2's right operand.
+/// What the backward pass needs from the forward: f's bf16 bits in block order (block `(i, j)`
+/// of the `tokens × ffn` grid at `(i * col_blocks + j) * 1024`, row-major).
 pub(crate) struct Saved {
-    f: Vec<f32>,
-    g: Packed,
+    f: Vec<u16>,
 }
 
 /// The gradients of the block's parameters.
@@ -55,49 +57,43 @@ pub(crate) fn forward(
     let (hp, (w1p, w2p)) =
         rayon::join(|| pack_lhs(h, (d, 1), m, d), || (pack_rhs(w1, (1, d), d, ffn), pack_rhs(w2, (1, ffn), ffn, d)));
     let mut f = keep.then(|| Vec::with_capacity(m.div_ceil(EDGE) * ffn.div_ceil(EDGE) * BLOCK));
-    let g = keep.then(|| Filler::new(Role::Rhs, (m, ffn)));
-    let g_lhs = gelu_forward(&hp, (&w1p, b1), f.as_mut().map(|f| f.spare_capacity_mut()), g.as_ref());
+    let g = gelu_forward(&hp, (&w1p, b1), f.as_mut().map(|f| f.spare_capacity_mut()));
     if let Some(f) = f.as_mut() {
         // SAFETY: `gelu_forward` wrote every block of the grid, each once (`matmul_pieces` hands
         // each over once), and the grid's blocks fill the capacity reserved above.
         unsafe { f.set_len(f.capacity()) };
     }
-    let o = filled(m * d, |o| amx::matmul(o, d, Start::Bias(b2), &g_lhs, &w2p));
-    (o, f.zip(g).map(|(f, g)| Saved { f, g: g.finish() }))
+    let o = filled(m * d, |o| amx::matmul(o, d, Start::Bias(b2), &g, &w2p));
+    (o, f.map(|f| Saved { f }))
 }
 
 /// Inference on weights packed at load: `o = GELU(h W1ᵀ + b1) W2ᵀ + b2` into `o [m, d]`.
 pub(crate) fn infer(h: &Packed, ff1: &amx::AmxLinear, ff2: &amx::AmxLinear, o: &mut [MaybeUninit<f32>]) {
     let g = Filler::new(Role::Lhs, (h.rows, ff1.out_features()));
     ff1.forward_pieces(h, &|p: Piece| {
+        round_in_place(p.values, &mut [0; BLOCK]);
         gelu_segment(p.values);
         g.store(p.row, p.col, p.values);
     });
     ff2.forward_packed(&g.finish(), o, ff2.out_features());
 }
 
-/// `g = GELU(h W1ᵀ + b1)` packed as the left operand of the second product; f kept in block
-/// order into `f`, and g packed by `g_rhs` as dW2's right operand, where given.
-fn gelu_forward(
-    h: &Packed,
-    (w1, b1): (&Packed, &[f32]),
-    f: Option<&mut [MaybeUninit<f32>]>,
-    g_rhs: Option<&Filler>,
-) -> Packed {
+/// `g = GELU(bf16(h W1ᵀ + b1))` packed as the left operand of the second product; the bits of
+/// bf16(f) kept in block order into `f`, where given.
+fn gelu_forward(h: &Packed, (w1, b1): (&Packed, &[f32]), f: Option<&mut [MaybeUninit<u16>]>) -> Packed {
     let (m, ffn) = (h.rows, w1.rows);
     let col_blocks = ffn.div_ceil(EDGE);
     let lhs = Filler::new(Role::Lhs, (m, ffn));
-    let f = f.map(|f| Blocks(f.as_mut_ptr().cast::<f32>(), f.len()));
+    let f = f.map(|f| Blocks(f.as_mut_ptr().cast::<u16>(), f.len()));
     amx::matmul_pieces(Start::Bias(b1), h, w1, &|p: Piece| {
+        let mut bits = [0u16; BLOCK];
+        round_in_place(p.values, &mut bits);
         if let Some(f) = &f {
             // SAFETY: each piece is handed over once, and its block of `f` is its own.
-            unsafe { f.write(((p.row / EDGE) * col_blocks + p.col / EDGE) * BLOCK, p.values) };
+            unsafe { f.write(((p.row / EDGE) * col_blocks + p.col / EDGE) * BLOCK, &bits) };
         }
         gelu_segment(p.values);
         lhs.store(p.row, p.col, p.values);
-        if let Some(rhs) = g_rhs {
-            rhs.store(p.row, p.col, p.values);
-        }
     });
     lhs.finish()
 }
@@ -115,9 +111,9 @@ pub(crate) fn backward(
         || (pack_lhs(d_o, (d, 1), m, d), pack_lhs(d_o, (1, d), d, m)),
         || (pack_rhs(w2, (ffn, 1), d, ffn), (pack_rhs(w1, (d, 1), ffn, d), pack_rhs(h, (d, 1), m, d))),
     );
-    let w2_grad = filled(d * ffn, |o| amx::matmul(o, ffn, Start::Zero, &do_t, &saved.g));
-    drop(do_t);
-    let (df, df_t, b1) = gelu_backward(&do_lhs, &w2p, &saved.f, ffn);
+    let (g, (df, df_t), b1) = gelu_backward(&do_lhs, &w2p, &saved.f, ffn);
+    let w2_grad = filled(d * ffn, |o| amx::matmul(o, ffn, Start::Zero, &do_t, &g));
+    drop((do_t, g));
     let w1_grad = filled(ffn * d, |o| amx::matmul(o, d, Start::Zero, &df_t, &hp));
     let grads = Grads { w1: w1_grad, b1, w2: w2_grad, b2: column_sums(d_o, d, m, d) };
     (grads, InputGradient { df, w1: w1p })
@@ -137,12 +133,13 @@ impl InputGradient {
     }
 }
 
-/// `df = (do W2) GELU'(f)`, packed as a left operand and, transposed, as another, with its
-/// column sums.
-fn gelu_backward(do_lhs: &Packed, w2: &Packed, f: &[f32], ffn: usize) -> (Packed, Packed, Vec<f32>) {
+/// `g = GELU(f)` packed as a right operand, `df = (do W2) GELU'(f)` packed as a left operand
+/// and, transposed, as another, and df's column sums.
+fn gelu_backward(do_lhs: &Packed, w2: &Packed, f: &[u16], ffn: usize) -> (Packed, (Packed, Packed), Vec<f32>) {
     let m = do_lhs.rows;
     let (row_blocks, col_blocks) = (m.div_ceil(EDGE), ffn.div_ceil(EDGE));
     assert_eq!(f.len(), row_blocks * col_blocks * BLOCK, "f of another shape");
+    let g = Filler::new(Role::Rhs, (m, ffn));
     let (df, df_t) = (Filler::new(Role::Lhs, (m, ffn)), Filler::new(Role::LhsTransposed, (m, ffn)));
     // per 32-row block, the column sums of its rows
     let mut partial = vec![MaybeUninit::<f32>::uninit(); row_blocks * col_blocks * EDGE];
@@ -150,8 +147,12 @@ fn gelu_backward(do_lhs: &Packed, w2: &Packed, f: &[f32], ffn: usize) -> (Packed
         let sums = Blocks(partial.as_mut_ptr().cast::<f32>(), partial.len());
         amx::matmul_pieces(Start::Zero, do_lhs, w2, &|p: Piece| {
             let i = (p.row / EDGE) * col_blocks + p.col / EDGE;
+            let f_block: [f32; BLOCK] = std::array::from_fn(|j| from_bf16(f[i * BLOCK + j]));
+            let mut g_block = f_block;
+            gelu_segment(&mut g_block);
+            g.store(p.row, p.col, &g_block);
             // past the edge dg is 0 (and f too): df stays 0 there
-            gelu_backward_segment(&f[i * BLOCK..(i + 1) * BLOCK], p.values);
+            gelu_backward_segment(&f_block, p.values);
             let mut column = [0f32; EDGE];
             for row in p.values.chunks_exact(EDGE).take(p.rows) {
                 column.iter_mut().zip(row).for_each(|(s, v)| *s += v);
@@ -168,22 +169,22 @@ fn gelu_backward(do_lhs: &Packed, w2: &Packed, f: &[f32], ffn: usize) -> (Packed
     for block_row in partial.chunks_exact(col_blocks * EDGE) {
         b1.iter_mut().zip(block_row).for_each(|(s, v)| *s += v);
     }
-    (df.finish(), df_t.finish(), b1)
+    (g.finish(), (df.finish(), df_t.finish()), b1)
 }
 
-/// A float buffer (possibly uninitialised) that the pieces of one product write into, each at
-/// places of its own.
-struct Blocks(*mut f32, usize);
+/// A buffer (possibly uninitialised) that the pieces of one product write into, each at places
+/// of its own.
+struct Blocks<T>(*mut T, usize);
 
 // SAFETY: only written through `write`, whose callers write disjoint places.
-unsafe impl Sync for Blocks {}
+unsafe impl<T> Sync for Blocks<T> {}
 
-impl Blocks {
+impl<T: Copy> Blocks<T> {
     /// Copies `values` to `start..start + values.len()`.
     ///
     /// # Safety
     /// No other thread may use that range at the same time.
-    unsafe fn write(&self, start: usize, values: &[f32]) {
+    unsafe fn write(&self, start: usize, values: &[T]) {
         assert!(start + values.len() <= self.1);
         // SAFETY: inside the buffer (asserted), and this range is the caller's alone; `values`
         // is a separate borrow, so the two do not overlap.
@@ -202,9 +203,16 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// The unfused passes under `precision::cpu_bf16` (the layer's path before this file):
-    /// `[o, dh, dW1, db1, dW2, db2]`.
-    fn unfused(
+    /// f rounded to bf16, as a pass.
+    fn rounded(f: &[f32]) -> Vec<f32> {
+        let (mut f, mut bits) = (f.to_vec(), vec![0; f.len()]);
+        round_in_place(&mut f, &mut bits);
+        f
+    }
+
+    /// The same computed in passes under `precision::cpu_bf16` (the layer's path before this
+    /// file, with f rounded to bf16 before GELU): `[o, dh, dW1, db1, dW2, db2]`.
+    fn passes(
         h: &[f32],
         p: &[Vec<f32>; 4],
         d_o: &[f32],
@@ -213,7 +221,7 @@ mod tests {
     ) -> [Vec<f32>; 6] {
         let _bf16 = crate::model::precision::cpu_bf16(true);
         let [w1, b1, w2, b2] = p;
-        let f = filled(m * ffn, |o| linear_into(o, ffn, h, w1, b1, (m, ffn, d)));
+        let f = rounded(&filled(m * ffn, |o| linear_into(o, ffn, h, w1, b1, (m, ffn, d))));
         let g = filled(m * ffn, |o| gelu_into(&f, o));
         let o = filled(m * d, |o| linear_into(o, d, &g, w2, b2, (m, d, ffn)));
         let mut dg = filled(m * ffn, |o| matmul_into(o, false, (m, ffn, d), d_o, (d, 1), w2, (ffn, 1)));
@@ -238,9 +246,9 @@ mod tests {
     }
 
     #[test]
-    fn the_fused_block_gives_the_unfused_passes_values() {
+    fn the_fused_block_gives_the_passes_values() {
         if !amx::available() {
-            eprintln!("the_fused_block_gives_the_unfused_passes_values: NOT CHECKED here (no AMX bf16 on this CPU)");
+            eprintln!("the_fused_block_gives_the_passes_values: NOT CHECKED here (no AMX bf16 on this CPU)");
             return;
         }
         // blocks cut at every edge (70 rows, 48 wide, 100 inner)
@@ -248,23 +256,23 @@ mod tests {
         let h = uniform(m * d, 1, 1.0);
         let p = [uniform(ffn * d, 2, 0.3), uniform(ffn, 3, 0.1), uniform(d * ffn, 4, 0.3), uniform(d, 5, 0.1)];
         let (d_o, dh) = (uniform(m * d, 6, 1.0), uniform(m * d, 7, 1.0));
-        let want = unfused(&h, &p, &d_o, &dh, (m, d, ffn));
+        let want = passes(&h, &p, &d_o, &dh, (m, d, ffn));
         let got = on_threads(2, || fused(&h, &p, &d_o, &dh, (m, d, ffn)));
         assert_eq!(bits(&on_threads(1, || fused(&h, &p, &d_o, &dh, (m, d, ffn)))[3]), bits(&got[3]), "db1 on 1 thread");
         for (i, name) in [(0, "o"), (1, "dh"), (2, "dW1"), (4, "dW2"), (5, "db2")] {
             assert_eq!(bits(&got[i]), bits(&want[i]), "{name}: the same values");
         }
         // db1 sums the same values in another order: within 2⁻²² of the sum of their magnitudes
-        // (8.0e-8 of it measured on a Xeon with AMX, a factor 3 below)
+        // (9.4e-8 of it measured on a Xeon with AMX, a factor 2.5 below)
         let mut df = vec![0f32; m * ffn];
         df.copy_from_slice(&filled(m * ffn, |o| {
             let _bf16 = crate::model::precision::cpu_bf16(true);
             matmul_into(o, false, (m, ffn, d), &d_o, (d, 1), &p[2], (ffn, 1))
         }));
-        let f = filled(m * ffn, |o| {
+        let f = rounded(&filled(m * ffn, |o| {
             let _bf16 = crate::model::precision::cpu_bf16(true);
             linear_into(o, ffn, &h, &p[0], &p[1], (m, ffn, d))
-        });
+        }));
         gelu_backward_in_place(&f, &mut df);
         let mut worst = 0f32;
         for c in 0..ffn {

@@ -156,6 +156,42 @@ impl Filler {
     }
 }
 
+/// Rounds `values` to bf16 (nearest even) in place, the bf16 bits into `bits`: as
+/// [`to_bf16`], 16 at a time by `vcvtneps2bf16` where the CPU has it (which also flushes
+/// subnormal values to zero).
+pub fn round_in_place(values: &mut [f32], bits: &mut [u16]) {
+    assert_eq!(values.len(), bits.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU has the instructions; the lengths match (asserted).
+        return unsafe { round_in_place_avx512(values, bits) };
+    }
+    for (v, b) in values.iter_mut().zip(bits) {
+        *b = to_bf16(*v);
+        *v = from_bf16(*b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn round_in_place_avx512(values: &mut [f32], bits: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let mut chunks = values.chunks_exact_mut(T);
+    let mut out = bits.chunks_exact_mut(T);
+    for (v, b) in (&mut chunks).zip(&mut out) {
+        // SAFETY: 16 f32 read from and written to `v`, 16 u16 written to `b` (both chunks of 16).
+        unsafe {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr())));
+            _mm256_storeu_si256(b.as_mut_ptr().cast(), h);
+            _mm512_storeu_si512(v.as_mut_ptr().cast(), _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+        }
+    }
+    for (v, b) in chunks.into_remainder().iter_mut().zip(out.into_remainder()) {
+        *b = to_bf16(*v);
+        *v = from_bf16(*b);
+    }
+}
+
 /// One whole 16 × 32 tile from `src` (line `q`, value `j` at `q * strides.0 + j * strides.1`,
 /// one stride 1): straight by the vector path where the CPU has it, else gathered.
 fn round_tile(src: &[f32], strides: (usize, usize), layout: Layout, tile: &mut [u16]) {
@@ -493,6 +529,15 @@ mod tests {
         if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") {
             let v = uniform(TILE, 8, 3.0);
             let block: [f32; TILE] = std::array::from_fn(|i| v[i]);
+            let (mut plain, mut simd) = (v.clone(), v.clone());
+            let (mut plain_bits, mut simd_bits) = (vec![0u16; TILE], vec![0u16; TILE]);
+            for (x, b) in plain.iter_mut().zip(&mut plain_bits) {
+                *b = to_bf16(*x);
+                *x = from_bf16(*b);
+            }
+            // SAFETY: the CPU has the instructions (checked above).
+            unsafe { round_in_place_avx512(&mut simd, &mut simd_bits) };
+            assert_eq!((plain, plain_bits), (simd, simd_bits));
             for layout in [Layout::Rows, Layout::Pairs] {
                 let (mut plain, mut simd) = (vec![0u16; TILE], vec![0u16; TILE]);
                 convert_plain(layout, &block, &mut plain);
