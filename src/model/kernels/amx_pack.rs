@@ -24,7 +24,7 @@ pub(super) const TILE: usize = T * KT;
 /// off, 10 ns aligned).
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
-struct TileRow([u16; KT]);
+pub(super) struct TileRow(pub(super) [u16; KT]);
 
 /// f32 → bf16, rounded to nearest even (NaN stays NaN), as `torch`'s and `vcvtneps2bf16` do.
 #[inline(always)]
@@ -47,7 +47,7 @@ pub fn from_bf16(h: u16) -> f32 {
 /// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
 #[derive(Debug)]
 pub struct Packed {
-    lines: Vec<TileRow>,
+    pub(super) lines: Vec<TileRow>,
     pub(super) rows: usize,
     pub(super) k_tiles: usize,
 }
@@ -62,7 +62,7 @@ impl Packed {
         &self.data()[b * self.k_tiles * TILE..(b + 1) * self.k_tiles * TILE]
     }
 
-    fn data(&self) -> &[u16] {
+    pub(super) fn data(&self) -> &[u16] {
         // SAFETY: `TileRow` is 32 u16 with no padding (size 64, align 64), so the rows are
         // `32 * len` initialised u16 in one allocation, borrowed as long as `self`.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * KT) }
@@ -70,89 +70,6 @@ impl Packed {
 
     pub(super) fn step(&self) -> usize {
         TILE
-    }
-}
-
-/// What a product's output `Y [m, n]` becomes as a [`Packed`] operand of the next product.
-#[derive(Clone, Copy, Debug)]
-pub enum Role {
-    /// `Y` as the left operand (its rows the lines, k along its columns).
-    Lhs,
-    /// `Yᵀ` as the left operand (its columns the lines, k along its rows).
-    LhsTransposed,
-    /// `Y` as the right operand (k along its rows, its columns the lines).
-    Rhs,
-}
-
-/// Builds a [`Packed`] operand from the 32 × 32 blocks of a product's output `Y` as they are
-/// computed (`amx::matmul_pieces`), from several threads at once: each block of Y's grid is
-/// stored exactly once (checked), and together they write every tile, padding included.
-pub struct Filler {
-    lines: Vec<TileRow>,
-    out: SendPtr<u16>,
-    rows: usize,
-    k_tiles: usize,
-    role: Role,
-    /// Per block of Y's grid (row-major), whether it was stored.
-    stored: Vec<std::sync::atomic::AtomicBool>,
-    grid_cols: usize,
-}
-
-impl Filler {
-    /// For `Y [m, n]` in the given role.
-    pub fn new(role: Role, (m, n): (usize, usize)) -> Filler {
-        let (rows, k) = match role {
-            Role::Lhs => (m, n),
-            Role::LhsTransposed | Role::Rhs => (n, m),
-        };
-        let (blocks, k_tiles) = (rows.div_ceil(2 * T) * 2, k.div_ceil(KT));
-        let mut lines: Vec<TileRow> = Vec::with_capacity(blocks * k_tiles * T);
-        let out = SendPtr(lines.as_mut_ptr().cast::<u16>());
-        let grid = m.div_ceil(2 * T) * n.div_ceil(2 * T);
-        let stored = (0..grid).map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-        Filler { lines, out, rows, k_tiles, role, stored, grid_cols: n.div_ceil(2 * T) }
-    }
-
-    /// Rounds the block of `Y` whose first row is `row` and first column `col` (multiples of
-    /// 32), held row-major 32 values a row (zeros past `Y`'s edge), into its two tiles.
-    pub fn store(&self, row: usize, col: usize, block: &[f32; 4 * T * T]) {
-        assert!(row.is_multiple_of(2 * T) && col.is_multiple_of(2 * T), "a block at ({row}, {col})");
-        let grid_row = row / (2 * T);
-        let first = &self.stored[grid_row * self.grid_cols + col / (2 * T)];
-        assert!(col / (2 * T) < self.grid_cols, "a block at ({row}, {col}) outside the output");
-        assert!(!first.swap(true, std::sync::atomic::Ordering::Relaxed), "the block at ({row}, {col}) stored twice");
-        let (lines_along_rows, layout) = match self.role {
-            Role::Lhs => (true, Layout::Rows),
-            Role::LhsTransposed => (false, Layout::Rows),
-            Role::Rhs => (false, Layout::Pairs),
-        };
-        let (first_line, k) = if lines_along_rows { (row, col) } else { (col, row) };
-        let (line_block, k_tile) = (first_line / T, k / KT);
-        for h in 0..2 {
-            // line q, value j of this half at src[q * line_stride + j * k_stride]
-            let (src, strides) = match lines_along_rows {
-                true => (&block[h * T * 2 * T..(h + 1) * T * 2 * T], (2 * T, 1)),
-                false => (&block[h * T..h * T + (T - 1) + (KT - 1) * 2 * T + 1], (1, 2 * T)),
-            };
-            // SAFETY: tile (line_block + h, k_tile) lies inside the allocation (the block is on
-            // the output's grid, checked above, and the allocation holds the tiles of every
-            // block of it); only this block writes it (each block is stored once, checked).
-            let tile = unsafe {
-                std::slice::from_raw_parts_mut(self.out.0.add(((line_block + h) * self.k_tiles + k_tile) * TILE), TILE)
-            };
-            round_tile(src, strides, layout, tile);
-        }
-    }
-
-    /// The operand, once every block of the grid was stored.
-    pub fn finish(mut self) -> Packed {
-        let missing = self.stored.iter().filter(|s| !s.load(std::sync::atomic::Ordering::Relaxed)).count();
-        assert_eq!(missing, 0, "{missing} blocks of the output were never stored");
-        // SAFETY: every block of the grid stored its two tiles (checked just above), and the
-        // grid's blocks cover every tile of the allocation: 32 lines (two 16-line blocks) by one
-        // k tile each, over all line blocks and k tiles.
-        unsafe { self.lines.set_len(self.lines.capacity()) };
-        Packed { lines: std::mem::take(&mut self.lines), rows: self.rows, k_tiles: self.k_tiles }
     }
 }
 
@@ -194,7 +111,7 @@ unsafe fn round_in_place_avx512(values: &mut [f32], bits: &mut [u16]) {
 
 /// One whole 16 × 32 tile from `src` (line `q`, value `j` at `q * strides.0 + j * strides.1`,
 /// one stride 1): straight by the vector path where the CPU has it, else gathered.
-fn round_tile(src: &[f32], strides: (usize, usize), layout: Layout, tile: &mut [u16]) {
+pub(super) fn round_tile(src: &[f32], strides: (usize, usize), layout: Layout, tile: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
         // SAFETY: the CPU has the instructions; `src` holds the tile's 16 lines × 32 values
@@ -229,7 +146,7 @@ pub fn pack_rhs_serial(src: &[f32], (rs, cs): (usize, usize), k: usize, n: usize
 
 /// How a tile holds its 16 lines (rows of A, columns of B) of 32 values along k.
 #[derive(Clone, Copy)]
-enum Layout {
+pub(super) enum Layout {
     /// Line `r` is tile row `r` (A).
     Rows,
     /// Tile row `p` holds the pairs `2p, 2p + 1` of every line side by side (B).
@@ -396,7 +313,7 @@ unsafe fn convert_avx512(layout: Layout, block: &[f32; TILE], tile: &mut [u16]) 
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr<E>(*mut E);
+pub(super) struct SendPtr<E>(pub(super) *mut E);
 // SAFETY: the pointer is only used to write disjoint parts of one mutably borrowed buffer (see
 // `matmul` and `pack`), never shared state.
 unsafe impl<E> Send for SendPtr<E> {}
@@ -477,33 +394,6 @@ mod tests {
         assert_eq!(pack_rhs(&a, (1, k), k, m).data(), pairs);
         assert_eq!(pack_rhs(&at, (m, 1), k, m).data(), pairs);
         assert_eq!(pack_rhs(&wide, (2 * m, 2), k, m).data(), pairs);
-    }
-
-    #[test]
-    fn blocks_filled_in_place_equal_the_packed_matrix() {
-        // Y [70, 45]: blocks cut at both edges, stored one by one in each role
-        let (m, n) = (70, 45);
-        let y = uniform(m * n, 21, 3.0);
-        let roles = [
-            (Role::Lhs, pack_lhs(&y, (n, 1), m, n)),
-            (Role::LhsTransposed, pack_lhs(&y, (1, n), n, m)),
-            (Role::Rhs, pack_rhs(&y, (n, 1), m, n)),
-        ];
-        for (role, want) in roles {
-            let filler = Filler::new(role, (m, n));
-            for r0 in (0..m).step_by(2 * T) {
-                for c0 in (0..n).step_by(2 * T) {
-                    let mut block = [0f32; 4 * T * T];
-                    for r in 0..(m - r0).min(2 * T) {
-                        for c in 0..(n - c0).min(2 * T) {
-                            block[r * 2 * T + c] = y[(r0 + r) * n + c0 + c];
-                        }
-                    }
-                    filler.store(r0, c0, &block);
-                }
-            }
-            assert_eq!(filler.finish().data(), want.data(), "{role:?}");
-        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod amx;
 mod amx_block;
 pub(crate) mod amx_ffn;
+pub mod amx_fill;
 pub mod amx_pack;
 mod attention;
 mod buffer;
