@@ -1,7 +1,9 @@
 //! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
 //! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
 //! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. Under
-//! `precision::cpu_bf16` the linear layers' products run in bf16 on AMX tiles (`amx`). For
+//! `precision::cpu_bf16` the linear layers' products run in bf16 on AMX tiles (`amx`), the
+//! feed-forward block fused around them (`amx_ffn`), and attention's per-head products where the
+//! tiles pay. For
 //! inference only, linear layers whose weights were prepared at load: float32 panels, bf16 (AMX
 //! tiles or panels), and int8.
 //!
