@@ -286,10 +286,8 @@ impl CustomOp2 for EncoderLayerOp {
         grads[LN2_B] = Some(db.to_vec());
         // o2 = GELU(h1 W1ᵀ + b1) W2ᵀ + b2; h1 also feeds z2 directly
         let mut dh1 = dz2;
-        let do2 = match &self.drop2.0 {
-            Some(mask) => kernels::dropped(mask, self.drop2.1, &dh1),
-            None => dh1.clone(),
-        };
+        // a copy where there is no dropout: dh1 is accumulated into while do2 is read
+        let do2 = masked(&self.drop2, &dh1).into_owned();
         let g = ffn::backward(&do2, &sv.ffn, &self.ffn_weights(&w), &sv.h1, &mut dh1, (m, d, ffn_width), &mut section);
         drop(do2);
         [grads[W1], grads[B1], grads[W2], grads[B2]] = [g.w1, g.b1, g.w2, g.b2].map(Some);

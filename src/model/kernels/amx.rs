@@ -40,9 +40,14 @@ pub enum Start<'a> {
 /// `dst[i, c] = start + Σ_j A[i, j] B[j, c]` for the packed operands (`a`: m rows, `b`: n
 /// columns, the same k); `dst` rows `dst_rs` apart. Needs [`available`].
 pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
+    run(output_in(dst, dst_rs, a, b), start, a, b, None)
+}
+
+/// The output `dst` (rows `dst_rs` apart) of `a · b`, checked to hold it.
+fn output_in<'a>(dst: &mut [MaybeUninit<f32>], dst_rs: usize, a: &Packed, b: &Packed) -> Output<'a> {
     let (m, n) = (a.rows, b.rows);
     assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
-    run(Output { ptr: Some(dst.as_mut_ptr().cast::<f32>()), rs: dst_rs, init: Init::Zero, then: None }, start, a, b)
+    Output { ptr: Some(dst.as_mut_ptr().cast::<f32>()), rs: dst_rs, init: Init::Zero, then: None }
 }
 
 /// The product of [`matmul`] handed to `then` one 32 × 32 [`Piece`] at a time, and written
@@ -50,7 +55,7 @@ pub fn matmul(dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Pac
 /// that `then` does. Each piece is handed over once; pieces run in parallel.
 pub fn matmul_pieces(start: Start, a: &Packed, b: &Packed, then: Then) {
     assert!(!matches!(start, Start::Dst), "a product accumulating onto no output");
-    run(Output { ptr: None, rs: 0, init: Init::Zero, then: Some(then) }, start, a, b)
+    run(Output { ptr: None, rs: 0, init: Init::Zero, then: Some(then) }, start, a, b, None)
 }
 
 /// How the sums start, as the blocks read it, with the bias row it points into (which the
@@ -67,7 +72,8 @@ fn init(start: Start, n: usize) -> (Init, Option<BiasRow>) {
     }
 }
 
-fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
+/// The product into `out`: in parallel tasks, or all on this thread with the tiles of `serial`.
+fn run(mut out: Output, start: Start, a: &Packed, b: &Packed, serial: Option<&Tiles>) {
     assert!(available(), "AMX bf16 kernel called on a CPU without it");
     assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
     let (m, n) = (a.rows, b.rows);
@@ -76,10 +82,14 @@ fn run(mut out: Output, start: Start, a: &Packed, b: &Packed) {
     }
     let (init, _bias) = init(start, n);
     out.init = init;
+    let (row_pairs, col_pairs) = (a.blocks() / 2, b.blocks() / 2);
+    if let Some(tiles) = serial {
+        // SAFETY: the callers' contract for the output (see `run_blocks`), on this thread alone.
+        return unsafe { run_blocks(tiles, &out, a, b, 0..row_pairs, 0..col_pairs) };
+    }
     // Tasks of 128 rows × 512 columns: the task's A tiles (192 KiB at k = 768) and B tiles
     // (768 KiB) stay in L2 while every 32 × 32 block of it is computed, B's 32 columns reused
     // by the 4 row blocks under them while in L1.
-    let (row_pairs, col_pairs) = (a.blocks() / 2, b.blocks() / 2);
     let row_tasks = row_pairs.div_ceil(ROW_PAIRS_PER_TASK);
     let col_tasks = col_pairs.div_ceil(COL_PAIRS_PER_TASK);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
@@ -135,16 +145,7 @@ impl Serial {
 
     /// [`matmul`] on this thread.
     pub fn matmul(&self, dst: &mut [MaybeUninit<f32>], dst_rs: usize, start: Start, a: &Packed, b: &Packed) {
-        assert_eq!(a.k_tiles, b.k_tiles, "packed operands of different depths");
-        let (m, n) = (a.rows, b.rows);
-        if m == 0 || n == 0 {
-            return;
-        }
-        assert!(dst.len() >= (m - 1) * dst_rs + n);
-        let (init, _bias) = init(start, n);
-        let out = Output { ptr: Some(dst.as_mut_ptr().cast::<f32>()), rs: dst_rs, init, then: None };
-        // SAFETY: `dst` holds every block (asserted above) and is borrowed mutably here.
-        unsafe { run_blocks(&self.tiles, &out, a, b, 0..a.blocks() / 2, 0..b.blocks() / 2) };
+        run(output_in(dst, dst_rs, a, b), start, a, b, Some(&self.tiles))
     }
 }
 
