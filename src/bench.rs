@@ -338,6 +338,68 @@ fn time_forward(m: &LoadedModel, batch: &Batch, warmup: usize, runs: usize) -> R
     Ok(times)
 }
 
+/// The time to explain one text of a model (`bench --explain`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainTiming {
+    pub kind: &'static str,
+    /// The text explained: words of [`EXPLAIN_WORDS`] in turn until it has `tokens` tokens.
+    pub text: String,
+    pub tokens: usize,
+    pub steps: usize,
+    pub dtype: &'static str,
+    pub runs: usize,
+    pub median_s: f64,
+    pub p90_s: f64,
+}
+
+/// The words `bench --explain` builds its text from (`bench/captum_anchor.py time` explains the
+/// text the bench reports).
+pub const EXPLAIN_WORDS: &str = "i feel really happy today because my friends came over and we laughed a lot together";
+
+/// A text of `tokens` tokens (special ones included) from [`EXPLAIN_WORDS`], repeated as needed.
+fn explain_text(encoder: &crate::tokenize::TextEncoder, tokens: usize) -> Result<String> {
+    let mut text = String::new();
+    for word in EXPLAIN_WORDS.split(' ').cycle().take(4 * tokens) {
+        let longer = if text.is_empty() { word.to_string() } else { format!("{text} {word}") };
+        if encoder.tokenize(&[&longer])?[0].ids.len() > tokens {
+            break;
+        }
+        text = longer;
+    }
+    let n = encoder.tokenize(&[&text])?[0].ids.len();
+    anyhow::ensure!(n == tokens, "bench --explain: no text of exactly {tokens} tokens from its words (got {n})");
+    Ok(text)
+}
+
+/// Median and 90th percentile of `runs` explanations (after `warmup`) of a `tokens`-token text.
+pub fn time_explanations(
+    predictor: &crate::infer::Predictor,
+    tokens: usize,
+    opts: &crate::explain::Options,
+    (warmup, runs): (usize, usize),
+) -> Result<ExplainTiming> {
+    let text = explain_text(&predictor.encoder, tokens)?;
+    let p = predictor.predict(&[&text], 1)?.remove(0);
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let t0 = Instant::now();
+        crate::explain::explain(&predictor.model, &predictor.encoder, &text, &[p.label_id], opts, &predictor.device)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(ExplainTiming {
+        kind: "explain",
+        text,
+        tokens,
+        steps: opts.steps,
+        dtype: if opts.autocast.is_some() { "bf16" } else { "f32" },
+        runs,
+        median_s: median(times.clone()),
+        p90_s: percentile(times, 90.0),
+    })
+}
+
 /// Writes a base-model directory (encoder, no task head) of `shape` with random weights and
 /// the tokenizer files of `tokenizer` (a directory or Hub id), for timing whole training runs.
 /// The README it writes says that the weights are random.

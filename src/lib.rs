@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod display;
 pub mod eval;
+pub mod explain;
 pub mod fsx;
 pub mod hub;
 pub mod infer;

@@ -55,6 +55,21 @@ pub struct Tokenized {
     pub truncated: bool,
 }
 
+/// Where one token of a text came from (for explanations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpan {
+    /// The token as the vocabulary spells it (`##ing`, `Ġworld`).
+    pub token: String,
+    /// Characters (Unicode scalar values, as Python indexes a `str`) `start..end` of the text.
+    pub start: usize,
+    pub end: usize,
+    /// The pre-tokenizer's word the token belongs to (WordPiece's `##` pieces and byte-level
+    /// BPE's pieces share their word's); none for special tokens.
+    pub word: Option<u32>,
+    /// Added by the post-processor (`[CLS]`, `</s>`), not from the text.
+    pub special: bool,
+}
+
 impl TextEncoder {
     /// Loads `tokenizer.json`; the maximum length is `max_length` when given, else the smaller of
     /// `tokenizer_config.json`'s `model_max_length` and the model's position-embedding count.
@@ -128,6 +143,31 @@ impl TextEncoder {
                 truncated: !e.get_overflowing().is_empty(),
             })
             .collect())
+    }
+
+    /// One text tokenised as [`Self::tokenize`] does, with where each token came from.
+    pub fn tokenize_with_spans(&self, text: &str) -> Result<(Tokenized, Vec<TokenSpan>)> {
+        let e = self.tokenizer.encode_char_offsets(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let spans = (e.get_tokens().iter().zip(e.get_offsets()).zip(e.get_word_ids()).zip(e.get_special_tokens_mask()))
+            .map(|(((token, &(start, end)), &word), &special)| TokenSpan {
+                token: token.clone(),
+                start,
+                end,
+                word,
+                special: special == 1,
+            })
+            .collect();
+        let row = Tokenized {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+            truncated: !e.get_overflowing().is_empty(),
+        };
+        Ok((row, spans))
+    }
+
+    /// The id that pads batches (and replaces a text's tokens in an explanation's baseline).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
     }
 
     /// Token counts (with special tokens) of `texts` before any truncation.

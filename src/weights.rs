@@ -334,7 +334,10 @@ impl WeightLoader {
             None => self.create(name, shape, init)?,
         };
         let var = Var::from_tensor(&tensor)?;
-        let t = var.as_tensor().clone();
+        // A model loaded for inference computes with constants: no operation on them is
+        // recorded for a backward pass, and a gradient asked of its input (an attribution)
+        // is the only one made.
+        let t = if self.for_inference { var.as_tensor().detach() } else { var.as_tensor().clone() };
         self.store.push(name.to_string(), var);
         Ok(t)
     }

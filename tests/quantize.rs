@@ -1,6 +1,6 @@
 //! `--quantize int8`: the tiny fixtures' logits and the real MiniLM encoder's hidden states
-//! against PyTorch's float32 ground truth, within stated bounds; a quantised model refuses a
-//! backward pass; the command-line flag reaches the model. `--dtype bf16`: bf16 where the CPU
+//! against PyTorch's float32 ground truth, within stated bounds; a quantised model's gradients
+//! (attributions) run through its float weights; the command-line flag reaches the model. `--dtype bf16`: bf16 where the CPU
 //! has it, float32 with a warning where not.
 
 mod common;
@@ -103,18 +103,29 @@ fn int8_minilm_hidden_states_keep_their_direction() {
     assert!(worst >= 0.985 && mean >= 0.995, "int8 hidden states: lowest cosine {worst}, mean {mean}");
 }
 
+/// A quantised model's weights are constants: nothing records a backward pass through its
+/// int8 layers. Where its input tracks gradients (attributions), the float32 weights run
+/// instead: the gradient of the input is bitwise the float32 inference model's.
 #[test]
-fn a_quantised_model_refuses_a_backward_pass() {
+fn a_quantised_model_takes_gradients_through_its_float_weights() {
     let dir = fixture("tiny-bert");
     let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-    let config = ModelConfig::load(&files.config).unwrap();
-    let m = load_trained_classifier(config, &files.weights, Some(Quantize::Int8), &Device::Cpu).unwrap();
     let r = Reference::load(&dir.join("reference.safetensors"));
-    let logits = m.model.forward(&batch(&r, &["token_type_ids"]), &Dropout::eval()).unwrap();
-    let Err(err) = emotune::model::backward(&logits.sum_all().unwrap()) else {
-        panic!("a backward pass through int8 layers succeeded");
+    let b = batch(&r, &["token_type_ids"]);
+    let load = |q| load_trained_classifier(ModelConfig::load(&files.config).unwrap(), &files.weights, q, &Device::Cpu);
+    let (int8, float) = (load(Some(Quantize::Int8)).unwrap(), load(None).unwrap());
+    let logits = int8.model.forward(&b, &Dropout::eval()).unwrap();
+    assert!(!logits.track_op(), "an operation on the int8 model's constants was recorded");
+    let input_grad = |m: &emotune::model::LoadedModel| -> Vec<f32> {
+        let emb = candle_core::Var::from_tensor(&m.model.embed(&b).unwrap()).unwrap();
+        let encoded = m.model.encode_embedded(emb.as_tensor(), &b, &Dropout::eval()).unwrap();
+        let out = m.model.head(&encoded, &Dropout::eval()).unwrap().sum_all().unwrap();
+        let grads = emotune::model::backward(&out).unwrap();
+        grads.get(emb.as_tensor()).expect("a gradient reaches the input").flatten_all().unwrap().to_vec1().unwrap()
     };
-    assert!(err.to_string().contains("inference only"), "{err}");
+    let (a, f) = (input_grad(&int8), input_grad(&float));
+    assert!(a.iter().any(|&x| x != 0.0));
+    assert!(a.iter().zip(&f).all(|(x, y)| x.to_bits() == y.to_bits()), "int8 model's input gradient differs");
 }
 
 #[test]

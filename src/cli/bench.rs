@@ -58,6 +58,15 @@ pub struct BenchArgs {
         value_name = "MODEL"
     )]
     pub tokenizer: String,
+    /// Time explanations instead (as `predict --explain`): one text of each --seq length
+    /// (default 24) explained by --model, --latency-runs times after --warmup, in --dtype.
+    #[arg(long, requires = "model", conflicts_with_all = ["profile", "skip_training", "quantize", "write_model"], help_heading = "Explanations")]
+    pub explain: bool,
+    /// The model --explain times (a directory or Hub id).
+    #[arg(long, short, value_name = "MODEL", requires = "explain", help_heading = "Explanations")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub explain_how: crate::explain::args::ExplainHow,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
 }
@@ -83,6 +92,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool is already set up ({e})"))?;
     }
+    if let Some(model) = &args.model {
+        return time_explanations(&args, model, &seqs, &mut out);
+    }
+    args.explain_how.options(false, "--explain")?;
     let (device, autocast) = args.compute.resolve_training()?;
     let opts = BenchOptions {
         batch: args.batch,
@@ -135,6 +148,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `bench --explain`: one row per length.
+fn time_explanations(args: &BenchArgs, model: &str, seqs: &[usize], out: &mut impl Write) -> Result<()> {
+    let seqs = if args.seq.is_empty() { &[24][..] } else { seqs };
+    let (device, _) = args.compute.resolve()?;
+    let mut opts = args.explain_how.options(true, "--explain")?.expect("explanations are on");
+    opts.autocast = crate::explain::precision(&device, args.compute.dtype());
+    let predictor = crate::infer::Predictor::load(model, None, None, &device)?;
+    if !args.json {
+        let cpu = crate::cpu::CpuIdentity::current().describe();
+        writeln!(out, "explanations of {model}: Integrated Gradients, {} steps; on {cpu}", opts.steps)?;
+        writeln!(out, "{:>6} {:>6} {:>6} {:>10} {:>10}", "tokens", "steps", "dtype", "median ms", "p90 ms")?;
+    }
+    for &tokens in seqs {
+        let t = crate::bench::time_explanations(&predictor, tokens, &opts, (args.warmup, args.latency_runs))?;
+        match args.json {
+            true => writeln!(out, "{}", serde_json::to_string(&t)?)?,
+            false => writeln!(
+                out,
+                "{:>6} {:>6} {:>6} {:>10.1} {:>10.1}",
+                t.tokens,
+                t.steps,
+                t.dtype,
+                t.median_s * 1e3,
+                t.p90_s * 1e3
+            )?,
+        }
+    }
+    Ok(())
 }
 
 /// Seconds to 3 decimals, or a dash for what was not measured.

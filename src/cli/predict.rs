@@ -1,6 +1,8 @@
 //! `emotune predict`.
 
 use crate::data::InputText;
+use crate::explain::args::{explanation_json, explanation_text, label_id};
+use crate::explain::Explanation;
 use crate::infer::output::{format_predictions_table, prediction_json, ranked_json};
 use crate::infer::{Prediction, Predictor};
 use crate::model::Task;
@@ -54,6 +56,17 @@ pub struct PredictArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    /// Explain each prediction: the Integrated Gradients attribution of the label to each word
+    /// (JSON lines gain "explanation", or "explanations" for a multi-label model's predicted
+    /// labels; on a terminal the text is shown with its words coloured). Computed in float32
+    /// from the float weights whatever --quantize (in bf16 with --dtype bf16 on AMX or a GPU).
+    #[arg(long, help_heading = "Explanations")]
+    pub explain: bool,
+    /// Explain this label (a name or an id) instead of the predicted one(s).
+    #[arg(long, value_name = "LABEL", requires = "explain", help_heading = "Explanations")]
+    pub explain_label: Option<String>,
+    #[command(flatten)]
+    pub explain_how: crate::explain::args::ExplainHow,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
 }
@@ -85,16 +98,31 @@ pub fn run(args: PredictArgs) -> Result<()> {
     if let Some(t) = args.threshold {
         predictor.set_threshold(t)?;
     }
+    let explain = args.explain_how.options(args.explain, "--explain")?.map(|mut o| {
+        o.autocast = crate::explain::precision(&device, args.compute.dtype());
+        o
+    });
+    let explain_label =
+        args.explain_label.as_deref().map(|l| label_id(l, predictor.labels(), "--explain-label")).transpose()?;
     let valid: Vec<&str> = inputs.iter().filter(|t| !is_empty(t)).map(|t| t.text.as_str()).collect();
     let preds = predictor.predict(&valid, args.batch_size)?;
+    let explanations = match &explain {
+        Some(o) => crate::explain::explain_predictions(&predictor, &valid, &preds, explain_label, o)?,
+        None => Vec::new(),
+    };
     let truncated = preds.iter().filter(|p| p.truncated).count();
     if truncated > 0 {
         let max = predictor.encoder.max_length();
         log::warn!("{truncated} text(s) were longer than {max} tokens and were truncated to it");
     }
-    let mut preds = preds.iter();
-    let rows: Vec<(&InputText, Option<&Prediction>)> =
-        inputs.iter().map(|t| (t, if is_empty(t) { None } else { preds.next() })).collect();
+    let (mut preds, mut explained) = (preds.iter(), explanations.iter());
+    let rows: Vec<Row> = inputs
+        .iter()
+        .map(|t| match is_empty(t) {
+            true => (t, None, None),
+            false => (t, preds.next(), explained.next().map(Vec::as_slice)),
+        })
+        .collect();
     write_output(&args, &rows, predictor.labels(), predictor.task())?;
     let empty: Vec<String> = inputs.iter().filter(|t| is_empty(t)).map(|t| where_(&args, t.line)).collect();
     if !empty.is_empty() {
@@ -138,25 +166,36 @@ fn where_(args: &PredictArgs, line: usize) -> String {
     }
 }
 
-/// A table or JSON lines on standard output (`None`: an empty input).
-fn write_output(
-    args: &PredictArgs,
-    rows: &[(&InputText, Option<&Prediction>)],
-    labels: &[String],
-    task: Task,
-) -> Result<()> {
+/// One input text, its prediction and its explanations (`None`: an empty text).
+type Row<'a> = (&'a InputText, Option<&'a Prediction>, Option<&'a [Explanation]>);
+
+/// A table or JSON lines on standard output.
+fn write_output(args: &PredictArgs, rows: &[Row], labels: &[String], task: Task) -> Result<()> {
     let top_k = if args.all_scores { Some(labels.len()) } else { args.top_k };
+    let terminal = std::io::stdout().is_terminal();
     let table = match args.format {
         OutputFormat::Table => true,
         OutputFormat::Jsonl => false,
-        OutputFormat::Auto => std::io::stdout().is_terminal() && !args.logits,
+        OutputFormat::Auto => terminal && !args.logits,
     };
     let mut out = std::io::stdout().lock();
     if table {
-        write!(out, "{}", format_predictions_table(rows, labels, top_k, task, crate::display::terminal_width()))?;
+        let predictions: Vec<_> = rows.iter().map(|&(t, p, _)| (t, p)).collect();
+        write!(
+            out,
+            "{}",
+            format_predictions_table(&predictions, labels, top_k, task, crate::display::terminal_width())
+        )?;
+        let explained = rows.iter().filter_map(|&(t, _, e)| e.map(|e| (t, e))).filter(|(_, e)| !e.is_empty());
+        for (i, (input, es)) in explained.enumerate() {
+            writeln!(out, "{}", if i == 0 { "\nexplanations (Integrated Gradients):" } else { "" })?;
+            for e in es {
+                writeln!(out, "{}", explanation_text(&input.text, e, labels, terminal))?;
+            }
+        }
         return Ok(());
     }
-    for (input, p) in rows {
+    for &(input, p, explained) in rows {
         let line = match p {
             Some(p) => {
                 let mut line = prediction_json(&input.text, p, labels, task);
@@ -165,6 +204,11 @@ fn write_output(
                 }
                 if args.logits {
                     line["logits"] = serde_json::json!(p.logits);
+                }
+                match (explained, task) {
+                    (Some([e]), Task::SingleLabel) => line["explanation"] = explanation_json(e, labels),
+                    (Some(es), _) => line["explanations"] = es.iter().map(|e| explanation_json(e, labels)).collect(),
+                    (None, _) => {}
                 }
                 line
             }

@@ -74,12 +74,27 @@ impl dyn Architecture {
     }
 }
 
-/// A built classifier.
+/// A built classifier, in two halves: the embedding layer, and everything after it. The split
+/// is where attribution methods hook in (Integrated Gradients interpolates the embedding layer's
+/// output, as Captum's `LayerIntegratedGradients` on `model.<base>.embeddings` does).
 pub trait SequenceClassifier: Send + Sync {
-    /// Logits `[batch, num_labels]`.
-    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor>;
+    /// The embedding layer's output `[batch, seq, hidden]`: word, position (and token-type)
+    /// embeddings summed and layer-normalised, before the embedding dropout.
+    fn embed(&self, batch: &Batch) -> Result<Tensor>;
+    /// The encoder's outputs for the embedding layer's output `emb` of `batch` (whose attention
+    /// mask it reads), before the task head.
+    fn encode_embedded(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Encoded>;
+    /// Logits `[batch, num_labels]` from the encoder's outputs.
+    fn head(&self, encoded: &Encoded, drop: &Dropout) -> Result<Tensor>;
+
     /// The encoder's outputs, before the task head.
-    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded>;
+    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        self.encode_embedded(&self.embed(batch)?, batch, drop)
+    }
+    /// Logits `[batch, num_labels]`.
+    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+        self.head(&self.encode(batch, drop)?, drop)
+    }
 }
 
 /// Multi-head attention needs a width divisible by the number of heads.

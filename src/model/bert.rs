@@ -220,8 +220,8 @@ impl BertModel {
         })
     }
 
-    /// `(last_hidden_state [b, s, d], pooler_output [b, d])`.
-    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<(Tensor, Tensor)> {
+    /// The embedding layer's output `[b, s, d]` (before its dropout).
+    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let (_, s) = batch.dims();
         let device = batch.input_ids.device();
         let positions = Tensor::arange(0u32, s as u32, device)?;
@@ -234,7 +234,12 @@ impl BertModel {
             .forward(&batch.input_ids)?
             .add(&self.token_type_embeddings.forward(&token_types)?)?
             .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
-        let mut x = drop.apply(&self.layer_norm.forward(&emb)?, self.dropout)?;
+        self.layer_norm.forward(&emb)
+    }
+
+    /// `(last_hidden_state [b, s, d], pooler_output [b, d])` for the embedding layer's output.
+    pub fn encode(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<(Tensor, Tensor)> {
+        let mut x = drop.apply(emb, self.dropout)?;
         let bias = attention_bias(&batch.attention_mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, drop)?;
@@ -265,13 +270,17 @@ impl BertForSequenceClassification {
 }
 
 impl SequenceClassifier for BertForSequenceClassification {
-    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
-        let (hidden, pooled) = self.bert.forward(batch, drop)?;
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        self.bert.embed(batch)
+    }
+
+    fn encode_embedded(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        let (hidden, pooled) = self.bert.encode(emb, batch, drop)?;
         Ok(Encoded { hidden, pooled: Some(pooled) })
     }
 
-    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
-        let (_, pooled) = self.bert.forward(batch, drop)?;
-        self.classifier.forward(&drop.apply(&pooled, self.dropout)?)
+    fn head(&self, encoded: &Encoded, drop: &Dropout) -> Result<Tensor> {
+        let pooled = encoded.pooled.as_ref().context("BERT's head reads the pooler output")?;
+        self.classifier.forward(&drop.apply(pooled, self.dropout)?)
     }
 }

@@ -210,15 +210,20 @@ impl DistilBertModel {
         Ok(DistilBertModel { word_embeddings, position_embeddings, layer_norm, layers, dropout: c.dropout })
     }
 
-    /// `last_hidden_state [b, s, dim]`.
-    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+    /// The embedding layer's output `[b, s, dim]` (before its dropout).
+    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let (_, s) = batch.dims();
         let positions = Tensor::arange(0u32, s as u32, batch.input_ids.device())?;
         let emb = self
             .word_embeddings
             .forward(&batch.input_ids)?
             .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
-        let mut x = drop.apply(&self.layer_norm.forward(&emb)?, self.dropout)?;
+        self.layer_norm.forward(&emb)
+    }
+
+    /// `last_hidden_state [b, s, dim]` for the embedding layer's output `emb`.
+    pub fn encode(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+        let mut x = drop.apply(emb, self.dropout)?;
         let bias = attention_bias(&batch.attention_mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, drop)?;
@@ -250,13 +255,16 @@ impl DistilBertForSequenceClassification {
 }
 
 impl SequenceClassifier for DistilBertForSequenceClassification {
-    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
-        Ok(Encoded { hidden: self.distilbert.forward(batch, drop)?, pooled: None })
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        self.distilbert.embed(batch)
     }
 
-    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
-        let hidden = self.distilbert.forward(batch, drop)?;
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+    fn encode_embedded(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        Ok(Encoded { hidden: self.distilbert.encode(emb, batch, drop)?, pooled: None })
+    }
+
+    fn head(&self, encoded: &Encoded, drop: &Dropout) -> Result<Tensor> {
+        let first = encoded.hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pre_classifier.forward(&first)?.relu()?;
         let pooled = drop.apply(&pooled, self.seq_classif_dropout)?;
         self.classifier.forward(&pooled)

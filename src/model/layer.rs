@@ -111,10 +111,15 @@ pub fn encoder_layer(
     let drop1 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.attention_output, r)));
     let drop2 = kernels::optional_keep_mask(b * s * d, rng.as_deref_mut().map(|r| (p.output, r)));
     std::mem::drop(rng);
-    let prepared: Vec<_> =
-        [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2].into_iter().map(|l| l.prepared.clone()).collect();
-    // weights prepared for inference have no backward pass: nothing to keep for one
-    let keep = drop.keep_for_backward && prepared.iter().all(Option::is_none);
+    // A model loaded for inference has constant weights: its prepared forms run where nothing
+    // tracks gradients; where the input does (attributions), the float32 weights run instead.
+    let param_grads = params.iter().any(Tensor::track_op);
+    let differentiable = param_grads || x.track_op();
+    let prepared: Vec<_> = [&a.q, &a.k, &a.v, &a.out, parts.ff1, parts.ff2]
+        .into_iter()
+        .map(|l| if differentiable { None } else { l.prepared.clone() })
+        .collect();
+    let keep = drop.keep_for_backward && differentiable;
     let op = EncoderLayerOp {
         params,
         attention,
@@ -123,6 +128,7 @@ pub fn encoder_layer(
         eps: (parts.norm1.eps as f32, parts.norm2.eps as f32),
         dims: (b, s, d, ffn),
         keep,
+        param_grads,
         prepared,
         bf16: super::precision::cpu_bf16_on(),
         saved: Mutex::new(None),
@@ -155,11 +161,14 @@ struct EncoderLayerOp {
     eps: (f32, f32),
     /// `(batch, seq, width, ffn width)`.
     dims: (usize, usize, usize, usize),
-    /// Keep the activations for a backward pass (false under `Dropout::inference` and for a
-    /// layer prepared for inference).
+    /// Keep the activations for a backward pass (false under `Dropout::inference` and where
+    /// nothing tracks gradients).
     keep: bool,
+    /// Compute the parameters' gradients in the backward (false where they are constants: the
+    /// input's only).
+    param_grads: bool,
     /// Inference forms of the six projections (q, k, v, out, ff1, ff2; see [`PROJECTIONS`]),
-    /// when the model was loaded for inference (then there is no backward pass).
+    /// when the model was loaded for inference and nothing tracks gradients.
     prepared: Vec<Option<Arc<Prepared>>>,
     /// Projections in bf16 on AMX (`precision::cpu_bf16` when built), forward and backward.
     bf16: bool,
@@ -171,25 +180,15 @@ struct EncoderLayerOp {
 const PROJECTIONS: [usize; 6] = [WQ, WQ + 2, WQ + 4, WO, W1, W2];
 
 fn masked<'a>(mask: &Mask, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-    match &mask.0 {
-        Some(m) => std::borrow::Cow::Owned(kernels::dropped(m, mask.1, x)),
-        None => std::borrow::Cow::Borrowed(x),
-    }
+    mask.0.as_ref().map_or(std::borrow::Cow::Borrowed(x), |m| std::borrow::Cow::Owned(kernels::dropped(m, mask.1, x)))
+}
+
+/// `(LayerNorm(dropout(h) + r), dropout(h) + r)`.
+fn add_layer_norm(h: &[f32], r: &[f32], drop: &Mask, wb: (&[f32], &[f32]), eps: f32) -> (Vec<f32>, Vec<f32>) {
+    kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
 }
 
 impl EncoderLayerOp {
-    /// `(LayerNorm(dropout(h) + r), dropout(h) + r)`.
-    fn add_layer_norm(
-        &self,
-        h: &[f32],
-        r: &[f32],
-        drop: &Mask,
-        wb: (&[f32], &[f32]),
-        eps: f32,
-    ) -> (Vec<f32>, Vec<f32>) {
-        kernels::add_layer_norm_rows(h, r, drop.0.as_deref().map(Vec::as_slice), drop.1, wb, eps)
-    }
-
     /// `x Wᵀ + b` for the projections whose weights are `w[i]` (biases `w[i + 1]`) for `i` in
     /// `which`, side by side; by the prepared forms where the layer has them.
     fn project(&self, w: &[&[f32]], x: &[f32], k: usize, which: &[usize]) -> Vec<f32> {
@@ -240,12 +239,12 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· output projection");
         let a = self.project(&w, &ctx, d, &[WO]);
         section.start("· add + LayerNorm 1");
-        let (h1, z1) = self.add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
+        let (h1, z1) = add_layer_norm(&a, x, &self.drop1, (w[LN1_W], w[LN1_B]), self.eps.0);
         drop(a);
         let (o2, ffn_saved) =
             ffn::forward(&h1, &self.ffn_weights(&w), (m, d, ffn_width), (self.keep, self.bf16), &mut section);
         section.start("· add + LayerNorm 2");
-        let (y, z2) = self.add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
+        let (y, z2) = add_layer_norm(&o2, &h1, &self.drop2, (w[LN2_W], w[LN2_B]), self.eps.1);
         if self.keep {
             let ffn = ffn_saved.expect("kept when the layer keeps its activations");
             *crate::sync::lock(&self.saved) = Some(Arc::new(Saved { wqkv, qkv, ctx, z1, h1, ffn, z2 }));
@@ -288,9 +287,20 @@ impl CustomOp2 for EncoderLayerOp {
         let mut dh1 = dz2;
         // a copy where there is no dropout: dh1 is accumulated into while do2 is read
         let do2 = masked(&self.drop2, &dh1).into_owned();
-        let g = ffn::backward(&do2, &sv.ffn, &self.ffn_weights(&w), &sv.h1, &mut dh1, (m, d, ffn_width), &mut section);
+        let weights = self.ffn_weights(&w);
+        let g = ffn::backward(
+            &do2,
+            &sv.ffn,
+            &weights,
+            (&sv.h1, &mut dh1),
+            (m, d, ffn_width),
+            self.param_grads,
+            &mut section,
+        );
         drop(do2);
-        [grads[W1], grads[B1], grads[W2], grads[B2]] = [g.w1, g.b1, g.w2, g.b2].map(Some);
+        if let Some(g) = g {
+            [grads[W1], grads[B1], grads[W2], grads[B2]] = [g.w1, g.b1, g.w2, g.b2].map(Some);
+        }
         // h1 = LN1(z1), z1 = dropout1(a) + x
         section.start("· LayerNorm 1 backward");
         let mut ln1 = Vec::new();
@@ -304,8 +314,10 @@ impl CustomOp2 for EncoderLayerOp {
         // a = ctx Woᵀ + bo
         section.start("· output projection backward");
         let dctx = kernels::filled(m * d, |o| kernels::matmul_into(o, false, (m, d, d), &da, (d, 1), w[WO], (d, 1)));
-        grads[WO] = Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, &da, d, &sv.ctx, (m, d, d))));
-        grads[BO] = Some(kernels::column_sums(&da, d, m, d));
+        if self.param_grads {
+            grads[WO] = Some(kernels::filled(d * d, |o| kernels::weight_grad_into(o, &da, d, &sv.ctx, (m, d, d))));
+            grads[BO] = Some(kernels::column_sums(&da, d, m, d));
+        }
         drop(da);
         section.start("· attention backward");
         let dqkv = kernels::filled(m * 3 * d, |o| self.attention.backward_into(&sv.qkv, &dctx, (b, s, d), o));
@@ -314,29 +326,35 @@ impl CustomOp2 for EncoderLayerOp {
         section.start("· qkv projection backward");
         let mut dx = dz1;
         kernels::matmul_into(kernels::as_uninit(&mut dx), true, (m, d, 3 * d), &dqkv, (3 * d, 1), &sv.wqkv, (d, 1));
-        let dwqkv = kernels::filled(3 * d * d, |o| kernels::weight_grad_into(o, &dqkv, 3 * d, x, (m, 3 * d, d)));
-        let dbqkv = kernels::column_sums(&dqkv, 3 * d, m, 3 * d);
-        drop(dqkv);
-        for i in 0..3 {
-            grads[WQ + 2 * i] = Some(dwqkv[i * d * d..(i + 1) * d * d].to_vec());
-            grads[WQ + 2 * i + 1] = Some(dbqkv[i * d..(i + 1) * d].to_vec());
-        }
-        section.start("· gradient hand-over");
-        let device = &candle_core::Device::Cpu;
-        let mut anchor_grad = None;
-        let mut pending = Vec::with_capacity(15);
-        for (i, (param, g)) in self.params.iter().zip(grads).enumerate() {
-            let g = Tensor::from_vec(g.expect("every parameter's gradient is computed above"), param.shape(), device)?;
-            if i == LN2_W {
-                anchor_grad = Some(g);
-            } else {
-                pending.push((param.clone(), g));
+        if self.param_grads {
+            let dwqkv = kernels::filled(3 * d * d, |o| kernels::weight_grad_into(o, &dqkv, 3 * d, x, (m, 3 * d, d)));
+            let dbqkv = kernels::column_sums(&dqkv, 3 * d, m, 3 * d);
+            for i in 0..3 {
+                grads[WQ + 2 * i] = Some(dwqkv[i * d * d..(i + 1) * d * d].to_vec());
+                grads[WQ + 2 * i + 1] = Some(dbqkv[i * d..(i + 1) * d].to_vec());
             }
         }
+        drop(dqkv);
+        section.start("· gradient hand-over");
+        let device = &candle_core::Device::Cpu;
+        let anchor_grad = if self.param_grads { Some(hand_over(&self.params, grads)?) } else { None };
+        let dx = Tensor::from_vec(dx, (b, s, d), device)?;
         debug_assert_eq!(anchor.id(), self.params[LN2_W].id());
-        PENDING.with(|p| p.borrow_mut().extend(pending));
-        Ok((Some(Tensor::from_vec(dx, (b, s, d), device)?), anchor_grad))
+        Ok((Some(dx), anchor_grad))
     }
+}
+
+/// Leaves the parameters' gradients on this thread for [`backward`] and returns the anchor's.
+fn hand_over(params: &[Tensor], grads: Vec<Option<Vec<f32>>>) -> Result<Tensor> {
+    let device = &candle_core::Device::Cpu;
+    let tensor = |p: &Tensor, g: Option<Vec<f32>>| {
+        Tensor::from_vec(g.expect("every parameter's gradient is computed above"), p.shape(), device)
+    };
+    let mut all: Vec<(Tensor, Tensor)> =
+        params.iter().zip(grads).map(|(p, g)| Ok((p.clone(), tensor(p, g)?))).collect::<Result<_>>()?;
+    let (_, anchor) = all.remove(LN2_W);
+    PENDING.with(|p| p.borrow_mut().extend(all));
+    Ok(anchor)
 }
 
 /// The gradients of `loss` with respect to every parameter: `loss.backward()` plus the

@@ -148,7 +148,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let (Some(p), true) = (&self.prepared, kernels::applies(x)) {
+        // the prepared form has no backward pass: it runs only where no gradient is tracked
+        if let (Some(p), true) = (&self.prepared, kernels::applies(x) && !x.track_op()) {
             return Ok(p.forward(x)?);
         }
         if kernels::applies(x) {

@@ -134,8 +134,8 @@ impl RobertaModel {
         })
     }
 
-    /// `last_hidden_state [b, s, d]`.
-    pub fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+    /// The embedding layer's output `[b, s, d]` (before its dropout).
+    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let positions = position_ids(&batch.input_ids, self.pad)?;
         let token_types = match &batch.token_type_ids {
             Some(t) => t.clone(),
@@ -144,7 +144,12 @@ impl RobertaModel {
         let emb = (self.word_embeddings.forward(&batch.input_ids)?
             + self.token_type_embeddings.forward(&token_types)?)?
         .add(&self.position_embeddings.forward(&positions)?)?;
-        let mut x = drop.apply(&self.layer_norm.forward(&emb)?, self.dropout)?;
+        self.layer_norm.forward(&emb)
+    }
+
+    /// `last_hidden_state [b, s, d]` for the embedding layer's output `emb`.
+    pub fn encode(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
+        let mut x = drop.apply(emb, self.dropout)?;
         let bias = attention_bias(&batch.attention_mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, drop)?;
@@ -176,13 +181,16 @@ impl RobertaForSequenceClassification {
 }
 
 impl SequenceClassifier for RobertaForSequenceClassification {
-    fn encode(&self, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
-        Ok(Encoded { hidden: self.roberta.forward(batch, drop)?, pooled: None })
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        self.roberta.embed(batch)
     }
 
-    fn forward(&self, batch: &Batch, drop: &Dropout) -> Result<Tensor> {
-        let hidden = self.roberta.forward(batch, drop)?;
-        let first = drop.apply(&hidden.narrow(1, 0, 1)?.squeeze(1)?, self.dropout)?;
+    fn encode_embedded(&self, emb: &Tensor, batch: &Batch, drop: &Dropout) -> Result<Encoded> {
+        Ok(Encoded { hidden: self.roberta.encode(emb, batch, drop)?, pooled: None })
+    }
+
+    fn head(&self, encoded: &Encoded, drop: &Dropout) -> Result<Tensor> {
+        let first = drop.apply(&encoded.hidden.narrow(1, 0, 1)?.squeeze(1)?, self.dropout)?;
         let x = drop.apply(&self.dense.forward(&first)?.tanh()?, self.dropout)?;
         self.out_proj.forward(&x)
     }

@@ -29,6 +29,10 @@ pub struct AppState {
     pub queue: Arc<Queue>,
     pub permits: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
+    /// Held while an explanation computes: one at a time (each is already a batch).
+    pub explaining: std::sync::Mutex<()>,
+    /// What explanations compute in (`--dtype bf16` on AMX or a GPU: bf16).
+    pub explain_autocast: Option<candle_core::DType>,
 }
 
 /// Classify texts: one text gives its labels ranked by score, a batch a list per text.
@@ -185,7 +189,11 @@ impl Timing {
 
 /// Tokenises off the async runtime; an input over the model's length is refused unless the
 /// request allows truncation.
-async fn tokenize(st: &Arc<AppState>, texts: Vec<String>, truncate: bool) -> Result<Vec<Tokenized>, ApiError> {
+pub(super) async fn tokenize(
+    st: &Arc<AppState>,
+    texts: Vec<String>,
+    truncate: bool,
+) -> Result<Vec<Tokenized>, ApiError> {
     let predictor = st.predictor.clone();
     let rows = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

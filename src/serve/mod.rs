@@ -6,6 +6,7 @@
 
 pub mod api;
 mod config;
+mod explain;
 mod guard;
 mod handlers;
 mod http;
@@ -117,7 +118,16 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
     let mut tokenizer = predictor.encoder.tokenizer().clone();
     tokenizer.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokenizer = Arc::new(tokenizer);
-    let state = Arc::new(AppState { predictor, tokenizer, permits, cfg: cfg.clone(), queue: queue.clone(), metrics });
+    let state = Arc::new(AppState {
+        predictor,
+        tokenizer,
+        permits,
+        cfg: cfg.clone(),
+        queue: queue.clone(),
+        metrics,
+        explaining: std::sync::Mutex::new(()),
+        explain_autocast: crate::explain::precision(&device, cfg.compute.dtype()),
+    });
     let app = routes::router(state)?;
     let limits = http::ConnLimits {
         max_connections: cfg.max_connections,

@@ -4,6 +4,7 @@
 use super::api::TruncationDirection;
 use super::api::{self, DecodeRequest, DecodeResponse, ErrorResponse, InputIds, Inputs, Parameters, PredictRequest};
 use super::api::{PredictResponse, Prediction, ScoreFunction, SimpleToken, TokenizeRequest, TokenizeResponse};
+use super::explain::{self, ExplainRequest, ExplainResponse, ExplainedText};
 use super::guard::{self, BodyLimits};
 use super::handlers::{self, AppState};
 use super::tokens;
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> anyhow::Result<Router> {
         .route("/", get(handlers::page).post(handlers::predict_root))
         .route("/predict", post(handlers::predict))
         .route("/invocations", post(handlers::invocations))
+        .route("/explain", post(explain::explain))
         .route("/tokenize", post(tokens::tokenize))
         .route("/decode", post(tokens::decode))
         .route("/info", get(handlers::info))
@@ -113,7 +115,7 @@ const ERRORS: [ErrorDoc; 10] = [
 impl Modify for Errors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let queued = matches!(path.as_str(), "/" | "/predict" | "/invocations");
+            let queued = matches!(path.as_str(), "/" | "/predict" | "/invocations" | "/explain");
             let ops = [(Method::GET, item.get.as_mut()), (Method::POST, item.post.as_mut())];
             for (method, op) in ops.into_iter().filter_map(|(m, op)| Some((m, op?))) {
                 let protected = !guard::is_open(&method, path);
@@ -146,6 +148,7 @@ fn add_errors(op: &mut Operation, stages: Stages, protected: bool) {
         handlers::predict_root,
         handlers::predict,
         handlers::invocations,
+        explain::explain,
         tokens::tokenize,
         tokens::decode,
         handlers::info,
@@ -155,7 +158,9 @@ fn add_errors(op: &mut Operation, stages: Stages, protected: bool) {
         openapi,
     ),
     components(schemas(PredictRequest, PredictResponse, Prediction, Parameters, ScoreFunction, TruncationDirection,
-        Inputs, TokenizeRequest, TokenizeResponse, SimpleToken, InputIds, DecodeRequest, DecodeResponse, ErrorResponse)),
+        Inputs, TokenizeRequest, TokenizeResponse, SimpleToken, InputIds, DecodeRequest, DecodeResponse, ErrorResponse,
+        ExplainRequest, ExplainResponse, ExplainedText, crate::explain::args::ExplanationJson,
+        crate::explain::args::WordJson, crate::explain::args::TokenJson, crate::explain::Target)),
     modifiers(&BearerAuth, &Errors),
     security(("api_key" = []))
 )]

@@ -65,37 +65,38 @@ pub(crate) fn forward(
     (o, keep.then_some(Saved::Passes { f, g }))
 }
 
-/// The backward pass for `d_o [m, d]`: the parameters' gradients, and `dh` with the gradient
-/// of the block's input `h` added to it (`h` as the forward saw it).
-#[allow(clippy::too_many_arguments)]
+/// The backward pass for `d_o [m, d]`: the parameters' gradients (when `param_grads`), and
+/// `dh` with the gradient of the block's input `h` added to it (`h` as the forward saw it).
 pub(crate) fn backward(
     d_o: &[f32],
     saved: &Saved,
     w: &Weights,
-    h: &[f32],
-    dh: &mut [f32],
+    (h, dh): (&[f32], &mut [f32]),
     (m, d, ffn): (usize, usize, usize),
+    param_grads: bool,
     section: &mut profile::Sections,
-) -> Grads {
+) -> Option<Grads> {
     let (f, g) = match saved {
         Saved::Amx(saved) => {
             section.start("· feed-forward backward");
+            // the fused AMX backward makes the weight gradients alongside the input's
             let (grads, input) = amx_ffn::backward(d_o, saved, (w.w1, w.w2), h, (m, d, ffn));
             input.add_to(dh);
-            return grads;
+            return param_grads.then_some(grads);
         }
         Saved::Passes { f, g } => (f, g),
     };
     // o = g W2ᵀ + b2
     section.start("· feed-forward 2 backward");
     let mut dg = filled(m * ffn, |o| matmul_into(o, false, (m, ffn, d), d_o, (d, 1), w.w2, (ffn, 1)));
-    let w2 = filled(d * ffn, |o| weight_grad_into(o, d_o, d, g, (m, d, ffn)));
+    let w2 = param_grads.then(|| filled(d * ffn, |o| weight_grad_into(o, d_o, d, g, (m, d, ffn))));
     // g = GELU(f), in place: dg becomes df
     section.start("· GELU backward");
     gelu_backward_in_place(f, &mut dg);
     // f = h W1ᵀ + b1
     section.start("· feed-forward 1 backward");
     matmul_into(as_uninit(dh), true, (m, d, ffn), &dg, (ffn, 1), w.w1, (d, 1));
+    let w2 = w2?;
     let w1 = filled(ffn * d, |o| weight_grad_into(o, &dg, ffn, h, (m, ffn, d)));
-    Grads { w1, b1: column_sums(&dg, ffn, m, ffn), w2, b2: column_sums(d_o, d, m, d) }
+    Some(Grads { w1, b1: column_sums(&dg, ffn, m, ffn), w2, b2: column_sums(d_o, d, m, d) })
 }
