@@ -7,7 +7,7 @@ points (Captum's default method), attributions summed over the hidden size per t
     # the references of the test suite (tests/explain.rs), for the tiny fixtures:
     python bench/captum_anchor.py fixtures --out tests/golden/captum_ig.json
     # a trained model: Captum against `emotune predict --explain` on the same texts
-    python bench/captum_anchor.py compare --model DIR [--emotune target/release/emotune]
+    python bench/captum_anchor.py compare --model DIR [--dtype bf16] [--emotune target/release/emotune]
     # time: one text of 24 tokens, 32 steps, Captum and `emotune bench --explain` (f32 and
     # bf16) in one run; DIR e.g. a DistilBERT-base-shaped model from `emotune bench --write-model`
     python bench/captum_anchor.py time --model DIR
@@ -101,7 +101,7 @@ def compare(args):
     ex = Explainer(args.model, args.target)
     ts = texts(args.texts)
     cmd = [args.emotune, "predict", "--model", args.model, "--explain", "--explain-target", args.target,
-           "--explain-steps", str(args.steps), "--format", "jsonl", *ts]
+           "--explain-steps", str(args.steps), "--dtype", args.dtype, "--format", "jsonl", *ts]
     lines = [json.loads(l) for l in subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()]
     worst_rel, worst_completeness = 0.0, 0.0
     for text, line in zip(ts, lines):
@@ -151,6 +151,8 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("--model", required=True)
     c.add_argument("--target", default="logit", choices=["logit", "probability"])
+    c.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
+                   help="emotune's (bf16: on AMX tiles, against Captum's float32)")
     t = sub.add_parser("time")
     t.add_argument("--model", required=True)
     t.add_argument("--tokens", type=int, default=24)

@@ -3,6 +3,7 @@
 
 use crate::data::{self, DataSpec, Dataset, SplitName};
 use crate::display::{clip, escape, label, ShortLocations};
+use crate::explain::args::ExplanationJson;
 use crate::infer::{evaluate, Predictor};
 use crate::metrics::{self, MultiLabelReport, Report};
 use crate::model::Task;
@@ -20,6 +21,9 @@ pub struct LossExample {
     pub gold: String,
     pub predicted: String,
     pub loss: f32,
+    /// With `--explain-worst`: the predicted labels' explanations, then the gold ones'.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explanations: Vec<ExplanationJson>,
 }
 
 /// Everything `eval` reports (its `--json` output).
@@ -58,6 +62,8 @@ pub struct EvalOptions {
     pub quantize: Option<crate::model::Quantize>,
     /// The dtype the matmuls run in (`--dtype bf16`); None: f32.
     pub autocast: Option<candle_core::DType>,
+    /// Explain the highest-loss examples' predicted and gold labels (`--explain-worst`).
+    pub explain: Option<crate::explain::Options>,
 }
 
 /// Maps the dataset's label ids to the model's by name.
@@ -103,17 +109,24 @@ pub fn run(model: &str, spec: &DataSpec, opts: &EvalOptions, device: &Device) ->
     let names = |ids: &[usize]| ids.iter().map(|&l| labels[l].as_str()).collect::<Vec<_>>().join("+");
     let mut order: Vec<usize> = (0..gold.len()).collect();
     order.sort_by(|&a, &b| out.losses[b].total_cmp(&out.losses[a]).then(a.cmp(&b)));
-    let highest_loss = order
-        .into_iter()
+    let mut highest_loss: Vec<LossExample> = order
+        .iter()
         .take(opts.top_losses)
-        .map(|i| LossExample {
+        .map(|&i| LossExample {
             location: split.location(i),
             text: split.examples[i].text.clone(),
             gold: names(&gold[i]),
             predicted: names(&out.preds[i]),
             loss: out.losses[i],
+            explanations: Vec::new(),
         })
         .collect();
+    if let Some(o) = &opts.explain {
+        let explained = explain_worst(&predictor, &order[..highest_loss.len()], &split, (&out.preds, &gold), o)?;
+        for (e, x) in highest_loss.iter_mut().zip(explained) {
+            e.explanations = x;
+        }
+    }
     let mut report = EvalReport {
         model: model.to_string(),
         data: ds.name.clone(),
@@ -163,9 +176,32 @@ fn row_normalized(confusion: &[Vec<usize>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The explanations of the examples `rows` of `split`: their predicted labels', then the gold
+/// labels they lack.
+fn explain_worst(
+    predictor: &Predictor,
+    rows: &[usize],
+    split: &data::Split,
+    (preds, gold): (&[Vec<usize>], &[Vec<usize>]),
+    opts: &crate::explain::Options,
+) -> Result<Vec<Vec<ExplanationJson>>> {
+    let pb = crate::progress::bar(rows.len() as u64, "explaining", "text");
+    let mut out = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let mut labels = preds[i].clone();
+        labels.extend(gold[i].iter().filter(|g| !preds[i].contains(g)));
+        let (p, text) = (predictor, &split.examples[i].text);
+        let es = crate::explain::explain(&p.model, &p.encoder, text, &labels, opts, &p.device)?;
+        out.push(es.iter().map(|e| ExplanationJson::new(e, p.labels())).collect());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
 /// The report as text: scores, per-class table, confusion matrix (counts and rates), worst
 /// examples.
-pub fn format_report(r: &EvalReport) -> String {
+pub fn format_report(r: &EvalReport, colour: bool) -> String {
     let (model, data) = (escape(&r.model), escape(&r.data));
     let mut s = format!("{model} on {data} ({} split, {} examples)\n\n", r.split, r.examples);
     let names: Vec<String> = r.labels.iter().map(|l| label(l)).collect();
@@ -189,6 +225,9 @@ pub fn format_report(r: &EvalReport) -> String {
             let (gold, pred, at) = (label(&e.gold), label(&e.predicted), escape(&short.show(&e.location)));
             let _ = writeln!(s, "  {at:<10} loss {:>6.3}  gold {gold:<w$}  predicted {pred}", e.loss);
             let _ = writeln!(s, "      {}", clip(&e.text, 92));
+            for x in &e.explanations {
+                let _ = writeln!(s, "      why {}", x.describe(&e.text, colour));
+            }
         }
     }
     s

@@ -2,11 +2,12 @@
 
 mod common;
 
+use common::browser::Browser;
 use common::server::Server;
 use common::*;
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const LABELS: [&str; 6] = ["sadness", "joy", "love", "anger", "fear", "surprise"];
 
@@ -212,132 +213,32 @@ fn bars_show_the_scores(s: &Server, bars: &[String]) {
     }
 }
 
-/// A minimal W3C WebDriver client for chromedriver.
-fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
-    let url = format!("{base}{path}");
-    let r = match method {
-        "POST" => ureq::post(&url).send_json(body),
-        "DELETE" => ureq::delete(&url).call(),
-        _ => ureq::get(&url).call(),
-    };
-    match r {
-        Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
-        Err(ureq::Error::Status(c, r)) => panic!("webdriver {method} {path}: {c} {}", r.into_string().unwrap()),
-        Err(e) => panic!("webdriver {method} {path}: {e}"),
-    }
-}
-
 #[test]
 /// The page in a real browser, against a server with an API key: the first try is refused and
 /// the page asks for the key (which it never held); with the key typed in, six bars.
 fn page_shows_six_bars_in_headless_chromium() {
-    let (chromium, driver) = ("/usr/bin/chromium", "/usr/bin/chromedriver");
-    assert!(
-        std::path::Path::new(chromium).exists() && std::path::Path::new(driver).exists(),
-        "this test needs Debian's chromium and chromium-driver (scripts/test installs them)"
-    );
     let s = Server::start(&["--api-key", "page-key-7f3a"]);
     assert!(!s.get("/").1.contains("page-key-7f3a"), "the page must not embed the key");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cd =
-        Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get(&format!("{base}/status")).call().is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let profile = tempfile::tempdir().unwrap();
-    let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-        "binary": chromium,
-        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 format!("--user-data-dir={}", profile.path().display())]}}}});
-    let session = wd(&base, "POST", "/session", caps);
-    let sid = session["sessionId"].as_str().unwrap().to_string();
-    let result = std::panic::catch_unwind(|| {
-        wd(&base, "POST", &format!("/session/{sid}/url"), json!({"url": s.url("/")}));
-        let find = |css: &str| -> String {
-            let e =
-                wd(&base, "POST", &format!("/session/{sid}/element"), json!({"using": "css selector", "value": css}));
-            e.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string()
-        };
-        let text = find("#text");
-        wd(
-            &base,
-            "POST",
-            &format!("/session/{sid}/element/{text}/value"),
-            json!({"text": "i feel so happy and grateful today"}),
-        );
-        let button = find("#go");
-        let script =
-            |js: &str| wd(&base, "POST", &format!("/session/{sid}/execute/sync"), json!({"script": js, "args": []}));
-        wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while script("return document.getElementById('keyrow').hidden") != json!(false) {
-            assert!(Instant::now() < deadline, "the page did not ask for the key");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(script("return document.querySelectorAll('#bars .row').length"), json!(0));
-        let key = find("#key");
-        wd(&base, "POST", &format!("/session/{sid}/element/{key}/value"), json!({"text": "page-key-7f3a"}));
-        wd(&base, "POST", &format!("/session/{sid}/element/{button}/click"), json!({}));
-        let labels: Vec<String> = loop {
-            let got = script(
-                "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)",
-            );
-            let v: Vec<String> = got.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
-            if v.len() == 6 || Instant::now() > deadline {
-                break v;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert_eq!(labels.len(), 6, "six bars: {labels:?}");
-        bars_show_the_scores(&s, &labels);
-        // A long label ("disappointment", GoEmotions) is cut with an ellipsis inside its box, not
-        // drawn over its bar.
-        let js = "const r = document.querySelector('#bars .row'); const n = r.querySelector('.name'); \
-                  n.textContent = 'disappointment and embarrassment'; const st = getComputedStyle(n); \
-                  return [st.overflow, st.textOverflow, st.whiteSpace, n.getBoundingClientRect().right <= \
-                  r.querySelector('.track').getBoundingClientRect().left + 0.5]";
-        assert_eq!(script(js), json!(["hidden", "ellipsis", "nowrap", true]));
-        let png = wd(&base, "GET", &format!("/session/{sid}/screenshot"), json!({}));
-        let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
-        std::fs::write(&shot, base64_decode(png.as_str().unwrap())).unwrap();
-    });
-    wd(&base, "DELETE", &format!("/session/{sid}"), json!({}));
-    let _ = cd.kill();
-    let _ = cd.wait();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let table = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => 0,
-        }
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= table(c) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
+    let b = Browser::open(&s.url("/"));
+    b.type_into("#text", "i feel so happy and grateful today");
+    b.click("#go");
+    let asked = b.wait_for("return document.getElementById('keyrow').hidden", 15, |v| v == &json!(false));
+    assert_eq!(asked, json!(false), "the page did not ask for the key");
+    assert_eq!(b.script("return document.querySelectorAll('#bars .row').length"), json!(0));
+    b.type_into("#key", "page-key-7f3a");
+    b.click("#go");
+    let js = "return Array.from(document.querySelectorAll('#bars .row')).map(r => r.dataset.label + ' ' + r.querySelector('.bar').style.width)";
+    let got = b.wait_for(js, 15, |v| v.as_array().is_some_and(|a| a.len() == 6));
+    let labels: Vec<String> = got.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    assert_eq!(labels.len(), 6, "six bars: {labels:?}");
+    bars_show_the_scores(&s, &labels);
+    // A long label ("disappointment", GoEmotions) is cut with an ellipsis inside its box, not
+    // drawn over its bar.
+    let js = "const r = document.querySelector('#bars .row'); const n = r.querySelector('.name'); \
+              n.textContent = 'disappointment and embarrassment'; const st = getComputedStyle(n); \
+              return [st.overflow, st.textOverflow, st.whiteSpace, n.getBoundingClientRect().right <= \
+              r.querySelector('.track').getBoundingClientRect().left + 0.5]";
+    assert_eq!(b.script(js), json!(["hidden", "ellipsis", "nowrap", true]));
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    std::fs::write(&shot, b.screenshot()).unwrap();
 }

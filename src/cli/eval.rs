@@ -4,7 +4,7 @@ use crate::data::{DataSpec, SplitName};
 use crate::eval::EvalOptions;
 use anyhow::Result;
 use clap::Args;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -58,6 +58,12 @@ pub struct EvalArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    /// Explain each highest-loss example: the Integrated Gradients attributions of its
+    /// predicted and its gold label(s) to its words (in the text report, and in --json).
+    #[arg(long, help_heading = "Explanations")]
+    pub explain_worst: bool,
+    #[command(flatten)]
+    pub explain_how: crate::explain::args::ExplainHow,
     #[command(flatten)]
     pub compute: crate::device::ComputeArgs,
 }
@@ -110,6 +116,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         threshold: args.threshold,
         quantize: crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?,
         autocast,
+        explain: args.explain_how.options(args.explain_worst, "--explain-worst")?.map(|mut o| {
+            o.autocast = crate::explain::precision(&device, args.compute.dtype());
+            o
+        }),
     };
     let model = crate::hub::with_revision(&args.model, args.revision.as_deref())?;
     // Both names are checked: whether the model is multi-label is known only once it is loaded.
@@ -118,7 +128,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     check_plot_free(&multi, args.overwrite)?;
     let report = crate::eval::run(&model, &spec, &opts, &device)?;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", crate::eval::format_report(&report))?;
+    write!(out, "{}", crate::eval::format_report(&report, std::io::stdout().is_terminal()))?;
     let title = format!("{model} · {} · {} ({})", report.split, report.data, report.examples);
     if let Some(m) = &report.metrics {
         create_parent(&single)?;

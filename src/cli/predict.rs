@@ -1,7 +1,7 @@
 //! `emotune predict`.
 
 use crate::data::InputText;
-use crate::explain::args::{explanation_json, explanation_text, label_id};
+use crate::explain::args::{explanation_json, label_id, ExplanationJson};
 use crate::explain::Explanation;
 use crate::infer::output::{format_predictions_table, prediction_json, ranked_json};
 use crate::infer::{Prediction, Predictor};
@@ -190,7 +190,7 @@ fn write_output(args: &PredictArgs, rows: &[Row], labels: &[String], task: Task)
         for (i, (input, es)) in explained.enumerate() {
             writeln!(out, "{}", if i == 0 { "\nexplanations (Integrated Gradients):" } else { "" })?;
             for e in es {
-                writeln!(out, "{}", explanation_text(&input.text, e, labels, terminal))?;
+                writeln!(out, "{}", ExplanationJson::new(e, labels).describe(&input.text, terminal))?;
             }
         }
         return Ok(());

@@ -1,7 +1,7 @@
 //! The explanation flags shared by `predict` and `eval`, the JSON of an explanation, and how a
 //! label given by name or id is found.
 
-use super::{Explanation, Options, Target};
+use super::{Explanation, Options, Target, Word};
 use anyhow::{bail, Result};
 use serde_json::Value;
 
@@ -53,7 +53,7 @@ pub fn label_id(given: &str, labels: &[String], what: &str) -> Result<usize> {
 }
 
 /// One explanation as the CLI's JSON lines and the server's `/explain` give it.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ExplanationJson {
     /// The label explained.
     pub label: String,
@@ -68,23 +68,13 @@ pub struct ExplanationJson {
     /// Captum's convergence delta: the attributions' sum minus `difference`.
     pub delta: f32,
     /// The text's words, special tokens left out.
-    pub words: Vec<WordJson>,
+    pub words: Vec<Word>,
     /// Every token, special ones included.
     pub tokens: Vec<TokenJson>,
 }
 
-/// A word, `start..end` in characters of the text (Unicode scalar values, as Python indexes).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct WordJson {
-    pub text: String,
-    pub start: usize,
-    pub end: usize,
-    /// Positive: the word pushes towards the label; negative: against it.
-    pub score: f32,
-}
-
 /// A token as the vocabulary spells it, with its characters of the text.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenJson {
     pub token: String,
     pub start: usize,
@@ -94,8 +84,6 @@ pub struct TokenJson {
 
 impl ExplanationJson {
     pub fn new(e: &Explanation, labels: &[String]) -> ExplanationJson {
-        let words =
-            e.words.iter().map(|w| WordJson { text: w.text.clone(), start: w.start, end: w.end, score: w.score });
         let tokens = e.tokens.iter().map(|t| TokenJson {
             token: t.span.token.clone(),
             start: t.span.start,
@@ -110,24 +98,30 @@ impl ExplanationJson {
             steps: e.steps,
             difference: e.difference,
             delta: e.delta,
-            words: words.collect(),
+            words: e.words.clone(),
             tokens: tokens.collect(),
         }
+    }
+
+    /// One line for a reader: the label, then `text` with its words coloured (on a terminal) or
+    /// its eight strongest words with their scores, strongest first (elsewhere; the JSON has all).
+    pub fn describe(&self, text: &str, colour: bool) -> String {
+        let head = format!("{} ({}, δ {:+.1e}):", crate::display::label(&self.label), self.target.name(), self.delta);
+        if colour {
+            return format!("{head} {}", super::render_terminal(text, &self.words));
+        }
+        let mut strongest: Vec<&Word> = self.words.iter().collect();
+        strongest.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+        let words: Vec<String> = strongest
+            .iter()
+            .take(8)
+            .map(|w| format!("{} {:+.3}", crate::display::clip(&w.text, 24), w.score))
+            .collect();
+        format!("{head} {}", words.join(", "))
     }
 }
 
 /// [`ExplanationJson`] as a JSON value.
 pub fn explanation_json(e: &Explanation, labels: &[String]) -> Value {
     serde_json::to_value(ExplanationJson::new(e, labels)).expect("an explanation serialises")
-}
-
-/// One line for a reader: the label, then the text with its words coloured (on a terminal) or
-/// followed by their scores (elsewhere).
-pub fn explanation_text(text: &str, e: &Explanation, labels: &[String], colour: bool) -> String {
-    let head = format!("{} ({}, δ {:+.1e}):", labels[e.label], e.target.name(), e.delta);
-    if colour {
-        return format!("{head} {}", super::render_terminal(text, &e.words));
-    }
-    let words: Vec<String> = e.words.iter().map(|w| format!("{}({:+.3})", w.text, w.score)).collect();
-    format!("{head} {}", words.join(" "))
 }

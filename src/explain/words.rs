@@ -16,12 +16,14 @@ pub struct TokenScore {
     pub score: f32,
 }
 
-/// One word of the text and its attribution.
-#[derive(Debug, Clone, PartialEq)]
+/// One word of the text and its attribution; `start..end` in characters of the text (Unicode
+/// scalar values, as Python indexes a `str`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Word {
     pub text: String,
     pub start: usize,
     pub end: usize,
+    /// Positive: the word pushes towards the label; negative: against it.
     pub score: f32,
 }
 
@@ -64,11 +66,14 @@ fn char_boundaries(text: &str) -> Vec<usize> {
 
 /// `text` with each word's background coloured by its score: green where it pushes towards the
 /// explained label, red where it pushes against it, stronger with the score's size relative to
-/// the largest (24-bit ANSI colours; words under 5% of the largest are left plain).
+/// the largest (24-bit ANSI colours; words under 5% of the largest are left plain). Line breaks
+/// become spaces and other control characters are escaped, as everywhere text is printed.
 pub fn render_terminal(text: &str, words: &[Word]) -> String {
     let bytes = char_boundaries(text);
     let at = |c: usize| bytes[c.min(bytes.len() - 1)];
     let largest = words.iter().fold(0f32, |m, w| m.max(w.score.abs()));
+    // one line, with no control character of the text reaching the terminal
+    let show = |s: &str| crate::display::escape(&s.replace(['\n', '\r', '\t'], " "));
     let mut out = String::new();
     let mut done = 0;
     for w in words {
@@ -76,18 +81,18 @@ pub fn render_terminal(text: &str, words: &[Word]) -> String {
         if a < done || b < a {
             continue;
         }
-        out.push_str(&text[done..a]);
+        out.push_str(&show(&text[done..a]));
         let t = if largest > 0.0 { w.score.abs() / largest } else { 0.0 };
         if t < 0.05 {
-            out.push_str(&text[a..b]);
+            out.push_str(&show(&text[a..b]));
         } else {
             let fade = (255.0 - 175.0 * t).round() as u8;
             let (r, g, bl) = if w.score > 0.0 { (fade, 255, fade) } else { (255, fade, fade) };
-            out.push_str(&format!("\x1b[30;48;2;{r};{g};{bl}m{}\x1b[0m", &text[a..b]));
+            out.push_str(&format!("\x1b[30;48;2;{r};{g};{bl}m{}\x1b[0m", show(&text[a..b])));
         }
         done = b;
     }
-    out.push_str(&text[done..]);
+    out.push_str(&show(&text[done..]));
     out
 }
 

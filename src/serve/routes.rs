@@ -160,7 +160,7 @@ fn add_errors(op: &mut Operation, stages: Stages, protected: bool) {
     components(schemas(PredictRequest, PredictResponse, Prediction, Parameters, ScoreFunction, TruncationDirection,
         Inputs, TokenizeRequest, TokenizeResponse, SimpleToken, InputIds, DecodeRequest, DecodeResponse, ErrorResponse,
         ExplainRequest, ExplainResponse, ExplainedText, crate::explain::args::ExplanationJson,
-        crate::explain::args::WordJson, crate::explain::args::TokenJson, crate::explain::Target)),
+        crate::explain::Word, crate::explain::args::TokenJson, crate::explain::Target)),
     modifiers(&BearerAuth, &Errors),
     security(("api_key" = []))
 )]
