@@ -157,3 +157,43 @@ fn bad_explanation_requests_are_refused() {
         assert!(!out.status.success() && err.contains(message), "{args:?}: {err}");
     }
 }
+
+/// `eval --explain-worst`: every listed example explained, its predicted labels first and then
+/// the gold ones it missed, in the JSON report and the text; the settings refused without it.
+#[test]
+fn eval_explains_the_highest_loss_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let emotion = shared().join("data/emotion");
+    let model = fixture("tiny-bert");
+    let args = ["eval", "--model", model.to_str().unwrap(), "--dataset", emotion.to_str().unwrap(), "--limit", "40"];
+    let out = Command::new(bin())
+        .args(args)
+        .args(["--top-losses", "3", "--explain-worst", "--explain-steps", "8", "--output-dir"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let worst = report["highest_loss"].as_array().unwrap();
+    assert_eq!(worst.len(), 3);
+    for e in worst {
+        let explained: Vec<&str> =
+            e["explanations"].as_array().unwrap().iter().map(|x| x["label"].as_str().unwrap()).collect();
+        let (gold, predicted) = (e["gold"].as_str().unwrap(), e["predicted"].as_str().unwrap());
+        let want: Vec<&str> = if gold == predicted { vec![predicted] } else { vec![predicted, gold] };
+        assert_eq!(explained, want, "{e}");
+        assert!(e["explanations"].as_array().unwrap().iter().all(|x| x["steps"] == 8));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("      why ").count(),
+        worst.iter().map(|e| e["explanations"].as_array().unwrap().len()).sum::<usize>(),
+        "{text}"
+    );
+    let refused = Command::new(bin()).args(args).args(["--explain-target", "probability"]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("add --explain-worst"), "{err}");
+}

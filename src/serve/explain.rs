@@ -17,6 +17,26 @@ use std::sync::Arc;
 use std::time::Instant;
 use utoipa::ToSchema;
 
+/// One of the model's labels, by name (the running server's description lists them).
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct LabelName(pub String);
+
+impl utoipa::PartialSchema for LabelName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        label_schema(None)
+    }
+}
+
+impl ToSchema for LabelName {}
+
+/// [`LabelName`]'s schema: a string, one of `labels` where they are known.
+pub fn label_schema(labels: Option<&[String]>) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let s = ObjectBuilder::new().schema_type(Type::String).description(Some("One of the model's labels"));
+    s.enum_values(labels.map(<[String]>::to_vec)).into()
+}
+
 /// What to explain.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +45,7 @@ pub struct ExplainRequest {
     /// The label to explain, by name (default: the predicted label; for a multi-label model,
     /// each label at or above its threshold).
     #[serde(default)]
-    pub label: Option<String>,
+    pub label: Option<LabelName>,
     /// Gauss-Legendre points between the baseline and the text (default 32).
     #[schema(minimum = 1, maximum = 1024)]
     #[serde(default)]
@@ -83,7 +103,7 @@ async fn explain_inner(st: &Arc<AppState>, body: api::Body) -> Result<ExplainRes
         return Err(invalid(format!("steps must be between 1 and {MAX_STEPS} (got {})", opts.steps)));
     }
     let label = match &req.label {
-        Some(l) => Some(label_id(l, st.predictor.labels(), "label").map_err(|e| invalid(format!("{e:#}")))?),
+        Some(l) => Some(label_id(&l.0, st.predictor.labels(), "label").map_err(|e| invalid(format!("{e:#}")))?),
         None => None,
     };
     let (texts, single) = match req.inputs {

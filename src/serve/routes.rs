@@ -4,7 +4,7 @@
 use super::api::TruncationDirection;
 use super::api::{self, DecodeRequest, DecodeResponse, ErrorResponse, InputIds, Inputs, Parameters, PredictRequest};
 use super::api::{PredictResponse, Prediction, ScoreFunction, SimpleToken, TokenizeRequest, TokenizeResponse};
-use super::explain::{self, ExplainRequest, ExplainResponse, ExplainedText};
+use super::explain::{self, ExplainRequest, ExplainResponse, ExplainedText, LabelName};
 use super::guard::{self, BodyLimits};
 use super::handlers::{self, AppState};
 use super::tokens;
@@ -69,7 +69,7 @@ async fn method_not_allowed() -> api::ApiError {
 #[utoipa::path(get, path = "/api-doc/openapi.json", responses((status = 200, description = "OpenAPI 3 JSON")))]
 pub async fn openapi(State(st): State<Arc<AppState>>) -> Response {
     let limits = (st.cfg.max_client_batch_size, st.tokenizer.get_vocab_size(true) as u32);
-    ([(header::CONTENT_TYPE, "application/json")], description(limits)).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], description(limits, st.predictor.labels())).into_response()
 }
 
 struct BearerAuth;
@@ -159,20 +159,21 @@ fn add_errors(op: &mut Operation, stages: Stages, protected: bool) {
     ),
     components(schemas(PredictRequest, PredictResponse, Prediction, Parameters, ScoreFunction, TruncationDirection,
         Inputs, TokenizeRequest, TokenizeResponse, SimpleToken, InputIds, DecodeRequest, DecodeResponse, ErrorResponse,
-        ExplainRequest, ExplainResponse, ExplainedText, crate::explain::args::ExplanationJson,
+        ExplainRequest, ExplainResponse, ExplainedText, LabelName, crate::explain::args::ExplanationJson,
         crate::explain::Word, crate::explain::args::TokenJson, crate::explain::Target)),
     modifiers(&BearerAuth, &Errors),
     security(("api_key" = []))
 )]
 pub struct ApiDoc;
 
-/// The description, with the batch size and vocabulary `(max_client_batch_size, vocab)` of the
-/// running server in the schemas of the inputs.
-fn description(limits: (usize, u32)) -> String {
+/// The description, with the batch size and vocabulary `(max_client_batch_size, vocab)` and the
+/// labels of the running server in the schemas of the inputs.
+fn description(limits: (usize, u32), labels: &[String]) -> String {
     let mut doc = ApiDoc::openapi();
     if let Some(components) = doc.components.as_mut() {
         components.schemas.insert("Inputs".into(), api::inputs_schema(Some(limits.0)));
         components.schemas.insert("InputIds".into(), api::input_ids_schema(Some(limits)));
+        components.schemas.insert("LabelName".into(), explain::label_schema(Some(labels)));
     }
     doc.to_pretty_json().expect("the API description serialises")
 }
