@@ -33,6 +33,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// A file written bit by bit and put in place whole: it is built as a temporary sibling and
+/// renamed over `path` by [`AtomicFile::commit`]; dropped before that, the sibling is removed.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let tmp = temp_path(path);
+        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, file: Some(file) })
+    }
+
+    /// The temporary file, to write to.
+    pub fn file(&self) -> Result<std::fs::File> {
+        let f = self.file.as_ref().context("the file was committed")?;
+        f.try_clone().with_context(|| format!("opening {}", self.tmp.display()))
+    }
+
+    /// Syncs the temporary file and renames it over the destination.
+    pub fn commit(mut self) -> Result<()> {
+        let f = self.file.take().context("the file was committed")?;
+        f.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Atomically writes `value` as pretty-printed JSON with a trailing newline.
 pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;

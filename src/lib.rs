@@ -19,6 +19,8 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod serve;
 pub mod sync;
 pub mod tokenize;

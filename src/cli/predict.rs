@@ -1,5 +1,6 @@
 //! `emotune predict`.
 
+use crate::data::stream::TextStream;
 use crate::data::InputText;
 use crate::explain::args::{explanation_json, label_id, ExplanationJson};
 use crate::explain::Explanation;
@@ -9,7 +10,7 @@ use crate::model::Task;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -56,6 +57,19 @@ pub struct PredictArgs {
     /// from float32 (the README measures how much).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::model::Quantize>,
+    /// Write the predictions to this file (.jsonl, or .parquet with a column per label) instead
+    /// of standard output, reading --input a chunk at a time: memory stays bounded whatever the
+    /// input's size. The file appears when complete.
+    #[arg(long, short, value_name = "FILE", requires = "input", help_heading = "Files of any size",
+          conflicts_with_all = ["format", "logits", "top_k", "all_scores", "explain"])]
+    pub output: Option<PathBuf>,
+    /// With --output: leave out (and count) the rows that cannot be classified (malformed, not
+    /// UTF-8, empty) instead of stopping at the first.
+    #[arg(long, requires = "output", help_heading = "Files of any size")]
+    pub skip_bad_rows: bool,
+    /// With --output: texts read, classified and written at a time [default: 4096].
+    #[arg(long, value_name = "N", requires = "output", help_heading = "Files of any size")]
+    pub chunk_size: Option<usize>,
     /// Explain each prediction: the Integrated Gradients attribution of the label to each word
     /// (JSON lines gain "explanation", or "explanations" for a multi-label model's predicted
     /// labels; on a terminal the text is shown with its words coloured). Computed in float32
@@ -85,8 +99,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let inputs = read_inputs(&args)?;
     let (device, autocast) = args.compute.resolve()?;
+    let inputs = if args.output.is_some() { Vec::new() } else { read_inputs(&args)? };
     let format = crate::model::inference_format(args.quantize, args.compute.dtype(), &device)?;
     let mut predictor = Predictor::load(
         &crate::hub::with_revision(&args.model, args.revision.as_deref())?,
@@ -97,6 +111,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
     predictor.model.autocast = autocast;
     if let Some(t) = args.threshold {
         predictor.set_threshold(t)?;
+    }
+    if let (Some(input), Some(output)) = (&args.input, &args.output) {
+        return predict_file(&args, &predictor, input, output);
     }
     let explain = args.explain_how.options(args.explain, "--explain")?.map(|mut o| {
         o.autocast = crate::explain::precision(&device, args.compute.dtype());
@@ -132,6 +149,30 @@ pub fn run(args: PredictArgs) -> Result<()> {
             empty.len(),
             empty[..empty.len().min(10)].join(", ")
         );
+    }
+    Ok(())
+}
+
+/// `--input FILE --output FILE`: chunk by chunk, with progress and the counts at the end.
+fn predict_file(args: &PredictArgs, predictor: &Predictor, input: &Path, output: &Path) -> Result<()> {
+    let mut stream = TextStream::open(input, &args.text_column, args.skip_bad_rows)?;
+    let bar = crate::progress::bar(stream.rows_expected, "predicting", "text");
+    let sizes = (args.chunk_size.unwrap_or(crate::infer::stream::DEFAULT_CHUNK), args.batch_size);
+    let counts = crate::infer::stream::predict_file(predictor, &mut stream, output, sizes, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    crate::status!(
+        "{} rows read from {}, {} predictions written to {}{}",
+        counts.rows_in,
+        input.display(),
+        counts.rows_out,
+        output.display(),
+        if counts.skipped > 0 { format!(", {} rows left out:", counts.skipped) } else { String::new() }
+    );
+    for p in &stream.first_skipped {
+        crate::status!("  {p}");
+    }
+    if counts.skipped > stream.first_skipped.len() {
+        crate::status!("  ... and {} more", counts.skipped - stream.first_skipped.len());
     }
     Ok(())
 }

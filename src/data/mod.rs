@@ -9,6 +9,7 @@
 mod discover;
 mod problems;
 mod readers;
+pub mod stream;
 
 pub use discover::{glob_match, split_of_name};
 

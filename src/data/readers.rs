@@ -230,8 +230,13 @@ fn read_jsonl(path: &Path, cols: Columns, sink: &mut Sink) -> Result<Vec<RawRow>
     Ok(rows)
 }
 
+/// The text of one JSON line's field `column`, or why it has none.
+pub(super) fn json_text(line: &str, column: &str) -> std::result::Result<String, String> {
+    parse_json_line(line, Columns::text(column)).map(|(text, _)| text)
+}
+
 /// The positions of the text and label columns in a CSV/TSV header.
-fn header_columns(path: &Path, headers: &csv::ByteRecord, cols: Columns) -> Result<(usize, Option<usize>)> {
+pub(super) fn header_columns(path: &Path, headers: &csv::ByteRecord, cols: Columns) -> Result<(usize, Option<usize>)> {
     let have: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
     let col = |name: &str| -> Result<usize> {
         have.iter().position(|h| h == name).ok_or_else(|| {
@@ -349,7 +354,7 @@ fn parquet_class_names(json: &str, label_col: &str) -> Option<Vec<String>> {
     names.iter().map(|n| n.as_str().map(str::to_string)).collect()
 }
 
-fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+pub(super) fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
     strings(batch.column_by_name(name).ok_or_else(|| anyhow!("missing column"))?.as_ref())
 }
 

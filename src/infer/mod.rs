@@ -3,6 +3,7 @@
 //! of them run. [`output`] turns predictions into JSON lines and tables.
 
 pub mod output;
+pub mod stream;
 pub mod thresholds;
 
 use crate::hub::ModelFiles;

@@ -210,7 +210,7 @@ fn whole(v: &serde_json::Value) -> Option<u64> {
 
 /// An optional count that the schema calls an integer: `null`, `3` or `3.0`; one past what
 /// `usize` holds (any is more than the labels) reads as the largest.
-fn optional_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(super) fn optional_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     use serde::de::Error;
     let v = serde_json::Value::deserialize(d)?;
     if v.is_null() {

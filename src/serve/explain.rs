@@ -48,7 +48,7 @@ pub struct ExplainRequest {
     pub label: Option<LabelName>,
     /// Gauss-Legendre points between the baseline and the text (default 32).
     #[schema(minimum = 1, maximum = 1024)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::optional_count")]
     pub steps: Option<usize>,
     /// What is attributed (default `logit`).
     #[serde(default)]
