@@ -122,7 +122,7 @@ impl Classifier {
         let texts = texts_of(texts)?;
         let lines = self.run(py, |p| {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let preds = p.predict(&refs, batch_size)?;
+            let preds = p.predict_grouped(&refs, batch_size)?;
             let lines: Vec<serde_json::Value> = preds
                 .iter()
                 .zip(&refs)
@@ -152,7 +152,7 @@ impl Classifier {
         let n_labels = self.predictor.labels().len();
         let bytes = self.run(py, |p| {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let preds = p.predict(&refs, batch_size)?;
+            let preds = p.predict_grouped(&refs, batch_size)?;
             Ok(preds.iter().flat_map(|p| p.probs.iter().flat_map(|x| x.to_le_bytes())).collect::<Vec<u8>>())
         })?;
         let array = py.import("numpy")?.call_method1("frombuffer", (PyBytes::new(py, &bytes), "<f4"))?;

@@ -178,7 +178,7 @@ fn peak_rss_kib(input: &Path, output: &Path) -> u64 {
 }
 
 /// Ten times the rows, the same memory: peak RSS within 1.2x (measured on an Intel Xeon with
-/// AMX: 71 MiB for 2,000 rows and 75 MiB for 20,000, chunks of 512).
+/// AMX: 75 MiB for 2,000 rows and 77 MiB for 20,000, chunks of 512).
 #[test]
 fn memory_does_not_grow_with_the_input() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,7 +126,7 @@ impl Predictor {
         &self.model.config.labels
     }
 
-    /// Classifies `texts` in batches of `batch_size`.
+    /// Classifies `texts` in batches of `batch_size`, in their order.
     pub fn predict(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Prediction>> {
         if batch_size == 0 {
             bail!("batch size must be at least 1");
@@ -134,21 +134,46 @@ impl Predictor {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch_size) {
             let rows = self.encoder.tokenize(chunk)?;
-            let scores = score(&self.model, &self.encoder, &rows.iter().collect::<Vec<_>>(), &self.device)?;
-            for ((logits, probs), row) in scores.logits.into_iter().zip(scores.probs).zip(&rows) {
-                let id = argmax(&probs);
-                let labels = predicted(self.task(), &probs, &self.thresholds);
-                out.push(Prediction {
-                    label_id: id,
-                    score: probs[id],
-                    labels,
-                    probs,
-                    logits,
-                    truncated: row.truncated,
-                });
-            }
+            out.extend(self.predictions(&rows.iter().collect::<Vec<_>>())?);
         }
         Ok(out)
+    }
+
+    /// As [`Predictor::predict`], with the texts batched in order of length: a batch is padded
+    /// to its longest text, so texts of like lengths together spare the padding (about half the
+    /// work on texts of 3 to 66 tokens in batches of 64). The results come in the texts' order;
+    /// scores can differ from `predict`'s in the last bits (sums over other paddings).
+    pub fn predict_grouped(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Prediction>> {
+        if batch_size == 0 {
+            bail!("batch size must be at least 1");
+        }
+        let rows = self.encoder.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].ids.len());
+        let mut out: Vec<Option<Prediction>> = vec![None; rows.len()];
+        for chunk in order.chunks(batch_size) {
+            let preds = self.predictions(&chunk.iter().map(|&i| &rows[i]).collect::<Vec<_>>())?;
+            for (&i, p) in chunk.iter().zip(preds) {
+                out[i] = Some(p);
+            }
+        }
+        Ok(out.into_iter().map(|p| p.expect("every text is in one batch")).collect())
+    }
+
+    /// The predictions of `rows`, scored as one batch.
+    fn predictions(&self, rows: &[&Tokenized]) -> Result<Vec<Prediction>> {
+        let scores = score(&self.model, &self.encoder, rows, &self.device)?;
+        Ok(scores
+            .logits
+            .into_iter()
+            .zip(scores.probs)
+            .zip(rows)
+            .map(|((logits, probs), row)| {
+                let id = argmax(&probs);
+                let labels = predicted(self.task(), &probs, &self.thresholds);
+                Prediction { label_id: id, score: probs[id], labels, probs, logits, truncated: row.truncated }
+            })
+            .collect())
     }
 }
 

@@ -136,7 +136,8 @@ fn record_batch(
 }
 
 /// Classifies every text of `input` into `output`, `chunk` texts at a time in batches of
-/// `batch_size`; `on_chunk` is told how many input rows each chunk took.
+/// `batch_size` grouped by length ([`Predictor::predict_grouped`]); `on_chunk` is told how many
+/// input rows each chunk took.
 pub fn predict_file(
     predictor: &Predictor,
     input: &mut TextStream,
@@ -154,7 +155,7 @@ pub fn predict_file(
     let mut read = 0;
     while let Some(rows) = input.next_chunk(chunk)? {
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-        let preds = predictor.predict(&texts, batch_size)?;
+        let preds = predictor.predict_grouped(&texts, batch_size)?;
         writer.write(&rows, &preds, labels, task).with_context(|| format!("writing {}", output.display()))?;
         rows_out += rows.len();
         on_chunk(input.rows_read - read);
