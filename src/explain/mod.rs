@@ -139,6 +139,9 @@ pub fn explain(
     device: &Device,
 ) -> Result<Vec<Explanation>> {
     opts.check()?;
+    if labels.is_empty() {
+        return Ok(Vec::new());
+    }
     let n_labels = model.config.num_labels();
     if let Some(&l) = labels.iter().find(|&&l| l >= n_labels) {
         bail!("cannot explain label id {l}: the model has {n_labels} labels");

@@ -4,7 +4,7 @@
 //! explanation is itself a batch of `steps + 2` copies of its text, so that batch must fit
 //! `--max-batch-tokens`, and explanations run one at a time beside the scoring workers.
 
-use super::api::{self, check_inputs, ApiError, Inputs};
+use super::api::{self, ApiError, Inputs};
 use super::handlers::AppState;
 use crate::explain::args::{label_id, ExplanationJson};
 use crate::explain::{Options, Target, MAX_STEPS};
@@ -106,15 +106,7 @@ async fn explain_inner(st: &Arc<AppState>, body: api::Body) -> Result<ExplainRes
         Some(l) => Some(label_id(&l.0, st.predictor.labels(), "label").map_err(|e| invalid(format!("{e:#}")))?),
         None => None,
     };
-    let (texts, single) = match req.inputs {
-        Inputs::One(t) => (vec![t], true),
-        Inputs::Many(v) => (v, false),
-    };
-    check_inputs(&texts, st.cfg.max_client_batch_size)?;
-    let Ok(_permit) = st.permits.clone().try_acquire_owned() else {
-        let msg = "Model is overloaded: too many concurrent requests";
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Overloaded", msg));
-    };
+    let (texts, single, _permit) = super::handlers::admit(st, req.inputs)?;
     let rows = super::handlers::tokenize(st, texts.clone(), req.truncate.unwrap_or(false)).await?;
     for (i, r) in rows.iter().enumerate() {
         let tokens = (opts.steps + 2) * r.ids.len();

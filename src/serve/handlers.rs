@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// What the handlers share.
 pub struct AppState {
@@ -80,15 +80,7 @@ async fn predict_inner(
     if req.parameters.as_ref().and_then(|p| p.top_k) == Some(0) {
         return Err(ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, "parameters.top_k must be at least 1"));
     }
-    let (texts, single) = match req.inputs {
-        Inputs::One(t) => (vec![t], true),
-        Inputs::Many(v) => (v, false),
-    };
-    check_inputs(&texts, st.cfg.max_client_batch_size)?;
-    let Ok(_permit) = st.permits.clone().try_acquire_owned() else {
-        let msg = "Model is overloaded: too many concurrent requests";
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Overloaded", msg));
-    };
+    let (texts, single, _permit) = admit(st, req.inputs)?;
     let chars = texts.iter().map(|t| t.chars().count()).sum();
     let tokenizing = Instant::now();
     let rows = tokenize(st, texts, req.truncate.unwrap_or(false)).await?;
@@ -105,6 +97,21 @@ async fn predict_inner(
         _ => PredictResponse::Many(ranked),
     };
     Ok((meta.headers(), response))
+}
+
+/// A request's texts and whether it sent one text, checked against the batch limits, with the
+/// concurrency permit that is held while it is served (429 when none is free).
+pub(super) fn admit(st: &AppState, inputs: Inputs) -> Result<(Vec<String>, bool, OwnedSemaphorePermit), ApiError> {
+    let (texts, single) = match inputs {
+        Inputs::One(t) => (vec![t], true),
+        Inputs::Many(v) => (v, false),
+    };
+    check_inputs(&texts, st.cfg.max_client_batch_size)?;
+    let Ok(permit) = st.permits.clone().try_acquire_owned() else {
+        let msg = "Model is overloaded: too many concurrent requests";
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Overloaded", msg));
+    };
+    Ok((texts, single, permit))
 }
 
 /// Queues the rows for a worker and waits for their scores (logits when `raw`).
