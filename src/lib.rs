@@ -14,6 +14,7 @@ pub mod explain;
 pub mod fsx;
 pub mod hub;
 pub mod infer;
+pub mod label_errors;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -194,3 +194,107 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
         Ok(())
     })
 }
+
+/// The data map of a run (dataset cartography): each training row at (variability,
+/// confidence), coloured by the fraction of epochs that predicted it right, with the three
+/// regions named. `points`: (variability, confidence, correctness).
+pub fn data_map_png(path: &Path, points: &[(f64, f64, f64)], title: &str) -> Result<()> {
+    render_atomic(path, (760, 640), |root| {
+        let top_var = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(0.25) * 1.05;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FAMILY, 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..top_var, 0f64..1.0)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("variability")
+            .y_desc("confidence")
+            .label_style((FAMILY, 13))
+            .draw()
+            .map_err(err)?;
+        // Red (never right) through yellow to blue (always right); small and translucent, so
+        // that dense regions read as dense.
+        let colour = |c: f64| {
+            RGBColor(
+                (220.0 - 190.0 * c) as u8,
+                (60.0 + 120.0 * (1.0 - (2.0 * c - 1.0).abs())) as u8,
+                (40.0 + 180.0 * c) as u8,
+            )
+        };
+        chart
+            .draw_series(points.iter().map(|&(v, conf, c)| Circle::new((v, conf), 2, colour(c).mix(0.5).filled())))
+            .map_err(err)?;
+        let style = TextStyle::from((FAMILY, 16).into_font()).color(&BLACK);
+        for (name, at) in
+            [("easy-to-learn", (0.01, 0.95)), ("hard-to-learn", (0.01, 0.08)), ("ambiguous", (top_var * 0.62, 0.55))]
+        {
+            chart.draw_series(std::iter::once(Text::new(name, at, style.clone()))).map_err(err)?;
+        }
+        for (c, name) in [(0.0, "never right"), (0.5, "right in half the epochs"), (1.0, "always right")] {
+            chart
+                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, colour(c).filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}
+
+/// The learning-rate range test: the smoothed loss against the learning rate (log scale), with
+/// the suggested rates marked. `suggestions`: (name, rate).
+pub fn lr_find_png(path: &Path, points: &[(f64, f64)], suggestions: &[(&str, f64)]) -> Result<()> {
+    render_atomic(path, (760, 480), |root| {
+        let lo = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).max(1e-12);
+        let hi = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(lo * 10.0);
+        let min_loss = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let max_loss = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((max_loss - min_loss) * 0.1).max(1e-3);
+        let (y0, y1) = if min_loss.is_finite() { (min_loss - pad, max_loss + pad) } else { (0.0, 1.0) };
+        let mut chart = ChartBuilder::on(root)
+            .caption("learning-rate range test", (FAMILY, 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d((lo..hi).log_scale(), y0..y1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("learning rate")
+            .y_desc("training loss (smoothed)")
+            .x_label_formatter(&|x| format!("{x:.0e}"))
+            .label_style((FAMILY, 13))
+            .draw()
+            .map_err(err)?;
+        chart.draw_series(LineSeries::new(points.iter().cloned(), BLUE.stroke_width(2))).map_err(err)?;
+        for (&(name, lr), colour) in suggestions.iter().zip([RED, GREEN, MAGENTA]) {
+            let loss_at =
+                points.iter().min_by(|a, b| (a.0 - lr).abs().total_cmp(&(b.0 - lr).abs())).map_or(y0, |p| p.1);
+            chart
+                .draw_series(std::iter::once(Circle::new((lr, loss_at), 6, colour.filled())))
+                .map_err(err)?
+                .label(format!("{name}: {lr:.2e}"))
+                .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}

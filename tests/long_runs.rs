@@ -46,7 +46,7 @@ fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
 }
 
 fn same_files(a: &Path, b: &Path) {
-    for f in ["model.safetensors", "metrics.jsonl"] {
+    for f in ["model.safetensors", "metrics.jsonl", "training_dynamics.jsonl"] {
         let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
         assert!(x == y, "{f} differs between {} and {}", a.display(), b.display());
     }

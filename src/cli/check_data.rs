@@ -1,6 +1,8 @@
 //! `emotune check-data`.
 
 use crate::data::DataSpec;
+use crate::label_errors::{confident::RankBy, report, CrossFit, LabelErrors};
+use crate::train::TrainConfig;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::Write;
@@ -11,7 +13,7 @@ pub struct CheckDataArgs {
     #[command(flatten)]
     pub data: DataSpec,
     /// A model whose tokenizer measures the texts (token-length distribution, rows over its
-    /// maximum length).
+    /// maximum length); with --label-errors, the model the folds fine-tune.
     #[arg(long, short, value_name = "MODEL")]
     pub model: Option<String>,
     /// The model's branch, tag or commit on the Hub (default: main); also written `--model ID@REV`.
@@ -27,9 +29,61 @@ pub struct CheckDataArgs {
     /// Write the whole report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub label_errors: LabelErrorArgs,
+    #[command(flatten)]
+    pub compute: crate::device::ComputeArgs,
+}
+
+/// Finding rows whose label looks wrong.
+#[derive(Args, Debug)]
+pub struct LabelErrorArgs {
+    /// Find training rows whose label looks wrong: fine-tune --model on all folds but one, score
+    /// the one held out (every fold in turn), then confident learning (cleanlab's
+    /// find_label_issues) on those out-of-fold probabilities.
+    #[arg(long, requires = "model", help_heading = "Label errors")]
+    pub label_errors: bool,
+    /// Rank the training rows of a finished `emotune train` run by its area under the margin
+    /// (its training_dynamics.jsonl): no extra training. Rows with a negative AUM are flagged.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "label_errors", help_heading = "Label errors")]
+    pub label_errors_from: Option<PathBuf>,
+    /// Folds of the cross-fitting (each row is scored by the model fitted without its fold).
+    #[arg(long, default_value_t = 5, value_name = "K", requires = "label_errors", help_heading = "Label errors")]
+    pub folds: usize,
+    /// Epochs each fold fine-tunes for (fewer epochs memorise fewer wrong labels).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "label_errors", help_heading = "Label errors")]
+    pub epochs: usize,
+    /// Each fold's peak learning rate (the seed recipe's otherwise: AdamW, linear decay).
+    #[arg(long, default_value_t = 2e-5, value_name = "LR", requires = "label_errors", help_heading = "Label errors")]
+    pub learning_rate: f64,
+    /// Each fold's training batch size.
+    #[arg(long, default_value_t = 64, value_name = "N", requires = "label_errors", help_heading = "Label errors")]
+    pub batch_size: usize,
+    /// Seeds the folds and every fold's fine-tuning.
+    #[arg(long, default_value_t = 42, value_name = "SEED", requires = "label_errors", help_heading = "Label errors")]
+    pub seed: u64,
+    /// Batch texts of similar length together while fine-tuning the folds.
+    #[arg(long, requires = "label_errors", help_heading = "Label errors")]
+    pub group_by_length: bool,
+    /// How flagged rows are ordered (least trustworthy first).
+    #[arg(long, value_enum, default_value_t = RankBy::SelfConfidence, value_name = "SCORE", help_heading = "Label errors")]
+    pub rank_by: RankBy,
+    /// Write every flagged row, ranked, to this file (.csv or .jsonl); `train --exclude-rows`
+    /// takes it.
+    #[arg(long, value_name = "FILE", help_heading = "Label errors")]
+    pub label_errors_out: Option<PathBuf>,
+    /// Write the out-of-fold probabilities of every training row (JSON lines) to this file.
+    #[arg(long, value_name = "FILE", requires = "label_errors", help_heading = "Label errors")]
+    pub save_probabilities: Option<PathBuf>,
 }
 
 pub fn run(args: CheckDataArgs) -> Result<()> {
+    if args.label_errors.label_errors_out.is_some()
+        && !args.label_errors.label_errors
+        && args.label_errors.label_errors_from.is_none()
+    {
+        bail!("--label-errors-out needs --label-errors or --label-errors-from");
+    }
     let encoder = match &args.model {
         Some(m) => {
             let spec = crate::hub::with_revision(m, args.revision.as_deref())?;
@@ -43,12 +97,50 @@ pub fn run(args: CheckDataArgs) -> Result<()> {
     if encoder.is_none() {
         writeln!(out, "(pass --model to measure token lengths against a model's maximum length)")?;
     }
+    let found = label_errors(&args)?;
+    if let Some(found) = &found {
+        write!(out, "{}", report::format(found, args.show))?;
+        if let Some(path) = &args.label_errors.label_errors_out {
+            report::write(path, found)?;
+            writeln!(out, "{} flagged row(s) written to {}", found.suspects.len(), path.display())?;
+        }
+    }
     if let Some(path) = &args.json {
-        crate::fsx::write_json_atomic(path, &serde_json::to_value(&report)?)?;
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(found) = &found {
+            value["label_errors"] = serde_json::to_value(found)?;
+        }
+        crate::fsx::write_json_atomic(path, &value)?;
         writeln!(out, "report saved to {}", path.display())?;
     }
     if report.error_count() > 0 {
         bail!("{} data error(s) found", report.error_count());
     }
     Ok(())
+}
+
+/// The label-error search the flags ask for, if any.
+fn label_errors(args: &CheckDataArgs) -> Result<Option<LabelErrors>> {
+    let a = &args.label_errors;
+    if let Some(dir) = &a.label_errors_from {
+        return Ok(Some(crate::label_errors::from_run(dir)?));
+    }
+    let (true, Some(model)) = (a.label_errors, &args.model) else { return Ok(None) };
+    let (device, autocast) = args.compute.resolve_training()?;
+    let mut recipe = TrainConfig::seed_recipe(model, PathBuf::from("(cross-fitting: nothing is written)"));
+    recipe.revision = args.revision.clone();
+    recipe.max_length = args.max_length;
+    recipe.num_train_epochs = a.epochs;
+    recipe.learning_rate = a.learning_rate;
+    recipe.train_batch_size = a.batch_size;
+    recipe.seed = a.seed;
+    recipe.group_by_length = a.group_by_length;
+    recipe.bf16 = autocast.is_some();
+    let how = CrossFit { recipe, folds: a.folds, rank_by: a.rank_by };
+    let dataset = crate::data::load_lenient(&args.data)?.0;
+    let save = |split: &crate::data::Split, probs: &[f64]| match &a.save_probabilities {
+        Some(path) => report::write_probabilities(path, split, probs, &dataset.labels),
+        None => Ok(()),
+    };
+    Ok(Some(crate::label_errors::by_cross_fitting(&dataset, &how, &device, save)?))
 }

@@ -30,6 +30,14 @@ pub struct TrainArgs {
     /// command that resumes, exit with status 130 (to split a run into sessions).
     #[arg(long, value_name = "STEP", help_heading = "Checkpoints and the best model")]
     pub stop_after_step: Option<usize>,
+    /// Run the learning-rate range test instead of training: the recipe's optimiser from 1e-7
+    /// upwards over --find-lr-steps batches; prints the suggested rates and writes lr_find.png
+    /// and lr_find.jsonl into --output-dir (nothing else is trained or saved).
+    #[arg(long, help_heading = "Learning rate", conflicts_with_all = ["resume", "stop_after_step", "predict"])]
+    pub find_lr: bool,
+    /// Batches of the range test (it stops earlier once the loss diverges).
+    #[arg(long, default_value_t = 100, value_name = "N", requires = "find_lr", help_heading = "Learning rate")]
+    pub find_lr_steps: usize,
     /// The ids of the flags given on the command line (the rest come from the checkpoint when
     /// resuming).
     #[arg(skip)]
@@ -48,6 +56,9 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     let (device, autocast) = args.compute.resolve_training()?;
     cfg.bf16 = autocast.is_some();
     cfg.output_dir = args.output_dir.unwrap_or_else(|| default_output_dir(&cfg.model, &args.data));
+    if args.find_lr {
+        return find_lr(&cfg, &args.data, &device, args.find_lr_steps);
+    }
     let control = RunControl {
         resume: args.resume.map(|p| p.map_or(crate::train::Resume::Latest, crate::train::Resume::Dir)),
         stop_after_step: args.stop_after_step,
@@ -93,6 +104,26 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// `train --find-lr`: the range test, its suggestions and where its points went.
+fn find_lr(cfg: &TrainConfig, data: &DataSpec, device: &candle_core::Device, steps: usize) -> Result<()> {
+    let test = crate::train::lr_find::run(cfg, data, device, steps)?;
+    crate::train::lr_find::write(&cfg.output_dir, &test)?;
+    let mut out = std::io::stdout().lock();
+    let last = test.points.last().map_or(0.0, |p| p.learning_rate);
+    let how = if test.stopped_early { "stopped when the loss diverged" } else { "ran every step" };
+    writeln!(out, "learning-rate range test: {} steps, rates 1e-7 to {last:.2e} ({how})", test.points.len())?;
+    writeln!(out, "suggested learning rate: {:.2e} (steepest descent of the loss)", test.steepest)?;
+    writeln!(out, "                         {:.2e} (a tenth of the rate at the loss's minimum)", test.minimum_tenth)?;
+    writeln!(
+        out,
+        "points: {}, plot: {}",
+        cfg.output_dir.join("lr_find.jsonl").display(),
+        cfg.output_dir.join("lr_find.png").display()
+    )?;
+    writeln!(out, "train with it: emotune train ... --learning-rate {:.1e}", test.minimum_tenth)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! names it.
 
 mod discover;
+pub mod exclude;
 mod problems;
 mod readers;
 pub mod stream;

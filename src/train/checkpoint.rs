@@ -162,6 +162,7 @@ pub fn save_checkpoint(
     opt: &AdamW,
     state: &TrainerState,
     carried: &Carried,
+    dynamics: &super::dynamics::Dynamics,
 ) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = out.join(&name);
@@ -175,6 +176,7 @@ pub fn save_checkpoint(
     crate::hub::write_files(&tmp, &carried.tokenizer)?;
     crate::fsx::write_json_atomic(&tmp.join(DATA_ARGS), &carried.data_args)?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
+    dynamics.save(&tmp.join(super::dynamics::CHECKPOINT_FILE))?;
     crate::fsx::write_json_atomic(&tmp.join("training_args.json"), &serde_json::to_value(cfg)?)?;
     crate::fsx::write_json_atomic(&tmp.join("trainer_state.json"), &serde_json::to_value(state)?)?;
     if final_dir.exists() {

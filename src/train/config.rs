@@ -110,6 +110,11 @@ pub struct TrainConfig {
     /// Use only the first N validation/test examples.
     #[arg(long, help_heading = "Data", value_name = "N")]
     pub eval_limit: Option<usize>,
+    /// Train without the training rows this file lists: a report of `check-data --label-errors`
+    /// (CSV or JSON lines with a `location` field) or lines of `FILE:LINE`.
+    #[arg(long, help_heading = "Data", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_rows: Option<PathBuf>,
     /// The license the model card declares (an SPDX id such as apache-2.0, or `other`); none
     /// unless given: the base model's and the data's terms are yours to weigh.
     #[arg(long, help_heading = "Output", value_name = "LICENSE")]

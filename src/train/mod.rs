@@ -7,7 +7,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dynamics;
 pub mod history;
+pub mod lr_find;
 pub mod output;
 pub mod sampler;
 pub mod trainer;
@@ -26,7 +28,8 @@ use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use trainer::{Stop, TrainData, Trainer};
+pub use trainer::TrainData;
+use trainer::{Stop, Trainer};
 
 /// What a finished (or interrupted) run reports.
 pub struct TrainOutcome {
@@ -136,7 +139,7 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
     let interrupted_at = trainer.run(&data, &stop)?;
     let loaded_best = match interrupted_at {
         Some(_) => false,
-        None => finish(cfg, &mut trainer, &files, &dataset, &data)?,
+        None => finish(cfg, &mut trainer, &files, &dataset, &data, started)?,
     };
     let state = trainer.state;
     Ok(TrainOutcome {
@@ -152,6 +155,21 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
         stopped_early: state.stopped_early,
         interrupted_at,
     })
+}
+
+/// Fine-tunes `cfg.model` on `dataset`'s train split in memory, evaluating on its validation
+/// split after every epoch, and writes nothing (cross-fitting's folds). Returns the model and
+/// the tokenised splits.
+pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(LoadedModel, TrainData)> {
+    cfg.validate()?;
+    let files = ModelFiles::resolve(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?)?;
+    let (model, encoder) = load_model(cfg, &files, dataset, true, device)?;
+    let data = tokenize(dataset, encoder)?;
+    let mut trainer = Trainer::new(cfg, model, &data, device, None)?;
+    trainer.checkpoints = false;
+    let stop = Stop { requested: &|| false, after_step: None };
+    trainer.run(&data, &stop)?;
+    Ok((trainer.model, data))
 }
 
 /// The checkpoint to resume from, if any; a fresh run checks the output directory first.
@@ -174,6 +192,15 @@ fn resume_dir(cfg: &TrainConfig, control: &RunControl) -> Result<Option<PathBuf>
 /// splits must be there and hold rows.
 fn load_dataset(cfg: &TrainConfig, spec: &DataSpec) -> Result<Dataset> {
     let mut dataset = data::load(spec)?;
+    if let (Some(list), Some(train)) = (&cfg.exclude_rows, dataset.split_mut("train")) {
+        let locations = data::exclude::read_locations(list)?;
+        let dropped = data::exclude::exclude(train, &locations, list)?;
+        crate::status!(
+            "--exclude-rows: left out {dropped} training row(s) that {} lists; {} remain",
+            list.display(),
+            train.len()
+        );
+    }
     if let (Some(n), Some(train)) = (cfg.train_limit, dataset.split_mut("train")) {
         train.truncate(n);
     }
@@ -260,6 +287,7 @@ fn finish(
     files: &ModelFiles,
     dataset: &Dataset,
     data: &TrainData,
+    started: Instant,
 ) -> Result<bool> {
     let state = &trainer.state;
     let best = state.best.as_ref().filter(|_| cfg.load_best_at_end);
@@ -277,6 +305,17 @@ fn finish(
     }
     trainer.check_finite()?;
     let thresholds = trainer.thresholds(data)?;
+    let train = dataset.split("train").expect("checked when loading");
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    let seconds = dynamics::write(&cfg.output_dir, &trainer.dynamics, train, &dataset.labels)?;
+    let cost = trainer.dynamics.seconds + seconds;
+    crate::status!(
+        "training dynamics of {} rows: {}, {} ({cost:.2} s to record and write, {:.2}% of the run so far)",
+        train.len(),
+        dynamics::FILE,
+        dynamics::MAP,
+        100.0 * cost / started.elapsed().as_secs_f64()
+    );
     let state = &trainer.state;
     output::save_model(&trainer.model, files, dataset, cfg, state, best.map(|b| b.row), thresholds.as_deref())?;
     Ok(best.is_some())

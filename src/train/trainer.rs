@@ -4,6 +4,7 @@
 
 use super::checkpoint::{self, TrainerState};
 use super::config::{BestMetric, ClassWeights, TrainConfig};
+use super::dynamics::Dynamics;
 use super::history::{overfitting_warning, Best, EpochRow, LogPoint};
 use super::sampler;
 use crate::infer::evaluate;
@@ -35,6 +36,13 @@ pub struct TrainData {
     pub valid_gold: Vec<Vec<usize>>,
 }
 
+/// What one update did.
+pub(super) struct Update {
+    pub loss: f32,
+    pub grad_norm: f64,
+    pub logits: Tensor,
+}
+
 /// How the loop is told to stop early from outside: the interrupt flag or a test hook.
 pub struct Stop<'a> {
     pub requested: &'a dyn Fn() -> bool,
@@ -60,6 +68,10 @@ pub struct Trainer<'a> {
     unvalidated: Vec<PathBuf>,
     /// What every checkpoint carries besides the state (set by the caller).
     pub carried: checkpoint::Carried,
+    /// What every training row did so far.
+    pub dynamics: Dynamics,
+    /// Whether the run writes checkpoints (off for the in-memory fits of cross-fitting).
+    pub checkpoints: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -94,6 +106,11 @@ impl<'a> Trainer<'a> {
             }
             None => TrainerState::new(cfg.seed, total_steps),
         };
+        let (task, k) = (model.config.task, data.labels.len());
+        let dynamics = match resume {
+            Some(dir) => Dynamics::resume(dir, task, cfg.threshold, data.train_rows.len(), k)?,
+            None => Dynamics::new(task, cfg.threshold, data.train_rows.len(), k),
+        };
         let class_weights = match cfg.class_weights {
             ClassWeights::None => None,
             ClassWeights::Balanced => {
@@ -120,6 +137,8 @@ impl<'a> Trainer<'a> {
             epochs: total_steps.div_ceil(per_epoch),
             unvalidated: Vec::new(),
             carried: checkpoint::Carried::default(),
+            dynamics,
+            checkpoints: true,
         })
     }
 
@@ -175,7 +194,7 @@ impl<'a> Trainer<'a> {
             let epoch_end = self.state.batches_done == steps;
             let interrupted = (stop.requested)() || stop.after_step == Some(self.state.global_step);
             let periodic = self.cfg.save_steps.is_some_and(|n| self.state.global_step.is_multiple_of(n));
-            if !epoch_end && (interrupted || periodic) {
+            if self.checkpoints && !epoch_end && (interrupted || periodic) {
                 let dir = self.checkpoint().map_err(|e| self.discard_unvalidated(e))?;
                 self.unvalidated.push(dir.clone());
                 if interrupted {
@@ -209,21 +228,9 @@ impl<'a> Trainer<'a> {
 
     /// One optimiser step on the training rows `rows`; returns the loss.
     fn step(&mut self, rows: &[usize], data: &TrainData) -> Result<f32> {
-        let tokens: Vec<&Tokenized> = rows.iter().map(|&i| &data.train_rows[i]).collect();
-        let batch = data.encoder.batch(&tokens, &self.device)?;
-        let targets = self.targets(rows, data)?;
-        let logits = {
-            let _precision = crate::model::precision::enter(self.model.autocast, &self.device);
-            self.model.model.forward(&batch, &self.dropout)?
-        };
-        let loss = loss(&logits, &targets, self.class_weights.as_ref())?;
-        let grads = backward(&loss)?;
         let lr = self.schedule.lr(self.state.global_step);
-        let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
-        // Read after the update is queued: on a GPU, reading the loss first would make the host
-        // wait for the forward pass before queueing the backward. A diverged step's update is
-        // discarded with the run, which stops here and replaces nothing.
-        let loss_value: f32 = loss.to_scalar()?;
+        let out = self.update(rows, data, lr)?;
+        let loss_value = out.loss;
         // The loss of a uniform guess: ln(labels) for a softmax, ln 2 per label for sigmoids.
         let uniform = match self.model.config.task {
             Task::SingleLabel => (data.labels.len().max(2) as f64).ln(),
@@ -234,11 +241,32 @@ impl<'a> Trainer<'a> {
             let what = format!("the training loss became {loss_value} (a model that learns stays below {limit:.0})");
             return Err(self.diverged(&what, rows, data));
         }
-        if !grad_norm.is_finite() {
-            return Err(self.diverged(&format!("the gradient norm became {grad_norm}"), rows, data));
+        if !out.grad_norm.is_finite() {
+            return Err(self.diverged(&format!("the gradient norm became {}", out.grad_norm), rows, data));
         }
+        let logits = out.logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.dynamics.record(self.state.epoch, rows, &logits, |i| data.train_gold[i].clone());
         self.record_step(loss_value, lr);
         Ok(loss_value)
+    }
+
+    /// Forward, loss, backward and the AdamW update at `lr` on the training rows `rows`.
+    pub(super) fn update(&mut self, rows: &[usize], data: &TrainData, lr: f64) -> Result<Update> {
+        let tokens: Vec<&Tokenized> = rows.iter().map(|&i| &data.train_rows[i]).collect();
+        let batch = data.encoder.batch(&tokens, &self.device)?;
+        let targets = self.targets(rows, data)?;
+        let logits = {
+            let _precision = crate::model::precision::enter(self.model.autocast, &self.device);
+            self.model.model.forward(&batch, &self.dropout)?
+        };
+        let loss = loss(&logits, &targets, self.class_weights.as_ref())?;
+        let grads = backward(&loss)?;
+        let grad_norm = self.opt.step_with_clipping(&grads, lr, self.cfg.clip_norm())?;
+        // Read after the update is queued: on a GPU, reading the loss first would make the host
+        // wait for the forward pass before queueing the backward. A diverged step's update is
+        // discarded with the run, which stops there and replaces nothing.
+        let loss: f32 = loss.to_scalar()?;
+        Ok(Update { loss, grad_norm, logits: logits.detach() })
     }
 
     /// What the training rows `rows` should predict: label ids, or multi-hot rows.
@@ -324,6 +352,7 @@ impl<'a> Trainer<'a> {
             &self.opt,
             &self.state,
             &self.carried,
+            &self.dynamics,
         )?;
         checkpoint::prune_checkpoints(&self.cfg.output_dir, self.cfg.save_total_limit, self.state.best.as_ref())?;
         Ok(dir)
@@ -355,7 +384,9 @@ impl<'a> Trainer<'a> {
         s.batches_done = 0;
         s.epoch_loss_sum = 0.0;
         s.shuffle_rng = self.shuffle_rng.clone();
-        self.checkpoint()?;
+        if self.checkpoints {
+            self.checkpoint()?;
+        }
         self.unvalidated.clear();
         Ok(())
     }

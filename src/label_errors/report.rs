@@ -1,0 +1,115 @@
+//! What a label-error search found, for people (a ranked table, the likely confusions) and for
+//! tools (CSV or JSON lines, one suspect per row, ranked; the out-of-fold probabilities).
+
+use super::{LabelErrors, Suspect};
+use crate::data::Split;
+use crate::display::{clip, escape, label};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+/// The report as printed: the method, how many rows, the likely confusions and the `show`
+/// most suspect rows.
+pub fn format(r: &LabelErrors, show: usize) -> String {
+    let mut s = String::from("\nLabel errors\n");
+    let pct = 100.0 * r.suspects.len() as f64 / r.rows.max(1) as f64;
+    let _ = writeln!(
+        s,
+        "{}: {} of {} training rows flagged ({pct:.1}%) in {:.0} s",
+        r.method,
+        r.suspects.len(),
+        r.rows,
+        r.seconds
+    );
+    if !r.pairs.is_empty() {
+        let estimated = r.confident_learning.is_some();
+        let _ = writeln!(
+            s,
+            "Given -> likely label: {}",
+            if estimated { "estimated rows (flagged)" } else { "flagged rows" }
+        );
+        for (g, x, est, flagged) in r.pairs.iter().take(show) {
+            let count = if estimated { format!("{est} ({flagged})") } else { flagged.to_string() };
+            let _ = writeln!(s, "  {} -> {}: {count}", label(g), label(x));
+        }
+    }
+    if r.suspects.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "Most suspect rows ({} ascending):", r.score);
+    let _ = writeln!(s, "{:>5} {:>9}  {:<10} {:<10} location: text", "rank", "score", "given", "likely");
+    for x in r.suspects.iter().take(show) {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>9.4}  {:<10} {:<10} {}: \"{}\"",
+            x.rank,
+            x.score,
+            clip(&x.given, 10),
+            clip(&x.suggested, 10),
+            escape(&x.location),
+            clip(&x.text, 90)
+        );
+    }
+    if r.suspects.len() > show {
+        let _ = writeln!(s, "... and {} more (all of them: --label-errors-out FILE)", r.suspects.len() - show);
+    }
+    s
+}
+
+/// Writes the ranked suspects to `path`: CSV for `.csv`, JSON lines for `.jsonl`.
+pub fn write(path: &Path, r: &LabelErrors) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let bytes = match ext.as_str() {
+        "csv" => csv_bytes(&r.suspects)?,
+        "jsonl" => {
+            let mut out = Vec::new();
+            for x in &r.suspects {
+                serde_json::to_writer(&mut out, x)?;
+                out.push(b'\n');
+            }
+            out
+        }
+        _ => bail!("--label-errors-out: {} must end in .csv or .jsonl", path.display()),
+    };
+    crate::fsx::write_atomic(path, &bytes)
+}
+
+fn csv_bytes(suspects: &[Suspect]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["rank", "location", "given", "suggested", "score", "text"])?;
+    for x in suspects {
+        w.write_record([&x.rank.to_string(), &x.location, &x.given, &x.suggested, &x.score.to_string(), &x.text])?;
+    }
+    w.into_inner().context("writing CSV")
+}
+
+#[derive(serde::Serialize)]
+struct ProbabilityRow<'a> {
+    location: String,
+    label: &'a str,
+    label_id: usize,
+    /// float32, so that they print as the shortest decimals that read back to the same bits.
+    probabilities: Vec<f32>,
+}
+
+/// Writes the out-of-fold probabilities: one JSON object per row of `split`, in its order, with
+/// its location, label id and the probabilities in label-id order (as float32 values print).
+pub fn write_probabilities(path: &Path, split: &Split, probs: &[f64], labels: &[String]) -> Result<()> {
+    let k = labels.len();
+    let file = crate::fsx::AtomicFile::create(path)?;
+    let mut out = std::io::BufWriter::new(file.file()?);
+    for (i, e) in split.examples.iter().enumerate() {
+        let row = ProbabilityRow {
+            location: split.location(i),
+            label: &labels[e.label()],
+            label_id: e.label(),
+            probabilities: probs[i * k..(i + 1) * k].iter().map(|&v| v as f32).collect(),
+        };
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    drop(out);
+    file.commit()
+}
