@@ -259,6 +259,9 @@ pub fn lr_find_png(path: &Path, points: &[(f64, f64)], suggestions: &[(&str, f64
         let lo = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).max(1e-12);
         let hi = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(lo * 10.0);
         let min_loss = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        // The divergent tail would flatten the rest: the axis stops at 1.5 times the first loss.
+        let cap = points.first().map_or(f64::INFINITY, |p| 1.5 * p.1);
+        let points: Vec<(f64, f64)> = points.iter().cloned().filter(|p| p.1 <= cap).collect();
         let max_loss = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
         let pad = ((max_loss - min_loss) * 0.1).max(1e-3);
         let (y0, y1) = if min_loss.is_finite() { (min_loss - pad, max_loss + pad) } else { (0.0, 1.0) };

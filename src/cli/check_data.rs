@@ -45,7 +45,7 @@ pub struct LabelErrorArgs {
     pub label_errors: bool,
     /// Rank the training rows of a finished `emotune train` run by its area under the margin
     /// (its training_dynamics.jsonl): no extra training. Rows with a negative AUM are flagged.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "label_errors", help_heading = "Label errors")]
+    #[arg(long, value_name = "RUN", conflicts_with = "label_errors", help_heading = "Label errors")]
     pub label_errors_from: Option<PathBuf>,
     /// Folds of the cross-fitting (each row is scored by the model fitted without its fold).
     #[arg(long, default_value_t = 5, value_name = "K", requires = "label_errors", help_heading = "Label errors")]

@@ -71,7 +71,7 @@ pub fn by_cross_fitting(
     let started = Instant::now();
     let train = dataset.split("train").with_context(|| format!("{}: no train split to search", dataset.name))?;
     if dataset.multi_label {
-        bail!("--label-errors searches single-label data; {} is multi-label (--label-errors-from RUN_DIR ranks a multi-label run by its margins)", dataset.name);
+        bail!("--label-errors searches single-label data; {} is multi-label (--label-errors-from RUN ranks a multi-label run by its margins)", dataset.name);
     }
     let probs = out_of_fold(dataset, train, how, device)?;
     save(train, &probs)?;
