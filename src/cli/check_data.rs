@@ -43,7 +43,7 @@ pub struct LabelErrorArgs {
     /// find_label_issues) on those out-of-fold probabilities.
     #[arg(long, requires = "model", help_heading = "Label errors")]
     pub label_errors: bool,
-    /// Rank the training rows of a finished `emotune train` run by its area under the margin
+    /// Rank the rows a finished `emotune train` run trained on by their area under the margin
     /// (its training_dynamics.jsonl): no extra training. Rows with a negative AUM are flagged.
     #[arg(long, value_name = "RUN", conflicts_with = "label_errors", help_heading = "Label errors")]
     pub label_errors_from: Option<PathBuf>,

@@ -3,7 +3,7 @@
 
 use super::{LabelErrors, Suspect};
 use crate::data::Split;
-use crate::display::{clip, escape, label};
+use crate::display::{clip, escape, label, ShortLocations};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -37,9 +37,11 @@ pub fn format(r: &LabelErrors, show: usize) -> String {
     if r.suspects.is_empty() {
         return s;
     }
+    let shown = &r.suspects[..r.suspects.len().min(show)];
+    let short = ShortLocations::new(shown.iter().map(|x| ("train", x.location.as_str())));
     let _ = writeln!(s, "Most suspect rows ({} ascending):", r.score);
     let _ = writeln!(s, "{:>5} {:>9}  {:<10} {:<10} location: text", "rank", "score", "given", "likely");
-    for x in r.suspects.iter().take(show) {
+    for x in shown {
         let _ = writeln!(
             s,
             "{:>5} {:>9.4}  {:<10} {:<10} {}: \"{}\"",
@@ -47,13 +49,14 @@ pub fn format(r: &LabelErrors, show: usize) -> String {
             x.score,
             clip(&x.given, 10),
             clip(&x.suggested, 10),
-            escape(&x.location),
+            escape(&short.show(&x.location)),
             clip(&x.text, 90)
         );
     }
     if r.suspects.len() > show {
         let _ = writeln!(s, "... and {} more (all of them: --label-errors-out FILE)", r.suspects.len() - show);
     }
+    s.push_str(&short.legend());
     s
 }
 
