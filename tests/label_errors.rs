@@ -66,170 +66,124 @@ fn confident_learning_finds_what_cleanlab_finds() {
     }
 }
 
-/// 120 rows of two classes told apart by one word each, three of them labelled wrong.
-fn separable(dir: &Path) -> (PathBuf, PathBuf, Vec<usize>) {
+/// 120 rows of two classes told apart by one word each, three of them labelled wrong, with a
+/// validation split of other rows; commands run on it with the tiny DistilBERT.
+struct Separable {
+    dir: tempfile::TempDir,
+    train: String,
+    valid: String,
+    model: String,
+    flipped: Vec<usize>,
+}
+
+impl Separable {
+    fn new() -> Separable {
+        let dir = tempfile::tempdir().unwrap();
+        let flipped = vec![6usize, 18, 41];
+        let label = |joyful: bool| if joyful { "joy" } else { "sadness" };
+        let train: String = (0..120)
+            .map(|i| format!("{};{}\n", row(i, 0), label(i.is_multiple_of(2) != flipped.contains(&(i + 1)))))
+            .collect();
+        let valid: String = (0..20).map(|i| format!("{} extra;{}\n", row(i, 3), label(i.is_multiple_of(2)))).collect();
+        let (t, v) = (dir.path().join("train.txt"), dir.path().join("validation.txt"));
+        std::fs::write(&t, train).unwrap();
+        std::fs::write(&v, valid).unwrap();
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        Separable { train: s(t), valid: s(v), model: s(fixture("tiny-distilbert")), flipped, dir }
+    }
+
+    /// A path in the test's directory.
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `emotune COMMAND --train T --validation V [--model M] EXTRA...`.
+    fn run(&self, command: &str, with_model: bool, extra: &[&str]) -> Output {
+        let mut args = vec![command, "--train", &self.train, "--validation", &self.valid];
+        if with_model {
+            args.extend(["--model", &self.model]);
+        }
+        args.extend(extra);
+        emotune(&args)
+    }
+}
+
+/// Row `i`'s text: five filler words around a cue word of its class.
+fn row(i: usize, salt: usize) -> String {
     let filler = ["the", "a", "my", "this", "that", "when", "it", "was", "today", "very", "so", "just"];
     let (joy, sad) = (["sunshine", "bright", "smile"], ["thunder", "gloom", "tears"]);
-    let row = |i: usize, salt: usize| {
-        // MurmurHash3's finaliser of (row, word, salt): no two rows share their words.
-        let w = |j: usize| {
-            let mut h = ((i as u64) << 32) | ((j as u64) << 8) | salt as u64;
-            for m in [0xff51_afd7_ed55_8ccd_u64, 0xc4ce_b9fe_1a85_ec53] {
-                h ^= h >> 33;
-                h = h.wrapping_mul(m);
-            }
-            filler[((h ^ (h >> 33)) % filler.len() as u64) as usize]
-        };
-        let cue = if i.is_multiple_of(2) { joy[(i / 2) % 3] } else { sad[(i / 2) % 3] };
-        format!("{} {} {} {cue} {} {}", w(0), w(1), w(2), w(3), w(4))
-    };
-    let flipped = [6usize, 18, 41];
-    let mut train = String::new();
-    for i in 0..120 {
-        let mut joyful = i % 2 == 0;
-        if flipped.contains(&(i + 1)) {
-            joyful = !joyful;
+    // MurmurHash3's finaliser of (row, word, salt): no two rows share their words.
+    let w = |j: usize| {
+        let mut h = ((i as u64) << 32) | ((j as u64) << 8) | salt as u64;
+        for m in [0xff51_afd7_ed55_8ccd_u64, 0xc4ce_b9fe_1a85_ec53] {
+            h ^= h >> 33;
+            h = h.wrapping_mul(m);
         }
-        train.push_str(&format!("{};{}\n", row(i, 0), if joyful { "joy" } else { "sadness" }));
-    }
-    let valid: String =
-        (0..20).map(|i| format!("{} extra;{}\n", row(i, 3), if i % 2 == 0 { "joy" } else { "sadness" })).collect();
-    let (t, v) = (dir.join("train.txt"), dir.join("validation.txt"));
-    std::fs::write(&t, train).unwrap();
-    std::fs::write(&v, valid).unwrap();
-    (t, v, flipped.to_vec())
+        filler[((h ^ (h >> 33)) % filler.len() as u64) as usize]
+    };
+    let cue = if i.is_multiple_of(2) { joy[(i / 2) % 3] } else { sad[(i / 2) % 3] };
+    format!("{} {} {} {cue} {} {}", w(0), w(1), w(2), w(3), w(4))
+}
+
+fn json_lines(path: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The line numbers of `file:line` locations, sorted.
+fn lines_of<'a>(locations: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    let mut lines: Vec<usize> = locations.map(|l| l.rsplit(':').next().unwrap().parse().unwrap()).collect();
+    lines.sort();
+    lines
 }
 
 #[test]
 fn cross_fitting_finds_planted_flips_and_train_leaves_them_out() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (train, valid, flipped) = separable(tmp.path());
-    let (report, probs) = (tmp.path().join("suspects.csv"), tmp.path().join("probs.jsonl"));
-    let model = fixture("tiny-distilbert");
-    let args = [
-        "check-data",
-        "--train",
-        train.to_str().unwrap(),
-        "--validation",
-        valid.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--label-errors",
-        "--folds",
-        "3",
-        "--epochs",
-        "8",
-        "--learning-rate",
-        "3e-3",
-        "--batch-size",
-        "8",
-        "--label-errors-out",
-        report.to_str().unwrap(),
-        "--save-probabilities",
-        probs.to_str().unwrap(),
-    ];
-    let out = ok(&emotune(&args));
+    let d = Separable::new();
+    let (report, probs, again) = (d.path("suspects.csv"), d.path("probs.jsonl"), d.path("again.csv"));
+    let search = |out: &str| {
+        let fit = ["--label-errors", "--folds", "3", "--epochs", "8", "--learning-rate", "3e-3", "--batch-size", "8"];
+        let files = ["--label-errors-out", out, "--save-probabilities", &probs];
+        ok(&d.run("check-data", true, &[&fit[..], &files[..]].concat()))
+    };
+    let out = search(&report);
     assert!(out.contains("3 of 120 training rows flagged"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
-    let mut lines: Vec<usize> = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap().rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    lines.sort();
-    assert_eq!(lines, flipped, "{text}");
-    assert_eq!(std::fs::read_to_string(&probs).unwrap().lines().count(), 120);
+    assert_eq!(lines_of(text.lines().skip(1).map(|l| l.split(',').nth(1).unwrap())), d.flipped, "{text}");
+    assert_eq!(json_lines(&probs).len(), 120);
     // The same folds, fits and flags again: seeded.
-    let again = tmp.path().join("again.csv");
-    let mut args2 = args.to_vec();
-    let at = args2.iter().position(|a| *a == report.to_str().unwrap()).unwrap();
-    args2[at] = again.to_str().unwrap();
-    ok(&emotune(&args2));
+    search(&again);
     assert_eq!(std::fs::read(&report).unwrap(), std::fs::read(&again).unwrap());
 
     // train --exclude-rows takes the report and says how many rows it dropped.
-    let out_dir = tmp.path().join("clean");
-    let o = emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--validation",
-        valid.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--exclude-rows",
-        report.to_str().unwrap(),
-        "-o",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out_dir = d.path("clean");
+    let o = d.run("train", true, &["--epochs", "1", "--batch-size", "16", "--exclude-rows", &report, "-o", &out_dir]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("left out 3 training row(s)"));
-    let dynamics = std::fs::read_to_string(out_dir.join("training_dynamics.jsonl")).unwrap();
-    assert_eq!(dynamics.lines().count(), 117);
-    assert!(!dynamics.contains(&format!("train.txt:{}\"", flipped[0])));
+    let rows = json_lines(&format!("{out_dir}/training_dynamics.jsonl"));
+    assert_eq!(rows.len(), 117);
+    assert!(lines_of(rows.iter().map(|r| r["location"].as_str().unwrap())).iter().all(|l| !d.flipped.contains(l)));
 }
 
 #[test]
 fn exclude_rows_naming_rows_that_do_not_exist_is_an_error_naming_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (train, valid, _) = separable(tmp.path());
-    let list = tmp.path().join("rows.txt");
-    let t = train.to_str().unwrap();
-    std::fs::write(&list, format!("{t}:3\n{t}:500\nelsewhere.txt:2\n")).unwrap();
-    let model = fixture("tiny-distilbert");
-    let o = emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        t,
-        "--validation",
-        valid.to_str().unwrap(),
-        "--exclude-rows",
-        list.to_str().unwrap(),
-        "-o",
-        tmp.path().join("out").to_str().unwrap(),
-    ]);
+    let d = Separable::new();
+    let list = d.path("rows.txt");
+    std::fs::write(&list, format!("{0}:3\n{0}:500\nelsewhere.txt:2\n", d.train)).unwrap();
+    let o = d.run("train", true, &["--exclude-rows", &list, "-o", &d.path("out")]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("names 2 row(s) that are not in the train split"), "{err}");
     assert!(err.contains("train.txt:500") && err.contains("elsewhere.txt:2") && !err.contains("train.txt:3,"), "{err}");
-    assert!(!tmp.path().join("out").exists(), "nothing written");
+    assert!(!Path::new(&d.path("out")).exists(), "nothing written");
 }
 
 #[test]
 fn a_run_records_dynamics_and_label_errors_from_ranks_by_aum() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (train, valid, flipped) = separable(tmp.path());
-    let run = tmp.path().join("run");
-    let model = fixture("tiny-distilbert");
-    ok(&emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--validation",
-        valid.to_str().unwrap(),
-        "--epochs",
-        "6",
-        "--batch-size",
-        "8",
-        "--learning-rate",
-        "3e-3",
-        "-o",
-        run.to_str().unwrap(),
-    ]));
-    assert!(run.join("data_map.png").is_file());
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("training_dynamics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let d = Separable::new();
+    let run = d.path("run");
+    ok(&d.run("train", true, &["--epochs", "6", "--batch-size", "8", "--learning-rate", "3e-3", "-o", &run]));
+    assert!(Path::new(&run).join("data_map.png").is_file());
+    let rows = json_lines(&format!("{run}/training_dynamics.jsonl"));
     assert_eq!(rows.len(), 120);
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["row"], i);
@@ -244,63 +198,23 @@ fn a_run_records_dynamics_and_label_errors_from_ranks_by_aum() {
         assert!(["easy-to-learn", "hard-to-learn", "ambiguous"].contains(&r["region"].as_str().unwrap()));
     }
     // The planted flips trail their other label on average: the three lowest AUMs.
-    let out = ok(&emotune(&[
-        "check-data",
-        "--train",
-        train.to_str().unwrap(),
-        "--validation",
-        valid.to_str().unwrap(),
-        "--label-errors-from",
-        run.to_str().unwrap(),
-        "--label-errors-out",
-        tmp.path().join("aum.jsonl").to_str().unwrap(),
-    ]));
+    let ranked = d.path("aum.jsonl");
+    let out = ok(&d.run("check-data", false, &["--label-errors-from", &run, "--label-errors-out", &ranked]));
     assert!(out.contains("area under the margin"), "{out}");
-    let ranked: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("aum.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mut top: Vec<usize> = ranked
-        .iter()
-        .take(3)
-        .map(|r| r["location"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    top.sort();
-    assert_eq!(top, flipped);
+    let ranked = json_lines(&ranked);
+    assert_eq!(lines_of(ranked.iter().take(3).map(|r| r["location"].as_str().unwrap())), d.flipped);
 }
 
 #[test]
 fn find_lr_writes_its_points_and_suggests_rates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (train, valid, _) = separable(tmp.path());
-    let out_dir = tmp.path().join("lr");
-    let model = fixture("tiny-distilbert");
-    let out = ok(&emotune(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--validation",
-        valid.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--find-lr",
-        "--find-lr-steps",
-        "60",
-        "-o",
-        out_dir.to_str().unwrap(),
-    ]));
+    let d = Separable::new();
+    let out_dir = d.path("lr");
+    let out = ok(&d.run("train", true, &["--batch-size", "8", "--find-lr", "--find-lr-steps", "60", "-o", &out_dir]));
     assert!(out.contains("suggested learning rate"), "{out}");
-    let points: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("lr_find.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let points = json_lines(&format!("{out_dir}/lr_find.jsonl"));
     assert!(points.len() > 10 && points.len() <= 60);
     assert_eq!(points[0]["learning_rate"], 1e-7);
-    assert!(out_dir.join("lr_find.png").is_file());
+    assert!(Path::new(&out_dir).join("lr_find.png").is_file());
     // Nothing else: no model, no checkpoints.
     let names: Vec<String> =
         std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

@@ -4,9 +4,10 @@
 //! 0.98, debiased) and the test stops once it passes four times its best. Two suggestions, both
 //! read past the first tenth of the points and before the last five (fastai's window): the rate
 //! where the smoothed loss falls fastest against log(rate), and a tenth of the rate at its minimum.
-//! Nothing is trained or saved beyond the points and their plot.
+//! Nothing is trained or saved beyond the points and their plot, and nothing is written before
+//! the test ends (an interrupt leaves no file behind).
 
-use super::trainer::{Stop, Trainer};
+use super::trainer::Trainer;
 use super::{load_dataset, load_model, sampler, tokenize, TrainConfig};
 use crate::data::DataSpec;
 use crate::hub::ModelFiles;
@@ -68,7 +69,6 @@ pub fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, steps: usize) ->
     let mut order = Vec::new();
     let mut losses = Vec::new();
     let pb = crate::progress::bar(steps as u64, "learning-rate range test", "step");
-    let stop = Stop { requested: &super::stop_requested, after_step: None };
     for i in 0..steps {
         if order.len() < (i + 1) * batch {
             order.extend(sampler::epoch_order(data.train_rows.len(), &mut rng, lengths.as_deref(), batch));
@@ -78,7 +78,7 @@ pub fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, steps: usize) ->
         losses.push(loss);
         pb.inc(1);
         pb.set_message(format!("rate {:.1e}, loss {loss:.4}", rate(i, steps)));
-        if should_stop(&losses) || (stop.requested)() {
+        if should_stop(&losses) {
             break;
         }
     }
