@@ -220,3 +220,13 @@ fn find_lr_writes_its_points_and_suggests_rates() {
         std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn flags_that_only_label_errors_use_are_refused_without_it() {
+    let d = Separable::new();
+    for extra in [&["--dtype", "bf16"][..], &["--folds", "3"], &["--save-probabilities", "p.jsonl"]] {
+        let o = d.run("check-data", true, extra);
+        assert!(!o.status.success(), "{extra:?} accepted");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--label-errors"), "{extra:?}");
+    }
+}

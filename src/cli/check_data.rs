@@ -1,8 +1,10 @@
 //! `emotune check-data`.
 
 use crate::data::DataSpec;
+use crate::device::DeviceChoice;
 use crate::label_errors::{confident::RankBy, report, CrossFit, LabelErrors};
 use crate::train::TrainConfig;
+use crate::weights::Dtype;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::Write;
@@ -83,6 +85,10 @@ pub fn run(args: CheckDataArgs) -> Result<()> {
         && args.label_errors.label_errors_from.is_none()
     {
         bail!("--label-errors-out needs --label-errors or --label-errors-from");
+    }
+    let computes = args.compute.device != DeviceChoice::Auto || args.compute.dtype() != Dtype::F32;
+    if computes && !args.label_errors.label_errors {
+        bail!("--device and --dtype choose where --label-errors fine-tunes its folds; nothing else here computes");
     }
     let encoder = match &args.model {
         Some(m) => {
