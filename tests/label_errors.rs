@@ -153,6 +153,18 @@ fn cross_fitting_finds_planted_flips_and_train_leaves_them_out() {
     // The same folds, fits and flags again: seeded.
     search(&again);
     assert_eq!(std::fs::read(&report).unwrap(), std::fs::read(&again).unwrap());
+    // The saved probabilities give the same rows without training; a file missing rows is refused.
+    let (saved, part) = (d.path("saved.csv"), d.path("part.jsonl"));
+    ok(&d.run("check-data", false, &["--label-errors", "--probabilities", &probs, "--label-errors-out", &saved]));
+    assert_eq!(std::fs::read(&report).unwrap(), std::fs::read(&saved).unwrap());
+    let all = std::fs::read_to_string(&probs).unwrap();
+    std::fs::write(&part, all.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let o = d.run("check-data", false, &["--label-errors", "--probabilities", &part]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no probabilities for"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // train --exclude-rows takes the report and says how many rows it dropped.
     let out_dir = d.path("clean");

@@ -43,7 +43,7 @@ pub struct LabelErrorArgs {
     /// Find training rows whose label looks wrong: fine-tune --model on all folds but one, score
     /// the one held out (every fold in turn), then confident learning (cleanlab's
     /// find_label_issues) on those out-of-fold probabilities.
-    #[arg(long, requires = "model", help_heading = "Label errors")]
+    #[arg(long, help_heading = "Label errors")]
     pub label_errors: bool,
     /// Rank the rows a finished `emotune train` run trained on by their area under the margin
     /// (its training_dynamics.jsonl): no extra training. Rows with a negative AUM are flagged.
@@ -77,6 +77,16 @@ pub struct LabelErrorArgs {
     /// Write the out-of-fold probabilities of every training row (JSON lines) to this file.
     #[arg(long, value_name = "FILE", requires = "label_errors", help_heading = "Label errors")]
     pub save_probabilities: Option<PathBuf>,
+    /// Skip the cross-fitting: confident learning on out-of-fold probabilities saved earlier by
+    /// --save-probabilities (to rank again, or by another --rank-by).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "label_errors",
+        conflicts_with = "save_probabilities",
+        help_heading = "Label errors"
+    )]
+    pub probabilities: Option<PathBuf>,
 }
 
 pub fn run(args: CheckDataArgs) -> Result<()> {
@@ -131,7 +141,14 @@ fn label_errors(args: &CheckDataArgs) -> Result<Option<LabelErrors>> {
     if let Some(dir) = &a.label_errors_from {
         return Ok(Some(crate::label_errors::from_run(dir)?));
     }
-    let (true, Some(model)) = (a.label_errors, &args.model) else { return Ok(None) };
+    if !a.label_errors {
+        return Ok(None);
+    }
+    if let Some(path) = &a.probabilities {
+        let dataset = crate::data::load_lenient(&args.data)?.0;
+        return Ok(Some(crate::label_errors::from_probabilities(&dataset, path, a.rank_by)?));
+    }
+    let Some(model) = &args.model else { bail!("--label-errors needs --model (or --probabilities FILE)") };
     let (device, autocast) = args.compute.resolve_training()?;
     let mut recipe = TrainConfig::seed_recipe(model, PathBuf::from("(cross-fitting: nothing is written)"));
     recipe.revision = args.revision.clone();

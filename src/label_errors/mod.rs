@@ -69,15 +69,49 @@ pub fn by_cross_fitting(
     save: impl FnOnce(&Split, &[f64]) -> Result<()>,
 ) -> Result<LabelErrors> {
     let started = Instant::now();
-    let train = dataset.split("train").with_context(|| format!("{}: no train split to search", dataset.name))?;
-    if dataset.multi_label {
-        bail!("--label-errors searches single-label data; {} is multi-label (--label-errors-from RUN ranks a multi-label run by its margins)", dataset.name);
-    }
+    let train = train_split(dataset)?;
     let probs = out_of_fold(dataset, train, how, device)?;
     save(train, &probs)?;
+    let method = format!(
+        "confident learning on out-of-fold probabilities ({} folds, {} epoch(s) each of {})",
+        how.folds, how.recipe.num_train_epochs, how.recipe.model
+    );
+    Ok(confident_search(dataset, train, &probs, how.rank_by, method, started))
+}
+
+/// Confident learning on out-of-fold probabilities saved by an earlier search
+/// (`--save-probabilities`), with no training.
+pub fn from_probabilities(dataset: &Dataset, path: &Path, rank_by: RankBy) -> Result<LabelErrors> {
+    let started = Instant::now();
+    let train = train_split(dataset)?;
+    let probs = report::read_probabilities(path, train, &dataset.labels)?;
+    let method = format!("confident learning on the out-of-fold probabilities in {}", path.display());
+    Ok(confident_search(dataset, train, &probs, rank_by, method, started))
+}
+
+/// The train split of single-label data.
+fn train_split(dataset: &Dataset) -> Result<&Split> {
+    if dataset.multi_label {
+        bail!(
+            "--label-errors searches single-label data; {} is multi-label (--label-errors-from RUN ranks a \
+             multi-label run by its margins)",
+            dataset.name
+        );
+    }
+    dataset.split("train").with_context(|| format!("{}: no train split to search", dataset.name))
+}
+
+fn confident_search(
+    dataset: &Dataset,
+    train: &Split,
+    probs: &[f64],
+    rank_by: RankBy,
+    method: String,
+    started: Instant,
+) -> LabelErrors {
     let labels: Vec<usize> = train.examples.iter().map(|e| e.label()).collect();
     let k = dataset.labels.len();
-    let found = confident::find(&probs, &labels, k, how.rank_by);
+    let found = confident::find(probs, &labels, k, rank_by);
     let suggest =
         |i: usize| crate::infer::argmax(&probs[i * k..(i + 1) * k].iter().map(|&p| p as f32).collect::<Vec<_>>());
     let suspects: Vec<Suspect> = found
@@ -87,12 +121,9 @@ pub fn by_cross_fitting(
         .map(|(r, &i)| suspect(r, train, i, &dataset.labels, &dataset.labels[suggest(i)], found.scores[i]))
         .collect();
     let estimated = |g: usize, s: usize| found.joint[g][s];
-    Ok(LabelErrors {
-        method: format!(
-            "confident learning on out-of-fold probabilities ({} folds, {} epoch(s) each of {})",
-            how.folds, how.recipe.num_train_epochs, how.recipe.model
-        ),
-        score: match how.rank_by {
+    LabelErrors {
+        method,
+        score: match rank_by {
             RankBy::SelfConfidence => "self-confidence",
             RankBy::NormalizedMargin => "normalised margin",
         },
@@ -102,7 +133,7 @@ pub fn by_cross_fitting(
         suspects,
         confident_learning: Some(found),
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 fn suspect(rank: usize, split: &Split, i: usize, labels: &[String], suggested: &str, score: f64) -> Suspect {

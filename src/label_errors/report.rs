@@ -116,3 +116,46 @@ pub fn write_probabilities(path: &Path, split: &Split, probs: &[f64], labels: &[
     drop(out);
     file.commit()
 }
+
+/// Reads what [`write_probabilities`] wrote, for the rows of `split` (every one of them, with the
+/// same labels): n × k, row-major, in the split's order.
+pub fn read_probabilities(path: &Path, split: &Split, labels: &[String]) -> Result<Vec<f64>> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        location: String,
+        label_id: usize,
+        probabilities: Vec<f32>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let index: std::collections::HashMap<String, usize> = (0..split.len()).map(|i| (split.location(i), i)).collect();
+    let k = labels.len();
+    let mut probs = vec![f64::NAN; split.len() * k];
+    let mut seen = vec![false; split.len()];
+    for (n, line) in text.lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let row: Row = serde_json::from_str(line).with_context(at)?;
+        let Some(&i) = index.get(&row.location) else {
+            bail!("{}: {} is not a row of the train split (probabilities of other data?)", at(), escape(&row.location));
+        };
+        if row.label_id != split.examples[i].label() || row.probabilities.len() != k || seen[i] {
+            bail!(
+                "{}: saved for another label, label set or run than this split's row {}",
+                at(),
+                escape(&row.location)
+            );
+        }
+        seen[i] = true;
+        for (j, &p) in row.probabilities.iter().enumerate() {
+            probs[i * k + j] = p as f64;
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        bail!(
+            "{}: no probabilities for {} (and {} more rows)",
+            path.display(),
+            escape(&split.location(i)),
+            seen.iter().filter(|s| !**s).count() - 1
+        );
+    }
+    Ok(probs)
+}
