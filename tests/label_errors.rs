@@ -231,6 +231,10 @@ fn find_lr_writes_its_points_and_suggests_rates() {
     let names: Vec<String> =
         std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
+    // The recipe's flags the test does not use are refused, not ignored.
+    let o = d.run("train", true, &["--find-lr", "--learning-rate", "1e-3", "--epochs", "3", "-o", &d.path("x")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--learning-rate, --epochs would do nothing"), "{err}");
 }
 
 #[test]

@@ -57,6 +57,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     cfg.bf16 = autocast.is_some();
     cfg.output_dir = args.output_dir.unwrap_or_else(|| default_output_dir(&cfg.model, &args.data));
     if args.find_lr {
+        refuse_unused_by_find_lr(&args.given)?;
         return find_lr(&cfg, &args.data, &device, args.find_lr_steps);
     }
     let control = RunControl {
@@ -103,6 +104,33 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
                 serde_json::to_string(&prediction_json(text, &p, predictor.labels(), predictor.task()))?
             )?;
         }
+    }
+    Ok(())
+}
+
+/// The recipe's flags the range test has no use for (it sets the rate itself, runs no epochs,
+/// evaluates and saves nothing): given with --find-lr, they are an error rather than ignored.
+fn refuse_unused_by_find_lr(given: &[String]) -> Result<()> {
+    const UNUSED: [(&str, &str); 14] = [
+        ("learning_rate", "--learning-rate"),
+        ("num_train_epochs", "--epochs"),
+        ("max_steps", "--max-steps"),
+        ("warmup_steps", "--warmup-steps"),
+        ("warmup_ratio", "--warmup-ratio"),
+        ("eval_batch_size", "--eval-batch-size"),
+        ("eval_limit", "--eval-limit"),
+        ("save_steps", "--save-steps"),
+        ("save_total_limit", "--save-total-limit"),
+        ("early_stopping_patience", "--early-stopping-patience"),
+        ("metric_for_best", "--metric-for-best"),
+        ("load_best_at_end", "--load-best-at-end"),
+        ("tune_thresholds", "--tune-thresholds"),
+        ("logging_steps", "--logging-steps"),
+    ];
+    let unused: Vec<&str> =
+        UNUSED.iter().filter(|(id, _)| given.iter().any(|g| g == id)).map(|(_, flag)| *flag).collect();
+    if !unused.is_empty() {
+        anyhow::bail!("--find-lr sets the rate itself and trains no epochs: {} would do nothing", unused.join(", "));
     }
     Ok(())
 }

@@ -306,7 +306,6 @@ fn finish(
     trainer.check_finite()?;
     let thresholds = trainer.thresholds(data)?;
     let train = dataset.split("train").expect("checked when loading");
-    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     let seconds = dynamics::write(&cfg.output_dir, &trainer.dynamics, train, &dataset.labels)?;
     let cost = trainer.dynamics.seconds + seconds;
     crate::status!(
