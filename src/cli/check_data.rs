@@ -2,7 +2,7 @@
 
 use crate::data::DataSpec;
 use crate::device::DeviceChoice;
-use crate::label_errors::{confident::RankBy, report, CrossFit, LabelErrors};
+use crate::label_errors::{confident::RankBy, probabilities, report, CrossFit, LabelErrors};
 use crate::train::TrainConfig;
 use crate::weights::Dtype;
 use anyhow::{bail, Result};
@@ -162,7 +162,7 @@ fn label_errors(args: &CheckDataArgs) -> Result<Option<LabelErrors>> {
     let how = CrossFit { recipe, folds: a.folds, rank_by: a.rank_by };
     let dataset = crate::data::load_lenient(&args.data)?.0;
     let save = |split: &crate::data::Split, probs: &[f64]| match &a.save_probabilities {
-        Some(path) => report::write_probabilities(path, split, probs, &dataset.labels),
+        Some(path) => probabilities::write(path, split, probs, &dataset.labels),
         None => Ok(()),
     };
     Ok(Some(crate::label_errors::by_cross_fitting(&dataset, &how, &device, save)?))

@@ -5,9 +5,11 @@
 //! model that never saw it; [`confident`] learning then picks the rows whose label the others
 //! contradict. Or, with no extra training, the area under the margin a finished run recorded
 //! ([`crate::train::dynamics`]): rows the model kept ranking below another label.
-//! [`report`] prints and writes what either found.
+//! [`report`] prints and writes what either found, [`probabilities`] keeps the out-of-fold
+//! probabilities.
 
 pub mod confident;
+pub mod probabilities;
 pub mod report;
 
 use crate::data::{Dataset, Split};
@@ -84,7 +86,7 @@ pub fn by_cross_fitting(
 pub fn from_probabilities(dataset: &Dataset, path: &Path, rank_by: RankBy) -> Result<LabelErrors> {
     let started = Instant::now();
     let train = train_split(dataset)?;
-    let probs = report::read_probabilities(path, train, &dataset.labels)?;
+    let probs = probabilities::read(path, train, &dataset.labels)?;
     let method = format!("confident learning on the out-of-fold probabilities in {}", path.display());
     Ok(confident_search(dataset, train, &probs, rank_by, method, started))
 }
