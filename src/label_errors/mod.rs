@@ -195,20 +195,9 @@ fn out_of_fold(dataset: &Dataset, train: &Split, how: &CrossFit, device: &Device
             splits: vec![subset(train, &rest, "train"), subset(train, &held, "validation")],
             multi_label: false,
         };
-        let (model, data) = crate::train::fit(&how.recipe, &fold_data, device)?;
-        let thresholds = vec![how.recipe.threshold; k];
-        let batch = how.recipe.eval_batch_size;
-        let out = crate::infer::evaluate(
-            &model,
-            &data.encoder,
-            &data.valid_rows,
-            &data.valid_gold,
-            &thresholds,
-            batch,
-            device,
-            |_| {},
-        )?;
-        for (&i, p) in held.iter().zip(&out.probs) {
+        // The held-out fold is the fit's validation split: its last evaluation is the score.
+        let (_, held_probs) = crate::train::fit(&how.recipe, &fold_data, device)?;
+        for (&i, p) in held.iter().zip(&held_probs) {
             for (j, &v) in p.iter().enumerate() {
                 probs[i * k + j] = v as f64;
             }

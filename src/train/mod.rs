@@ -28,8 +28,7 @@ use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-pub use trainer::TrainData;
-use trainer::{Stop, Trainer};
+use trainer::{Stop, TrainData, Trainer};
 
 /// What a finished (or interrupted) run reports.
 pub struct TrainOutcome {
@@ -159,8 +158,8 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
 
 /// Fine-tunes `cfg.model` on `dataset`'s train split in memory, evaluating on its validation
 /// split after every epoch, and writes nothing (cross-fitting's folds). Returns the model and
-/// the tokenised splits.
-pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(LoadedModel, TrainData)> {
+/// the validation split's probabilities after the last epoch.
+pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(LoadedModel, Vec<Vec<f32>>)> {
     cfg.validate()?;
     let files = ModelFiles::resolve(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?)?;
     let (model, encoder) = load_model(cfg, &files, dataset, true, device)?;
@@ -169,7 +168,7 @@ pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(Loa
     trainer.checkpoints = false;
     let stop = Stop { requested: &|| false, after_step: None };
     trainer.run(&data, &stop)?;
-    Ok((trainer.model, data))
+    Ok((trainer.model, trainer.validation_probs))
 }
 
 /// The checkpoint to resume from, if any; a fresh run checks the output directory first.

@@ -72,6 +72,8 @@ pub struct Trainer<'a> {
     pub dynamics: Dynamics,
     /// Whether the run writes checkpoints (off for the in-memory fits of cross-fitting).
     pub checkpoints: bool,
+    /// The validation split's probabilities at the latest evaluation (cross-fitting's scores).
+    pub validation_probs: Vec<Vec<f32>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -139,6 +141,7 @@ impl<'a> Trainer<'a> {
             carried: checkpoint::Carried::default(),
             dynamics,
             checkpoints: true,
+            validation_probs: Vec::new(),
         })
     }
 
@@ -361,7 +364,8 @@ impl<'a> Trainer<'a> {
     /// The evaluation after an epoch: a row of the table, the best epoch and early stopping, and
     /// the epoch-end checkpoint.
     fn end_epoch(&mut self, data: &TrainData, seconds: f64) -> Result<()> {
-        let row = self.evaluate(data)?;
+        let (row, probs) = self.evaluate(data)?;
+        self.validation_probs = probs;
         let scores = match row.multi_label {
             false => format!("accuracy {:.4}, F1 {:.4}", row.accuracy, row.f1),
             true => format!("micro F1 {:.4}, macro F1 {:.4}", row.f1, row.f1_macro),
@@ -392,7 +396,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// The validation split scored with dropout off.
-    fn evaluate(&self, data: &TrainData) -> Result<EpochRow> {
+    fn evaluate(&self, data: &TrainData) -> Result<(EpochRow, Vec<Vec<f32>>)> {
         let pb = crate::progress::bar(data.valid_rows.len() as u64, "evaluating", "text");
         let (rows, gold) = (&data.valid_rows, &data.valid_gold);
         let thresholds = vec![self.cfg.threshold; data.labels.len()];
@@ -424,7 +428,7 @@ impl<'a> Trainer<'a> {
                     (r.subset_accuracy, r.f1_micro, r.f1_macro, true);
             }
         }
-        Ok(row)
+        Ok((row, out.probs))
     }
 
     /// A multi-label model's thresholds to save: `--threshold` for every label, or with
