@@ -154,11 +154,9 @@ fn json_label(v: &Value, separator: Option<&str>) -> std::result::Result<Option<
 /// Lines of `bytes` (from `path`), each checked to be UTF-8 (1-based numbers; a byte-order mark
 /// and the line endings removed). Lines that are not UTF-8 go to `sink` and are left out.
 pub fn utf8_lines(bytes: &[u8], path: &Path, sink: &mut Sink) -> Result<Vec<(usize, String)>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        match std::str::from_utf8(raw) {
+        match line_text(raw, i == 0) {
             Ok(line) => out.push((i + 1, line.to_string())),
             Err(e) => sink.row(path, i + 1, format!("invalid UTF-8 ({e})"))?,
         }
@@ -167,6 +165,14 @@ pub fn utf8_lines(bytes: &[u8], path: &Path, sink: &mut Sink) -> Result<Vec<(usi
         out.pop();
     }
     Ok(out)
+}
+
+/// One line's bytes (without its `\n`) as text: a trailing `\r` dropped, and on a file's first
+/// line the UTF-8 byte-order mark.
+pub fn line_text(raw: &[u8], first: bool) -> std::result::Result<&str, std::str::Utf8Error> {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let raw = if first { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
+    std::str::from_utf8(raw)
 }
 
 fn file_lines(path: &Path, sink: &mut Sink) -> Result<Vec<(usize, String)>> {

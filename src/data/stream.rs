@@ -168,9 +168,7 @@ fn read_lines(
         }
         *line += 1;
         let raw = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let raw = if *line == 1 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
-        match (std::str::from_utf8(raw), json) {
+        match (readers::line_text(raw, *line == 1), json) {
             (Err(e), _) => acc.bad(*line, format!("invalid UTF-8 ({e})"))?,
             (Ok(s), None) => acc.text(*line, Some(s.to_string()))?,
             (Ok(s), Some(column)) => match readers::json_text(s, column) {
