@@ -177,6 +177,7 @@ fn out_of_fold(dataset: &Dataset, train: &Split, how: &CrossFit, device: &Device
     let labels: Vec<usize> = train.examples.iter().map(|e| e.label()).collect();
     let fold = stratified_folds(&labels, k, how.folds, how.recipe.seed)?;
     let mut probs = vec![f64::NAN; train.len() * k];
+    let begun = Instant::now();
     for f in 0..how.folds {
         let started = Instant::now();
         let held: Vec<usize> = (0..train.len()).filter(|&i| fold[i] == f).collect();
@@ -202,7 +203,10 @@ fn out_of_fold(dataset: &Dataset, train: &Split, how: &CrossFit, device: &Device
                 probs[i * k + j] = v as f64;
             }
         }
-        crate::status!("fold {}/{} done in {:.0} s", f + 1, how.folds, started.elapsed().as_secs_f64());
+        let (done, all) = (f + 1, how.folds);
+        let left = begun.elapsed().as_secs_f64() / done as f64 * (all - done) as f64;
+        let eta = if done < all { format!("; about {left:.0} s to go") } else { String::new() };
+        crate::status!("fold {done}/{all} done in {:.0} s{eta}", started.elapsed().as_secs_f64());
     }
     Ok(probs)
 }
