@@ -71,6 +71,16 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Atomically writes `rows` as JSON lines: one compact JSON object per line.
+pub fn write_json_lines_atomic<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    let mut text = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut text, &row)?;
+        text.push(b'\n');
+    }
+    write_atomic(path, &text)
+}
+
 /// Atomically writes `value` as pretty-printed JSON with a trailing newline.
 pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;

@@ -42,6 +42,21 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing: {e}")
 }
 
+/// The legend of `chart`'s labelled series, in one style for every chart.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    at: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 13))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .position(at)
+        .draw()
+        .map_err(err)
+}
+
 /// The confusion matrix as a heat map: cells shaded by the row-normalised rate (recall per
 /// gold label), each showing the rate and the count.
 pub fn confusion_matrix_png(path: &Path, labels: &[String], counts: &[Vec<usize>], title: &str) -> Result<()> {
@@ -152,14 +167,7 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
         chart
             .draw_series(rows.iter().map(|r| Circle::new((r.step as f64, r.validation_loss), 4, RED.filled())))
             .map_err(err)?;
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
         let lo = rows.iter().flat_map(|r| [r.accuracy, r.f1]).fold(1.0f64, f64::min).min(0.9);
         let mut chart = ChartBuilder::on(&right)
@@ -183,14 +191,7 @@ pub fn learning_curves_png(path: &Path, log: &[LogPoint], rows: &[EpochRow]) -> 
                 .draw_series(rows.iter().map(|r| Circle::new((r.step as f64, get(r)), 4, color.filled())))
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }
@@ -240,14 +241,7 @@ pub fn data_map_png(path: &Path, points: &[(f64, f64, f64)], title: &str) -> Res
                 .label(name)
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, colour(c).filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }
@@ -290,14 +284,7 @@ pub fn lr_find_png(path: &Path, points: &[(f64, f64)], suggestions: &[(&str, f64
                 .label(format!("{name}: {lr:.2e}"))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     })
 }

@@ -5,7 +5,6 @@
 use crate::data::Split;
 use crate::display::escape;
 use anyhow::{bail, Context, Result};
-use std::io::Write as _;
 use std::path::Path;
 
 #[derive(serde::Serialize)]
@@ -21,21 +20,13 @@ struct ProbabilityRow<'a> {
 /// its location, label id and the probabilities in label-id order (as float32 values print).
 pub fn write(path: &Path, split: &Split, probs: &[f64], labels: &[String]) -> Result<()> {
     let k = labels.len();
-    let file = crate::fsx::AtomicFile::create(path)?;
-    let mut out = std::io::BufWriter::new(file.file()?);
-    for (i, e) in split.examples.iter().enumerate() {
-        let row = ProbabilityRow {
-            location: split.location(i),
-            label: &labels[e.label()],
-            label_id: e.label(),
-            probabilities: probs[i * k..(i + 1) * k].iter().map(|&v| v as f32).collect(),
-        };
-        serde_json::to_writer(&mut out, &row)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush().with_context(|| format!("writing {}", path.display()))?;
-    drop(out);
-    file.commit()
+    let rows = split.examples.iter().enumerate().map(|(i, e)| ProbabilityRow {
+        location: split.location(i),
+        label: &labels[e.label()],
+        label_id: e.label(),
+        probabilities: probs[i * k..(i + 1) * k].iter().map(|&v| v as f32).collect(),
+    });
+    crate::fsx::write_json_lines_atomic(path, rows)
 }
 
 /// Reads what [`write`] wrote, for the rows of `split` (every one of them, with the

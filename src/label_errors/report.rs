@@ -61,19 +61,11 @@ pub fn format(r: &LabelErrors, show: usize) -> String {
 /// Writes the ranked suspects to `path`: CSV for `.csv`, JSON lines for `.jsonl`.
 pub fn write(path: &Path, r: &LabelErrors) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let bytes = match ext.as_str() {
-        "csv" => csv_bytes(&r.suspects)?,
-        "jsonl" => {
-            let mut out = Vec::new();
-            for x in &r.suspects {
-                serde_json::to_writer(&mut out, x)?;
-                out.push(b'\n');
-            }
-            out
-        }
+    match ext.as_str() {
+        "csv" => crate::fsx::write_atomic(path, &csv_bytes(&r.suspects)?),
+        "jsonl" => crate::fsx::write_json_lines_atomic(path, &r.suspects),
         _ => bail!("--label-errors-out: {} must end in .csv or .jsonl", path.display()),
-    };
-    crate::fsx::write_atomic(path, &bytes)
+    }
 }
 
 fn csv_bytes(suspects: &[Suspect]) -> Result<Vec<u8>> {

@@ -162,7 +162,7 @@ impl Dynamics {
 pub fn write(dir: &Path, dynamics: &Dynamics, split: &Split, labels: &[String]) -> Result<f64> {
     let started = std::time::Instant::now();
     let rows = dynamics.summary();
-    let mut text = String::new();
+    let mut lines = Vec::with_capacity(rows.len());
     for (i, m) in rows.iter().enumerate() {
         let e = &split.examples[i];
         let names: Vec<&str> = e.labels.iter().map(|&l| labels[l].as_str()).collect();
@@ -177,10 +177,9 @@ pub fn write(dir: &Path, dynamics: &Dynamics, split: &Split, labels: &[String]) 
         if let Some(j) = leaning(m, &e.labels) {
             obj.insert("leans_to".into(), labels[j].clone().into());
         }
-        text.push_str(&serde_json::to_string(&row)?);
-        text.push('\n');
+        lines.push(row);
     }
-    crate::fsx::write_atomic(&dir.join(FILE), text.as_bytes())?;
+    crate::fsx::write_json_lines_atomic(&dir.join(FILE), &lines)?;
     let points: Vec<(f64, f64, f64)> = rows.iter().map(|m| (m.variability, m.confidence, m.correctness)).collect();
     crate::plot::data_map_png(&dir.join(MAP), &points, &format!("data map: {} training rows", rows.len()))?;
     Ok(started.elapsed().as_secs_f64())

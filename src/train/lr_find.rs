@@ -7,10 +7,8 @@
 //! Nothing is trained or saved beyond the points and their plot, and nothing is written before
 //! the test ends (an interrupt leaves no file behind).
 
-use super::trainer::Trainer;
-use super::{load_dataset, load_model, sampler, tokenize, TrainConfig};
+use super::{in_memory, load_dataset, sampler, TrainConfig};
 use crate::data::DataSpec;
-use crate::hub::ModelFiles;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use rand::SeedableRng;
@@ -57,11 +55,7 @@ pub fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, steps: usize) ->
     }
     cfg.validate()?;
     let dataset = load_dataset(cfg, spec)?;
-    let files = ModelFiles::resolve(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?)?;
-    let (model, encoder) = load_model(cfg, &files, &dataset, true, device)?;
-    let data = tokenize(&dataset, encoder)?;
-    let mut trainer = Trainer::new(cfg, model, &data, device, None)?;
-    trainer.checkpoints = false;
+    let (mut trainer, data) = in_memory(cfg, &dataset, device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let lengths: Option<Vec<usize>> =
         cfg.group_by_length.then(|| data.train_rows.iter().map(|r| r.ids.len()).collect());
@@ -140,12 +134,7 @@ pub fn analyse(losses: &[f64], steps: usize) -> RangeTest {
 /// Writes `lr_find.jsonl` (the points) and `lr_find.png` into `dir`.
 pub fn write(dir: &Path, test: &RangeTest) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    let mut text = String::new();
-    for p in &test.points {
-        text.push_str(&serde_json::to_string(p)?);
-        text.push('\n');
-    }
-    crate::fsx::write_atomic(&dir.join("lr_find.jsonl"), text.as_bytes())?;
+    crate::fsx::write_json_lines_atomic(&dir.join("lr_find.jsonl"), &test.points)?;
     let points: Vec<(f64, f64)> =
         test.points.iter().map(|p| (p.learning_rate, p.smoothed_loss)).filter(|p| p.1.is_finite()).collect();
     let marks = [("steepest descent", test.steepest), ("minimum / 10", test.minimum_tenth)];

@@ -161,14 +161,21 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
 /// the validation split's probabilities after the last epoch.
 pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(LoadedModel, Vec<Vec<f32>>)> {
     cfg.validate()?;
+    let (mut trainer, data) = in_memory(cfg, dataset, device)?;
+    let stop = Stop { requested: &|| false, after_step: None };
+    trainer.run(&data, &stop)?;
+    Ok((trainer.model, trainer.validation_probs))
+}
+
+/// A fresh trainer for `dataset` that writes no checkpoint, and the tokenised splits (the
+/// in-memory runs: cross-fitting's folds, the range test).
+fn in_memory<'a>(cfg: &'a TrainConfig, dataset: &Dataset, device: &Device) -> Result<(Trainer<'a>, TrainData)> {
     let files = ModelFiles::resolve(&crate::hub::with_revision(&cfg.model, cfg.revision.as_deref())?)?;
     let (model, encoder) = load_model(cfg, &files, dataset, true, device)?;
     let data = tokenize(dataset, encoder)?;
     let mut trainer = Trainer::new(cfg, model, &data, device, None)?;
     trainer.checkpoints = false;
-    let stop = Stop { requested: &|| false, after_step: None };
-    trainer.run(&data, &stop)?;
-    Ok((trainer.model, trainer.validation_probs))
+    Ok((trainer, data))
 }
 
 /// The checkpoint to resume from, if any; a fresh run checks the output directory first.

@@ -13,12 +13,7 @@ use std::path::Path;
 
 /// `metrics.jsonl`: one JSON object per evaluation.
 pub fn write_metrics(path: &Path, rows: &[EpochRow]) -> Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
+    crate::fsx::write_json_lines_atomic(path, rows)
 }
 
 /// Writes the model directory. Each file is written atomically, and `model.safetensors` last
