@@ -62,7 +62,7 @@ pub struct ShapeReport {
     /// `--dtype`), else null (float32).
     pub quantize: Option<Quantize>,
     /// The instructions of the int8 kernel, when quantised.
-    pub int8_kernel: Option<&'static str>,
+    pub int8_kernel: Option<String>,
     /// The instructions of the float32 inference kernel (weights packed at load), on the CPU
     /// without `--quantize` and `--dtype bf16`; else null.
     pub f32_kernel: Option<&'static str>,
@@ -127,7 +127,7 @@ pub struct BenchOptions {
 pub fn inference_kernel(quantize: Option<Quantize>, device: &Device, bf16: bool) -> Option<String> {
     use crate::model::kernels::{panels, prepared};
     match quantize {
-        Some(Quantize::Int8) => Some(format!("in int8; integer dot products on {}", Isa::detect().name())),
+        Some(Quantize::Int8) => Some(format!("in int8; integer dot products on {}", Isa::description())),
         Some(Quantize::Bf16) => Some(format!("in bf16 with float32 sums; {}", prepared::bf16_kernel_name())),
         None if device.is_cpu() && !bf16 => {
             Some(format!("on float32 weights packed at load; {}", panels::Isa::detect().name()))
@@ -238,7 +238,7 @@ pub fn run(
             params: m.params.iter().map(|(_, v)| v.as_tensor().elem_count()).sum(),
             bf16: opts.bf16,
             quantize: opts.quantize,
-            int8_kernel: (opts.quantize == Some(Quantize::Int8)).then(|| Isa::detect().name()),
+            int8_kernel: (opts.quantize == Some(Quantize::Int8)).then(Isa::description),
             f32_kernel: (device.is_cpu() && opts.quantize.is_none() && !opts.bf16)
                 .then(|| crate::model::kernels::panels::Isa::detect().name()),
             train_step_s: train.as_ref().map(|t| median(step(t))),

@@ -207,7 +207,7 @@ fn bench_quantize_int8_reports_inference_only() {
 /// with `--dtype bf16`, bf16 where the CPU has it, else float32.
 #[test]
 fn serve_names_the_int8_kernel_at_start_up() {
-    let isa = emotune::model::kernels::qlinear::Isa::detect().name();
+    let isa = emotune::model::kernels::qlinear::Isa::description();
     let f32_isa = emotune::model::kernels::panels::Isa::detect().name();
     let f32_line = format!("on cpu: float32 (weights packed at load, {f32_isa})");
     let bf16 = match emotune::model::kernels::panels_bf16::available() {

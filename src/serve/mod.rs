@@ -53,7 +53,7 @@ fn compute_line(cfg: &ServeConfig, device: &candle_core::Device) -> String {
     let autocast = cfg.compute.dtype() == crate::model::Dtype::Bf16 && !device.is_cpu();
     let format = match (cfg.quantize, autocast) {
         (Some(q @ crate::model::Quantize::Int8), _) => {
-            format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::detect().name())
+            format!("{} (dot products on {})", q.name(), crate::model::kernels::qlinear::Isa::description())
         }
         (Some(q @ crate::model::Quantize::Bf16), _) => {
             format!("{} (float32 sums; {})", q.name(), crate::model::kernels::prepared::bf16_kernel_name())

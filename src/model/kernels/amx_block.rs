@@ -17,6 +17,15 @@ pub fn available() -> bool {
     })
 }
 
+/// True where AMX int8 runs: AMX-TILE and AMX-INT8, and the tile state granted.
+pub fn int8_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let cpu = crate::cpu::CpuIdentity::current();
+        cpu.features.contains(&"amx-tile") && cpu.features.contains(&"amx-int8") && request_tile_state()
+    })
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn request_tile_state() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -57,7 +66,7 @@ pub(super) struct Tiles;
 
 impl Tiles {
     pub(super) fn configure() -> Tiles {
-        assert!(available(), "AMX tiles configured on a CPU without them");
+        assert!(available() || int8_available(), "AMX tiles configured on a CPU without them");
         #[cfg(target_arch = "x86_64")]
         {
             let mut cfg = [0u8; 64];

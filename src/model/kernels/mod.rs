@@ -21,6 +21,7 @@ pub mod amx;
 mod amx_block;
 pub(crate) mod amx_ffn;
 pub mod amx_fill;
+mod amx_int8;
 pub mod amx_pack;
 mod attention;
 mod buffer;

@@ -39,6 +39,8 @@ const BLOCK_COLS: usize = 32;
 /// The instructions the integer dot products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// AMX tiles (`amx_int8.rs`), for the whole product.
+    Amx,
     Avx512Vnni,
     AvxVnni,
     Avx2,
@@ -52,12 +54,25 @@ impl Isa {
         *ISA.get_or_init(|| Isa::available().into_iter().next().unwrap_or(Isa::Scalar))
     }
 
+    /// The path for a product of `m` rows: AMX pads the rows to 32 and pays from 16 on (the
+    /// README has the measurements); below that, the best path without it.
+    pub fn for_rows(m: usize) -> Isa {
+        const AMX_FROM_ROWS: usize = 16;
+        match Isa::detect() {
+            Isa::Amx if m < AMX_FROM_ROWS => Isa::available()[1],
+            isa => isa,
+        }
+    }
+
     /// Every path this CPU can run, best first (plain Rust last).
     pub fn available() -> Vec<Isa> {
         let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
+            if super::amx_block::int8_available() {
+                out.push(Isa::Amx);
+            }
             if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
                 out.push(Isa::Avx512Vnni);
             }
@@ -72,8 +87,17 @@ impl Isa {
         out
     }
 
+    /// What runs the products, as `bench` and `serve` say it.
+    pub fn description() -> String {
+        match Isa::detect() {
+            Isa::Amx => format!("{} from 16 rows, {} below", Isa::Amx.name(), Isa::for_rows(0).name()),
+            isa => isa.name().to_string(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "AMX tiles (tdpbusd)",
             Isa::Avx512Vnni => "AVX-512 VNNI (vpdpbusd)",
             Isa::AvxVnni => "AVX-VNNI (vpdpbusd)",
             Isa::Avx2 => "AVX2 (vpmaddubsw)",
@@ -94,6 +118,8 @@ pub struct QuantizedLinear {
     /// `Σ_p qw[j, p]`, for the activations' zero points.
     col_sums: Vec<i32>,
     bias: Vec<f32>,
+    /// `w` in AMX tiles, packed the first time the AMX path runs.
+    amx: OnceLock<Vec<super::amx_int8::Tile>>,
 }
 
 /// The step for one weight row: of the ranges `amax · c` for a few clip ratios `c ≤ 1`, the one
@@ -167,7 +193,12 @@ impl QuantizedLinear {
         let rows: Vec<(f32, i32)> =
             weight.par_chunks(k.max(1)).zip(w.par_chunks_mut(kp)).map(|(row, q)| quantize_weight_row(row, q)).collect();
         let (scales, col_sums) = rows.into_iter().unzip();
-        QuantizedLinear { n, k, w, kp, scales, col_sums, bias: bias.to_vec() }
+        let amx = OnceLock::new();
+        if Isa::detect() == Isa::Amx {
+            // at load, not on the first request that has 16 rows
+            let _ = amx.set(super::amx_int8::pack_weights(&w, n, kp));
+        }
+        QuantizedLinear { n, k, w, kp, scales, col_sums, bias: bias.to_vec(), amx }
     }
 
     pub fn in_features(&self) -> usize {
@@ -183,15 +214,20 @@ impl QuantizedLinear {
         self.w.len()
     }
 
-    /// `dst[i, ..n] = x[i] · Wᵀ + b`, `dst` rows `dst_rs` apart, on the CPU's best path.
+    /// `dst[i, ..n] = x[i] · Wᵀ + b`, `dst` rows `dst_rs` apart, on the CPU's best path for
+    /// `x`'s rows.
     pub fn forward_into(&self, x: &QuantizedRows, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
-        self.forward_with(Isa::detect(), x, dst, dst_rs)
+        self.forward_with(Isa::for_rows(x.m), x, dst, dst_rs)
     }
 
     /// As [`Self::forward_into`], on the path `isa` (which the CPU must have).
     pub fn forward_with(&self, isa: Isa, x: &QuantizedRows, dst: &mut [MaybeUninit<f32>], dst_rs: usize) {
         assert_eq!((x.k, x.kp), (self.k, self.kp), "activations of width {} for a weight of width {}", x.k, self.k);
         assert!(Isa::available().contains(&isa), "this CPU cannot run {}", isa.name());
+        if isa == Isa::Amx {
+            let tiles = self.amx.get_or_init(|| super::amx_int8::pack_weights(&self.w, self.n, self.kp));
+            return super::amx_int8::forward(self, tiles, x, dst, dst_rs);
+        }
         // Each block's whole walk is compiled for its instructions, so the dot products inline.
         for_each_block(dst, dst_rs, (x.m, self.n), (BLOCK_ROWS, BLOCK_COLS), |block| match isa {
             // SAFETY: checked above that the CPU has AVX-512 VNNI.
@@ -212,7 +248,9 @@ impl QuantizedLinear {
                     walk_tiles::<2, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc)))
                 })
             },
-            Isa::Scalar => walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            Isa::Scalar | Isa::Amx => {
+                walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(Isa::Scalar, block, x, (r0, c0), (nr, nc)))
+            }
         });
     }
 
@@ -258,7 +296,7 @@ impl QuantizedLinear {
             Isa::AvxVnni => unsafe { tiles!(dots_avx_vnni, 3, 4) },
             // SAFETY: `forward_with` checked that the CPU has AVX2.
             Isa::Avx2 => unsafe { tiles!(dots_avx2, 2, 4) },
-            Isa::Scalar => {
+            Isa::Scalar | Isa::Amx => {
                 let dot = xs(0).iter().zip(ws(0)).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
                 self.finish(block, x, (r0, c0), [[dot]])
             }
@@ -275,12 +313,22 @@ impl QuantizedLinear {
         (r0, c0): (usize, usize),
         dots: [[i32; C]; R],
     ) {
-        let (sums, scales, bias) = (&self.col_sums[c0..c0 + C], &self.scales[c0..c0 + C], &self.bias[c0..c0 + C]);
         for (i, row) in dots.iter().enumerate() {
-            let (zero, scale) = (x.zeros[r0 + i], x.scales[r0 + i]);
-            let out: [f32; C] =
-                std::array::from_fn(|j| (row[j] - zero * sums[j]) as f32 * (scale * scales[j]) + bias[j]);
+            let mut out = [0f32; C];
+            self.finish_row(x, r0 + i, c0, row, &mut out);
             block.write_row(r0 + i, c0, &out);
+        }
+    }
+
+    /// Outputs `(r, c0..c0 + dots.len())` into `out` from their integer dot products: zero
+    /// points out, scales and bias in (the one formula of every path).
+    #[inline(always)]
+    pub(super) fn finish_row(&self, x: &QuantizedRows, r: usize, c0: usize, dots: &[i32], out: &mut [f32]) {
+        let c = dots.len();
+        let (sums, scales, bias) = (&self.col_sums[c0..c0 + c], &self.scales[c0..c0 + c], &self.bias[c0..c0 + c]);
+        let (zero, scale) = (x.zeros[r], x.scales[r]);
+        for j in 0..c {
+            out[j] = (dots[j] - zero * sums[j]) as f32 * (scale * scales[j]) + bias[j];
         }
     }
 }
@@ -288,15 +336,32 @@ impl QuantizedLinear {
 impl QuantizedRows {
     /// Quantises the `m` rows of `x [m, k]`.
     pub fn new(x: &[f32], (m, k): (usize, usize)) -> QuantizedRows {
-        assert_eq!(x.len(), m * k, "activations [{m}, {k}]");
+        assert!(x.len() == m * k && k > 0, "activations [{m}, {k}]");
         let kp = padded(k);
-        let mut q = vec![0u8; m * kp];
-        let mut scales = vec![0f32; m];
-        let mut zeros = vec![0i32; m];
-        for (i, row) in x.chunks_exact(k.max(1)).enumerate() {
-            (scales[i], zeros[i]) = quantize_row(row, &mut q[i * kp..i * kp + k]);
-        }
+        // zero rows up to a multiple of 32, which the AMX path reads as whole tiles
+        let mut q = vec![0u8; m.next_multiple_of(32) * kp];
+        // rows in parallel: each row's values depend on that row only
+        let (scales, zeros): (Vec<f32>, Vec<i32>) = x
+            .par_chunks(k.max(1))
+            .zip(q.par_chunks_mut(kp))
+            .with_min_len(16)
+            .map(|(row, q)| quantize_row(row, &mut q[..k]))
+            .unzip();
         QuantizedRows { m, k, kp, q, scales, zeros }
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Bytes per row (`k` padded to a multiple of 64).
+    pub(super) fn padded_width(&self) -> usize {
+        self.kp
+    }
+
+    /// The rows, `padded_width` bytes apart, with zero rows after them up to a multiple of 32.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.q
     }
 }
 
@@ -305,12 +370,23 @@ super::simd::simd_dispatch! {
     /// and the zero point (NaN as the step when `row` holds a non-finite value, so the outputs
     /// are NaN as in f32).
     fn quantize_row_into(row: &[f32], q: &mut [u8], out: &mut (f32, i32)) {
-        let (mut lo, mut hi) = (0f32, 0f32);
-        for &v in row {
-            lo = lo.min(v);
-            hi = hi.max(v);
+        // over 16 lanes so that it vectorises (min and max are exact, so any order gives the
+        // same values); `v · 0` is 0 for every finite value and NaN for any other
+        let (mut lo16, mut hi16, mut nan16) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for i in 0..16 {
+                lo16[i] = if c[i] < lo16[i] { c[i] } else { lo16[i] };
+                hi16[i] = if c[i] > hi16[i] { c[i] } else { hi16[i] };
+                nan16[i] += c[i] * 0.0;
+            }
         }
-        let finite = row.iter().all(|v| v.is_finite());
+        let (mut lo, mut hi) = (0f32, 0f32);
+        for &v in chunks.remainder().iter().chain(&lo16).chain(&hi16) {
+            lo = if v < lo { v } else { lo };
+            hi = if v > hi { v } else { hi };
+        }
+        let finite = chunks.remainder().iter().all(|v| v.is_finite()) && nan16.iter().all(|&z| z == 0.0);
         let scale = if hi > lo { (hi - lo) / X_MAX as f32 } else { 1.0 };
         let zero = (-lo / scale).round().clamp(0.0, X_MAX as f32);
         // round to nearest by the 1.5 · 2^23 trick (vectorises, unlike `round` and `as`)
@@ -358,7 +434,7 @@ mod tests {
                 );
             }
         }
-        let missing: Vec<&str> = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2]
+        let missing: Vec<&str> = [Isa::Amx, Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2]
             .into_iter()
             .filter(|i| !Isa::available().contains(i))
             .map(Isa::name)
