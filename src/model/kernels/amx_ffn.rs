@@ -24,7 +24,7 @@ use super::amx::{self, Piece, Start};
 use super::amx_fill::{Filler, Role};
 use super::amx_pack::{from_bf16, pack_lhs, pack_rhs, round_in_place, Packed};
 use super::buffer::{as_uninit, filled};
-use super::gelu::{gelu_backward_segment, gelu_segment};
+use super::gelu::{gelu_and_backward_segment, gelu_segment};
 use super::linear::column_sums;
 use std::mem::MaybeUninit;
 
@@ -150,11 +150,10 @@ fn gelu_backward(do_lhs: &Packed, w2: &Packed, f: &[u16], ffn: usize) -> (Packed
         amx::matmul_pieces(Start::Zero, do_lhs, w2, &|p: Piece| {
             let i = (p.row / EDGE) * col_blocks + p.col / EDGE;
             let f_block: [f32; BLOCK] = std::array::from_fn(|j| from_bf16(f[i * BLOCK + j]));
-            let mut g_block = f_block;
-            gelu_segment(&mut g_block);
-            g.store(p.row, p.col, &g_block);
             // past the edge dg is 0 (and f too): df stays 0 there
-            gelu_backward_segment(&f_block, p.values);
+            let mut g_block = [0f32; BLOCK];
+            gelu_and_backward_segment(&f_block, &mut g_block, p.values);
+            g.store(p.row, p.col, &g_block);
             let mut column = [0f32; EDGE];
             for row in p.values.chunks_exact(EDGE).take(p.rows) {
                 column.iter_mut().zip(row).for_each(|(s, v)| *s += v);

@@ -53,11 +53,24 @@ pub(crate) fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) {
         .for_each(|(gc, xc)| gelu_backward_chunk(xc, gc))
 }
 
-/// `g ← g · GELU'(x)` in place on one piece, on this thread (the values of
-/// [`gelu_backward_in_place`]).
-pub(crate) fn gelu_backward_segment(x: &[f32], g: &mut [f32]) {
-    assert_eq!(x.len(), g.len());
-    gelu_backward_chunk(x, g)
+/// `y ← GELU(x)` and `g ← g · GELU'(x)` on one piece, on this thread, with one erf per value:
+/// the values of [`gelu_segment`] and [`gelu_backward_in_place`] (the same expressions), for the
+/// backward pass that needs both.
+pub(crate) fn gelu_and_backward_segment(x: &[f32], y: &mut [f32], g: &mut [f32]) {
+    assert!(x.len() == y.len() && x.len() == g.len());
+    gelu_and_backward_chunk(x, y, g)
+}
+
+simd_dispatch! {
+    fn gelu_and_backward_chunk(x: &[f32], y: &mut [f32], g: &mut [f32]) {
+        for ((y, g), &x) in y.iter_mut().zip(g.iter_mut()).zip(x) {
+            let erf = fast_erf(x * FRAC_1_SQRT_2);
+            *y = 0.5 * x * (1.0 + erf);
+            let cdf = 0.5 * (1.0 + erf);
+            let pdf = FRAC_1_SQRT_2PI * fast_exp(-0.5 * x * x);
+            *g *= cdf + x * pdf;
+        }
+    }
 }
 
 simd_dispatch! {
