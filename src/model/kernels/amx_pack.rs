@@ -161,21 +161,25 @@ pub(super) enum Layout {
 fn pack(src: &[f32], strides: (usize, usize), rows: usize, k: usize, layout: Layout, parallel: bool) -> Packed {
     let k_tiles = k.div_ceil(KT);
     let blocks = rows.div_ceil(2 * T) * 2;
-    let mut lines = vec![TileRow([0; KT]); blocks * k_tiles * T];
+    // every tile is written below (zeros past the last line), so no pass zeroes them first
+    let mut lines: Vec<TileRow> = Vec::with_capacity(blocks * k_tiles * T);
     let out = SendPtr(lines.as_mut_ptr().cast::<u16>());
     let k_major = strides.1 != 1;
     let tile_task = |i: usize| {
         let (b, t) = if k_major { (i % blocks, i / blocks) } else { (i / k_tiles, i % k_tiles) };
         let (r0, j0) = (b * T, t * KT);
         let (nr, nj) = (T.min(rows.saturating_sub(r0)), KT.min(k - j0));
+        let o = out;
+        // SAFETY: tile (b, t) is the TILE u16 at (b * k_tiles + t) * TILE, inside the allocation
+        // of `lines` (blocks * k_tiles tiles of T rows of KT u16; b < blocks, t < k_tiles); each
+        // task writes only its own tile, while `lines` lives. Its memory may be uninitialised:
+        // every path below writes all of it through this slice before anything reads it (as
+        // `amx_fill::Filler` fills its tiles).
+        let tile = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * k_tiles + t) * TILE), TILE) };
         if nr == 0 {
+            tile.fill(0);
             return;
         }
-        let o = out;
-        // SAFETY: tile (b, t) is the TILE u16 at (b * k_tiles + t) * TILE, inside `lines` (of
-        // blocks * k_tiles tiles of T rows of KT u16; b < blocks, t < k_tiles); each task
-        // writes only its own tile, while `lines` lives.
-        let tile = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * k_tiles + t) * TILE), TILE) };
         let at = |r: usize, j: usize| (r0 + r) * strides.0 + (j0 + j) * strides.1;
         #[cfg(target_arch = "x86_64")]
         if nr == T && nj == KT && (strides.0 == 1 || strides.1 == 1) && has_avx512_bf16() {
@@ -191,6 +195,8 @@ fn pack(src: &[f32], strides: (usize, usize), rows: usize, k: usize, layout: Lay
         true => (0..blocks * k_tiles).into_par_iter().for_each(tile_task),
         false => (0..blocks * k_tiles).for_each(tile_task),
     }
+    // SAFETY: the tasks above wrote every tile of the capacity, each once.
+    unsafe { lines.set_len(blocks * k_tiles * T) };
     Packed { lines, rows, k_tiles }
 }
 
