@@ -8,7 +8,8 @@
 //!
 //! Why 7-bit weights and 8-bit activations with a zero point: AVX2's `vpmaddubsw` (u8 × i8)
 //! saturates its pair sums at 16 bits, and 2 · 255 · 63 < 32767 keeps every one exact. So the
-//! integer dot products are exact on every path — AVX-512 VNNI (`vpdpbusd` on 64 bytes),
+//! integer dot products are exact on every path — AMX tiles (`tdpbusd`, `amx_int8.rs`, for
+//! products of 8 rows or more), AVX-512 VNNI (`vpdpbusd` on 64 bytes),
 //! AVX-VNNI (`vpdpbusd` on 32), AVX2 (`vpmaddubsw` + `vpmaddwd`) and plain Rust — and the
 //! outputs are bitwise the same whichever the CPU picks (the tests check each one it has
 //! against plain Rust). The activations get the finer grid because they are the harder half:
@@ -54,10 +55,12 @@ impl Isa {
         *ISA.get_or_init(|| Isa::available().into_iter().next().unwrap_or(Isa::Scalar))
     }
 
-    /// The path for a product of `m` rows: AMX pads the rows to 32 and pays from 16 on (the
-    /// README has the measurements); below that, the best path without it.
+    /// The path for a product of `m` rows: AMX pads the rows to 32, and was faster than AVX-512
+    /// VNNI on all four of DistilBERT-base's projections from 8 rows on, about even at 4 and
+    /// slower at 1 (`cargo bench --bench int8`; the README has the run); below 8, the best path
+    /// without it.
     pub fn for_rows(m: usize) -> Isa {
-        const AMX_FROM_ROWS: usize = 16;
+        const AMX_FROM_ROWS: usize = 8;
         match Isa::detect() {
             Isa::Amx if m < AMX_FROM_ROWS => Isa::available()[1],
             isa => isa,
@@ -90,7 +93,7 @@ impl Isa {
     /// What runs the products, as `bench` and `serve` say it.
     pub fn description() -> String {
         match Isa::detect() {
-            Isa::Amx => format!("{} from 16 rows, {} below", Isa::Amx.name(), Isa::for_rows(0).name()),
+            Isa::Amx => format!("{} from 8 rows, {} below", Isa::Amx.name(), Isa::for_rows(0).name()),
             isa => isa.name().to_string(),
         }
     }
