@@ -11,19 +11,18 @@ use std::sync::OnceLock;
 /// the tile state.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let cpu = crate::cpu::CpuIdentity::current();
-        cpu.features.contains(&"amx-tile") && cpu.features.contains(&"amx-bf16") && request_tile_state()
-    })
+    *OK.get_or_init(|| tiles_with("amx-bf16"))
 }
 
 /// True where AMX int8 runs: AMX-TILE and AMX-INT8, and the tile state granted.
 pub fn int8_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let cpu = crate::cpu::CpuIdentity::current();
-        cpu.features.contains(&"amx-tile") && cpu.features.contains(&"amx-int8") && request_tile_state()
-    })
+    *OK.get_or_init(|| tiles_with("amx-int8"))
+}
+
+fn tiles_with(feature: &str) -> bool {
+    let cpu = crate::cpu::CpuIdentity::current();
+    cpu.features.contains(&"amx-tile") && cpu.features.contains(&feature) && request_tile_state()
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
