@@ -7,7 +7,7 @@
 //! B: the weights packed once, at first use: per block of 16 output columns, per 64 of k, a
 //!    tile of 16 rows (k in fours) × (16 columns × 4 bytes), as TDPBUSD reads it
 //! kernel: 2 × 2 C tiles (32 × 32 i32) over the whole k loop, then the same dequantisation
-//!    as every other path (`QuantizedLinear::finish_row`)
+//!    as every other path (the caller's `finish`: `QuantizedLinear::finish_row`)
 //! ```
 //!
 //! The sums are exact integers (|Σ| ≤ 255 · 63 · k fits 32 bits for any k below 133,000), so
@@ -15,7 +15,6 @@
 //! in; the tests compare them with plain Rust.
 
 use super::amx_block::Tiles;
-use super::qlinear::{QuantizedLinear, QuantizedRows};
 use super::tiles::for_each_block;
 use std::mem::MaybeUninit;
 
@@ -46,18 +45,21 @@ pub(super) fn pack_weights(w: &[i8], n: usize, kp: usize) -> Vec<Tile> {
     tiles
 }
 
-/// `dst[i, ..n] = x[i] · Wᵀ + b` on AMX tiles, `dst` rows `dst_rs` apart. Needs
-/// [`super::amx_block::int8_available`] and `x`'s rows padded to a multiple of 32.
+/// The `n` outputs of each of the `m` rows of `x` (quantised activations, rows `kp` bytes apart,
+/// zero rows after them up to a multiple of 32) against the packed weights `w`, on AMX tiles:
+/// `finish(r, c0, dots, out)` turns row `r`'s integer dot products with columns `c0..` into
+/// its outputs, which land in `dst` (rows `dst_rs` apart). Needs
+/// [`super::amx_block::int8_available`].
 pub(super) fn forward(
-    lin: &QuantizedLinear,
-    w: &[Tile],
-    x: &QuantizedRows,
+    x: &[u8],
+    (m, kp): (usize, usize),
+    (w, n): (&[Tile], usize),
+    finish: impl Fn(usize, usize, &[i32], &mut [f32]) + Sync,
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
 ) {
-    let (m, n, kp) = (x.rows(), lin.out_features(), x.padded_width());
     let k_tiles = kp / 64;
-    assert!(x.bytes().len() >= m.next_multiple_of(32) * kp, "activations not padded to 32 rows");
+    assert!(kp.is_multiple_of(64) && x.len() >= m.next_multiple_of(32) * kp, "activations not padded");
     assert_eq!(w.len(), n.div_ceil(32) * 2 * k_tiles, "packed weights of another shape");
     for_each_block(dst, dst_rs, (m, n), (BLOCK_ROWS, BLOCK_COLS), |block| {
         let tiles = Tiles::configure();
@@ -65,7 +67,7 @@ pub(super) fn forward(
         for c0 in block.cols.clone().step_by(32) {
             let b = &w[(c0 / 16) * k_tiles..][..2 * k_tiles];
             for r0 in block.rows.clone().step_by(32) {
-                let a = &x.bytes()[r0 * kp..][..32 * kp];
+                let a = &x[r0 * kp..][..32 * kp];
                 // SAFETY: `tiles` is configured on this thread; `a` holds 32 rows of `kp` bytes
                 // and `b` the two column blocks' `k_tiles` tiles each (sliced above).
                 unsafe { dot_block(&tiles, &mut sums, a, kp, b, k_tiles) };
@@ -74,11 +76,11 @@ pub(super) fn forward(
                     let mut out = [0f32; 32];
                     if c0 + 32 <= n {
                         // a whole row of the block: a copy of known length, inlined
-                        lin.finish_row(x, r, c0, dots, &mut out);
+                        finish(r, c0, dots, &mut out);
                         block.write_row(r, c0, &out);
                     } else {
                         let cols = n - c0;
-                        lin.finish_row(x, r, c0, &dots[..cols], &mut out[..cols]);
+                        finish(r, c0, &dots[..cols], &mut out[..cols]);
                         block.write_row(r, c0, &out[..cols]);
                     }
                 }

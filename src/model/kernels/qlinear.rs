@@ -229,7 +229,8 @@ impl QuantizedLinear {
         assert!(Isa::available().contains(&isa), "this CPU cannot run {}", isa.name());
         if isa == Isa::Amx {
             let tiles = self.amx.get_or_init(|| super::amx_int8::pack_weights(&self.w, self.n, self.kp));
-            return super::amx_int8::forward(self, tiles, x, dst, dst_rs);
+            let finish = |r: usize, c0: usize, dots: &[i32], out: &mut [f32]| self.finish_row(x, r, c0, dots, out);
+            return super::amx_int8::forward(&x.q, (x.m, x.kp), (tiles, self.n), finish, dst, dst_rs);
         }
         // Each block's whole walk is compiled for its instructions, so the dot products inline.
         for_each_block(dst, dst_rs, (x.m, self.n), (BLOCK_ROWS, BLOCK_COLS), |block| match isa {
@@ -326,7 +327,7 @@ impl QuantizedLinear {
     /// Outputs `(r, c0..c0 + dots.len())` into `out` from their integer dot products: zero
     /// points out, scales and bias in (the one formula of every path).
     #[inline(always)]
-    pub(super) fn finish_row(&self, x: &QuantizedRows, r: usize, c0: usize, dots: &[i32], out: &mut [f32]) {
+    fn finish_row(&self, x: &QuantizedRows, r: usize, c0: usize, dots: &[i32], out: &mut [f32]) {
         let c = dots.len();
         let (sums, scales, bias) = (&self.col_sums[c0..c0 + c], &self.scales[c0..c0 + c], &self.bias[c0..c0 + c]);
         let (zero, scale) = (x.zeros[r], x.scales[r]);
@@ -351,20 +352,6 @@ impl QuantizedRows {
             .map(|(row, q)| quantize_row(row, &mut q[..k]))
             .unzip();
         QuantizedRows { m, k, kp, q, scales, zeros }
-    }
-
-    pub(super) fn rows(&self) -> usize {
-        self.m
-    }
-
-    /// Bytes per row (`k` padded to a multiple of 64).
-    pub(super) fn padded_width(&self) -> usize {
-        self.kp
-    }
-
-    /// The rows, `padded_width` bytes apart, with zero rows after them up to a multiple of 32.
-    pub(super) fn bytes(&self) -> &[u8] {
-        &self.q
     }
 }
 
