@@ -4,7 +4,7 @@
 //! ```text
 //! A: the quantised activations as they are, rows of `kp` bytes (a multiple of 64): a tile is
 //!    16 rows × 64 bytes read at a stride of `kp`, no packing
-//! B: the weights packed once, at first use: per block of 16 output columns, per 64 of k, a
+//! B: the weights packed once, at load: per block of 16 output columns, per 64 of k, a
 //!    tile of 16 rows (k in fours) × (16 columns × 4 bytes), as TDPBUSD reads it
 //! kernel: 2 × 2 C tiles (32 × 32 i32) over the whole k loop, then the same dequantisation
 //!    as every other path (the caller's `finish`: `QuantizedLinear::finish_row`)
@@ -18,8 +18,9 @@ use super::amx_block::Tiles;
 use super::tiles::for_each_block;
 use std::mem::MaybeUninit;
 
-/// Output rows and columns per parallel work item (multiples of the 32 × 32 kernel block): the
-/// weights' tiles of 512 columns at k = 768 (384 KiB) stay in L2 while the rows go by.
+/// Output rows and columns per parallel work item (multiples of the 32 × 32 kernel block): 128
+/// columns' weight tiles stay in L2 while the rows go by (384 KiB at k = 3072), and a product
+/// of few rows still splits into several tasks (six for 768 columns).
 const BLOCK_ROWS: usize = 128;
 const BLOCK_COLS: usize = 128;
 

@@ -121,7 +121,7 @@ pub struct QuantizedLinear {
     /// `Σ_p qw[j, p]`, for the activations' zero points.
     col_sums: Vec<i32>,
     bias: Vec<f32>,
-    /// `w` in AMX tiles, packed the first time the AMX path runs.
+    /// `w` in AMX tiles: at load where AMX is the CPU's path, else the first time it runs.
     amx: OnceLock<Vec<super::amx_int8::Tile>>,
 }
 
@@ -198,7 +198,7 @@ impl QuantizedLinear {
         let (scales, col_sums) = rows.into_iter().unzip();
         let amx = OnceLock::new();
         if Isa::detect() == Isa::Amx {
-            // at load, not on the first request that has 16 rows
+            // at load, not on the first request of 8 rows or more
             let _ = amx.set(super::amx_int8::pack_weights(&w, n, kp));
         }
         QuantizedLinear { n, k, w, kp, scales, col_sums, bias: bias.to_vec(), amx }
@@ -252,9 +252,8 @@ impl QuantizedLinear {
                     walk_tiles::<2, 4>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc)))
                 })
             },
-            Isa::Scalar | Isa::Amx => {
-                walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(Isa::Scalar, block, x, (r0, c0), (nr, nc)))
-            }
+            Isa::Scalar => walk_tiles::<1, 1>(block, |r0, c0, nr, nc| self.tile(isa, block, x, (r0, c0), (nr, nc))),
+            Isa::Amx => unreachable!("the AMX path returned above"),
         });
     }
 
@@ -300,7 +299,8 @@ impl QuantizedLinear {
             Isa::AvxVnni => unsafe { tiles!(dots_avx_vnni, 3, 4) },
             // SAFETY: `forward_with` checked that the CPU has AVX2.
             Isa::Avx2 => unsafe { tiles!(dots_avx2, 2, 4) },
-            Isa::Scalar | Isa::Amx => {
+            Isa::Amx => unreachable!("the AMX path does not walk register tiles"),
+            Isa::Scalar => {
                 let dot = xs(0).iter().zip(ws(0)).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
                 self.finish(block, x, (r0, c0), [[dot]])
             }
