@@ -197,7 +197,7 @@ fn out_of_fold(dataset: &Dataset, train: &Split, how: &CrossFit, device: &Device
             multi_label: false,
         };
         // The held-out fold is the fit's validation split: its last evaluation is the score.
-        let (_, held_probs) = crate::train::fit(&how.recipe, &fold_data, device)?;
+        let held_probs = crate::train::fit(&how.recipe, &fold_data, device)?;
         for (&i, p) in held.iter().zip(&held_probs) {
             for (j, &v) in p.iter().enumerate() {
                 probs[i * k + j] = v as f64;

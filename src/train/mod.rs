@@ -157,14 +157,14 @@ fn run(cfg: &TrainConfig, spec: &DataSpec, device: &Device, control: &RunControl
 }
 
 /// Fine-tunes `cfg.model` on `dataset`'s train split in memory, evaluating on its validation
-/// split after every epoch, and writes nothing (cross-fitting's folds). Returns the model and
-/// the validation split's probabilities after the last epoch.
-pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<(LoadedModel, Vec<Vec<f32>>)> {
+/// split after every epoch, and writes nothing (cross-fitting's folds). Returns the validation
+/// split's probabilities after the last epoch.
+pub fn fit(cfg: &TrainConfig, dataset: &Dataset, device: &Device) -> Result<Vec<Vec<f32>>> {
     cfg.validate()?;
     let (mut trainer, data) = in_memory(cfg, dataset, device)?;
     let stop = Stop { requested: &|| false, after_step: None };
     trainer.run(&data, &stop)?;
-    Ok((trainer.model, trainer.validation_probs))
+    Ok(trainer.validation_probs)
 }
 
 /// A fresh trainer for `dataset` that writes no checkpoint, and the tokenised splits (the

@@ -61,8 +61,9 @@ impl Isa {
     /// without it.
     pub fn for_rows(m: usize) -> Isa {
         const AMX_FROM_ROWS: usize = 8;
+        static BELOW: OnceLock<Isa> = OnceLock::new();
         match Isa::detect() {
-            Isa::Amx if m < AMX_FROM_ROWS => Isa::available()[1],
+            Isa::Amx if m < AMX_FROM_ROWS => *BELOW.get_or_init(|| Isa::available()[1]),
             isa => isa,
         }
     }
