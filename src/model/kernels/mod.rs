@@ -36,7 +36,7 @@ pub mod panels_bf16;
 pub mod prepared;
 pub mod profile;
 pub mod qlinear;
-mod simd;
+pub(crate) mod simd;
 mod tiles;
 
 pub use attention::attention;
