@@ -18,15 +18,13 @@
 //! How the weight gradients reach the caller: candle's custom ops have at most three inputs,
 //! so the node's inputs are `x` and one of the layer's parameters (the last LayerNorm weight,
 //! which makes the node part of the graph whenever the layer is trained, even with frozen
-//! inputs); the other fifteen parameters' gradients are left on this thread for
-//! [`backward`], which adds them to the `GradStore` that `loss.backward()` returns.
-//! Always take gradients through [`backward`]: a bare `loss.backward()` misses them.
+//! inputs); the other fifteen parameters' gradients are left for [`super::grads::backward`],
+//! which adds them to the `GradStore` that `loss.backward()` returns.
 
 use super::kernels::prepared::Prepared;
 use super::kernels::{self, ffn, profile, AttentionOp, Slices};
 use super::nn::{Activation, Dropout, LayerNorm, Linear, SelfAttention};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 /// The parameters of one layer, borrowed from the model.
@@ -53,16 +51,6 @@ pub struct LayerDropout {
 /// True where [`encoder_layer`] applies: float32 on the CPU with the erf GELU.
 pub fn applies(x: &Tensor, activation: Activation) -> bool {
     kernels::applies(x) && activation == Activation::Gelu
-}
-
-thread_local! {
-    /// Parameter gradients left by the backward of the layers, for [`backward`].
-    static PENDING: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Takes the parameter gradients the layers' backward passes left on this thread.
-fn take_pending_grads() -> Vec<(Tensor, Tensor)> {
-    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
 }
 
 /// Indices into [`EncoderLayerOp::params`].
@@ -353,30 +341,14 @@ fn hand_over(params: &[Tensor], grads: Vec<Option<Vec<f32>>>) -> Result<Tensor> 
     let mut all: Vec<(Tensor, Tensor)> =
         params.iter().zip(grads).map(|(p, g)| Ok((p.clone(), tensor(p, g)?))).collect::<Result<_>>()?;
     let (_, anchor) = all.remove(LN2_W);
-    PENDING.with(|p| p.borrow_mut().extend(all));
+    super::grads::leave(all);
     Ok(anchor)
-}
-
-/// The gradients of `loss` with respect to every parameter: `loss.backward()` plus the
-/// parameter gradients the fused encoder layers (this module) hand over outside candle's graph.
-/// Use this, never a bare `loss.backward()`, to train the models of this module.
-pub fn backward(loss: &Tensor) -> anyhow::Result<candle_core::backprop::GradStore> {
-    // Anything left by an earlier bare `backward()` on this thread is stale.
-    drop(take_pending_grads());
-    let mut grads = loss.backward()?;
-    for (param, g) in take_pending_grads() {
-        let total = match grads.remove(&param) {
-            Some(earlier) => (earlier + g)?,
-            None => g,
-        };
-        grads.insert(&param, total);
-    }
-    Ok(grads)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::grads::backward;
     use crate::model::nn::{activate, attention_bias};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};

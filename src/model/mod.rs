@@ -6,6 +6,7 @@ pub mod arch;
 pub mod bert;
 pub mod config;
 pub mod distilbert;
+pub mod grads;
 pub mod kernels;
 pub mod layer;
 pub mod load;
@@ -19,7 +20,7 @@ pub mod xlm_roberta;
 pub use crate::weights::{Dtype, Quantize};
 pub use arch::{Architecture, Encoded, Names, SequenceClassifier, Sizes};
 pub use config::ModelConfig;
-pub use layer::backward;
+pub use grads::backward;
 pub use load::{
     inference_format, load_classifier, load_classifier_fresh_head, load_trained_classifier, random_classifier,
     random_classifier_for_inference, LoadedModel,
