@@ -267,7 +267,8 @@ pub fn evaluate(
     }
     let task = model.config.task;
     let n = rows.len();
-    let mut out = EvalOutput { loss: 0.0, preds: vec![Vec::new(); n], losses: vec![0.0; n], probs: vec![Vec::new(); n] };
+    let mut out =
+        EvalOutput { loss: 0.0, preds: vec![Vec::new(); n], losses: vec![0.0; n], probs: vec![Vec::new(); n] };
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| rows[i].ids.len());
     for chunk in order.chunks(batch_size) {

@@ -225,7 +225,8 @@ fn gathered(block: &mut [f32; TILE], layout: Layout, (nr, nj): (usize, usize), v
 /// at a time along the unit stride. `vcvtne2ps2bf16` of a line's 32 values gives its 16 pairs
 /// of k in order, and of two k columns (16 lines each, interleaved) one pair per line: the first
 /// is a row of A's layout, the second a row of B's; the other layout is the 16 × 16 transpose of
-/// the pairs (as 32-bit words), scattered into place.
+/// the pairs (as 32-bit words), done in registers ([`transpose_words`]; scattering the words
+/// into place took about twice as long).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn direct_avx512(src: &[f32], (line_stride, k_stride): (usize, usize), layout: Layout, tile: &mut [u16]) {
@@ -239,31 +240,69 @@ unsafe fn direct_avx512(src: &[f32], (line_stride, k_stride): (usize, usize), la
     let interleave: [u16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as u16);
     // SAFETY: `interleave` is 64 bytes.
     let idx = unsafe { _mm512_loadu_si512(interleave.as_ptr().cast()) };
-    // word p of line q goes to word p * 16 + q of the tile in the transposed case
-    let column: [i32; T] = std::array::from_fn(|p| (p * T) as i32);
-    // SAFETY: `column` is 64 bytes.
-    let column = unsafe { _mm512_loadu_si512(column.as_ptr().cast()) };
-    let in_place = matches!((along_k, layout), (true, Layout::Rows) | (false, Layout::Pairs));
-    for q in 0..T {
+    let mut rows = [_mm512_setzero_si512(); T];
+    for (q, row) in rows.iter_mut().enumerate() {
         // SAFETY: row q reads 16 floats at `lo` and 16 at `hi`, inside `src` by the assert
-        // above (along k: line q's 32 values; along the lines: k columns 2q and 2q + 1); the
-        // store writes 64 bytes at row q of `tile` (asserted 512 u16), the scatter 16 words of
-        // it at word offsets q..=15 * 16 + q, inside its 256 words.
+        // above (along k: line q's 32 values; along the lines: k columns 2q and 2q + 1).
         unsafe {
             let base = src.as_ptr().add(q * outer_stride);
             let (lo, hi) = if along_k { (base, base.add(T)) } else { (base, base.add(k_stride)) };
-            let mut v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi), _mm512_loadu_ps(lo)));
-            if !along_k {
-                v = _mm512_permutexvar_epi16(idx, v);
-            }
-            if in_place {
-                _mm512_storeu_si512(tile.as_mut_ptr().add(q * KT).cast(), v);
-            } else {
-                let at = _mm512_add_epi32(column, _mm512_set1_epi32(q as i32));
-                _mm512_i32scatter_epi32::<4>(tile.as_mut_ptr().cast(), at, v);
-            }
+            *row =
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi), _mm512_loadu_ps(lo)));
+        }
+        if !along_k {
+            *row = _mm512_permutexvar_epi16(idx, *row);
         }
     }
+    if !matches!((along_k, layout), (true, Layout::Rows) | (false, Layout::Pairs)) {
+        rows = transpose_words(rows);
+    }
+    for (q, row) in rows.iter().enumerate() {
+        // SAFETY: row q of `tile` (asserted 512 u16): 64 bytes at q * 32 u16.
+        unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(q * KT).cast(), *row) };
+    }
+}
+
+/// The 16 × 16 transpose of 32-bit words: word p of `rows[q]` becomes word q of row p. Pairs of
+/// rows interleaved by words, then by pairs of words, give each 128-bit lane four rows' words of
+/// one column; two 128-bit shuffles put a column's four lanes together.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose_words(r: [std::arch::x86_64::__m512i; T]) -> [std::arch::x86_64::__m512i; T] {
+    use std::arch::x86_64::*;
+    // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved word by word (lane L: columns 4L..4L + 3)
+    let t: [__m512i; T] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4g + c], lane L: rows 4g..4g + 3 of column 4L + c
+    let u: [__m512i; T] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4 * 4, i % 4);
+        let (a, b) = (t[g + c / 2], t[g + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // column 4L + c: lane L of u[c], u[4 + c], u[8 + c], u[12 + c]
+    std::array::from_fn(|col| {
+        let (lane, c) = (col / 4, col % 4);
+        let (x, y) = if lane % 2 == 0 {
+            (_mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]), _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]))
+        } else {
+            (_mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]), _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]))
+        };
+        if lane < 2 {
+            _mm512_shuffle_i32x4::<0x88>(x, y)
+        } else {
+            _mm512_shuffle_i32x4::<0xdd>(x, y)
+        }
+    })
 }
 
 /// Rounds a gathered block (see [`pack`]) into its tile: rows as they are, or the 16 lines'
