@@ -216,9 +216,22 @@ impl AdamW {
 
     /// Writes the moments and the step count (a checkpoint's `optimizer.safetensors`).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        let mut entries = Vec::with_capacity(2 * self.slots.len());
+        // Host moments are written from where they are; device ones copied to the host first.
+        let mut copies = Vec::new();
         for s in &self.slots {
-            let (m, v) = s.moments.to_host()?;
+            if let Moments::Device { .. } = s.moments {
+                copies.push(s.moments.to_host()?);
+            }
+        }
+        let mut copies = copies.iter();
+        let mut entries: Vec<(String, Vec<usize>, &[f32])> = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            let (m, v) = match &s.moments {
+                Moments::Host { m, v } => (m.as_slice(), v.as_slice()),
+                Moments::Device { .. } => {
+                    copies.next().map(|(m, v)| (m.as_slice(), v.as_slice())).expect("copied above")
+                }
+            };
             entries.push((format!("exp_avg.{}", s.name), s.var.dims().to_vec(), m));
             entries.push((format!("exp_avg_sq.{}", s.name), s.var.dims().to_vec(), v));
         }

@@ -55,7 +55,8 @@ impl ParamStore {
             let v: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             entries.push((name.clone(), var.dims().to_vec(), v));
         }
-        f32_safetensors_bytes(&entries, HashMap::from([("format".to_string(), "pt".to_string())]))
+        let views: Vec<_> = entries.iter().map(|(n, shape, v)| (n.clone(), shape.clone(), v.as_slice())).collect();
+        f32_safetensors_bytes(&views, HashMap::from([("format".to_string(), "pt".to_string())]))
     }
 
     /// Replaces every parameter's value with the tensor of the same name in `path` (a file this
@@ -116,18 +117,20 @@ impl ParamStore {
     }
 }
 
-/// Serialises named float32 tensors `(name, shape, values)` with metadata.
+/// Serialises named float32 tensors `(name, shape, values)` with metadata. The values are
+/// handed to the serialiser as they lie in memory (safetensors is little-endian, as this target):
+/// a checkpoint's 800 MB at DistilBERT-base size are copied once, into the file's bytes.
 pub fn f32_safetensors_bytes(
-    entries: &[(String, Vec<usize>, Vec<f32>)],
+    entries: &[(String, Vec<usize>, &[f32])],
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let buffers: Vec<Vec<u8>> =
-        entries.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    #[cfg(not(target_endian = "little"))]
+    compile_error!("safetensors files are little-endian; this writes float32 values as they lie in memory");
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
         .iter()
-        .zip(&buffers)
-        .map(|((n, shape, _), b)| {
-            Ok((n.clone(), safetensors::tensor::TensorView::new(FileDtype::F32, shape.clone(), b)?))
+        .map(|(n, shape, v)| {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            Ok((n.clone(), safetensors::tensor::TensorView::new(FileDtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<_>>()?;
     Ok(safetensors::tensor::serialize(views, Some(meta))?)

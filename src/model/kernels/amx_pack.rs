@@ -419,26 +419,30 @@ mod tests {
 
     #[test]
     fn every_source_order_packs_to_the_defined_layout() {
-        // 50 lines (a whole 16-line block, a cut one and padding), k = 80 (two whole tiles and
-        // a cut one): whole tiles take the vector path where a stride is 1, the others the
-        // gathered one; a source with no unit stride always the gathered one.
-        let (m, k) = (50, 80);
-        let a = uniform(m * k, 12, 4.0);
-        let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
-        let mut wide = vec![f32::NAN; 2 * m * k];
-        for r in 0..m {
-            for j in 0..k {
-                wide[r * 2 + j * 2 * m] = a[r * k + j];
+        // Whole 16-line blocks, cut ones and padding; whole k tiles and cut ones of at most 16
+        // and of more than 16 values: whole tiles take the vector path where a stride is 1, the
+        // others the gathered one; a source with no unit stride always the gathered one.
+        for (m, k) in [(50, 80), (87, 87), (7, 23), (16, 32)] {
+            let a = uniform(m * k, 12, 4.0);
+            let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
+            let mut wide = vec![f32::NAN; 2 * m * k];
+            for r in 0..m {
+                for j in 0..k {
+                    wide[r * 2 + j * 2 * m] = a[r * k + j];
+                }
             }
+            let (rows, pairs) = (defined(&a, m, k, Layout::Rows), defined(&a, m, k, Layout::Pairs));
+            let shape = format!("{m} x {k}");
+            assert_eq!(pack_lhs(&a, (k, 1), m, k).data(), rows, "{shape}");
+            assert_eq!(pack_lhs(&at, (1, m), m, k).data(), rows, "{shape}");
+            assert_eq!(pack_lhs_serial(&at, (1, m), m, k).data(), rows, "{shape}");
+            assert_eq!(pack_lhs(&wide, (2, 2 * m), m, k).data(), rows, "{shape}");
+            // B [k, n = m] whose column c is line c
+            assert_eq!(pack_rhs(&a, (1, k), k, m).data(), pairs, "{shape}");
+            assert_eq!(pack_rhs(&at, (m, 1), k, m).data(), pairs, "{shape}");
+            assert_eq!(pack_rhs_serial(&a, (1, k), k, m).data(), pairs, "{shape}");
+            assert_eq!(pack_rhs(&wide, (2 * m, 2), k, m).data(), pairs, "{shape}");
         }
-        let (rows, pairs) = (defined(&a, m, k, Layout::Rows), defined(&a, m, k, Layout::Pairs));
-        assert_eq!(pack_lhs(&a, (k, 1), m, k).data(), rows);
-        assert_eq!(pack_lhs(&at, (1, m), m, k).data(), rows);
-        assert_eq!(pack_lhs(&wide, (2, 2 * m), m, k).data(), rows);
-        // B [k, n = m] whose column c is line c
-        assert_eq!(pack_rhs(&a, (1, k), k, m).data(), pairs);
-        assert_eq!(pack_rhs(&at, (m, 1), k, m).data(), pairs);
-        assert_eq!(pack_rhs(&wide, (2 * m, 2), k, m).data(), pairs);
     }
 
     #[test]
