@@ -244,10 +244,10 @@ pub struct EvalOutput {
 /// Runs `model` over `rows` in batches of `batch_size` and scores the predictions against
 /// `gold` (label ids per example; multi-label predictions use `thresholds`); the results come in
 /// the rows' order. The batches take the rows in order of length, as
-/// [`Predictor::predict_grouped`] does (a batch is padded to its longest row: on the emotion
-/// validation split that took a DistilBERT-base evaluation from 10 s to 4 s): scores can differ in
-/// the last bits from batches in the rows' order. `on_batch` is told how many rows each batch
-/// held.
+/// [`Predictor::predict_grouped`] does: a batch is padded to its longest row, and rows in their
+/// own order pad most batches to a long one (the README's "Using a model" has the cost). Scores
+/// can differ in the last bits from batches in the rows' order. `on_batch` is told how many rows
+/// each batch held.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &LoadedModel,

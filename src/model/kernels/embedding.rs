@@ -3,10 +3,10 @@
 //!
 //! One node whose gradient is handed over through [`crate::model::grads`]: candle's
 //! `index_select` backward fills a zeroed table with `index_add` and then adds it to another
-//! zeroed table (its gradient store's), three passes over 94 MB at DistilBERT's 30,522 × 768 and
-//! about 36 ms a step on a 2-vCPU Xeon, where this writes the table once. Each id's gradient row
-//! is the sum of its tokens' rows in token order, as `index_add` sums them, so the values are
-//! the same bits on any number of threads.
+//! zeroed table (its gradient store's), passes over the whole table (94 MB at DistilBERT's
+//! 30,522 × 768) where this writes it once (the README's speed section has the cost). Each id's
+//! gradient row is the sum of its tokens' rows in token order, as `index_add` sums them, so the
+//! values are the same bits on any number of threads.
 
 use super::buffer::{f32_slice, filled, ELEMS_PER_CHUNK};
 use super::profile;
@@ -18,6 +18,10 @@ use std::sync::Arc;
 /// the CPU. Its gradient reaches the table only through [`crate::model::grads::backward`].
 pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (num, dim) = weight.dims2()?;
+    if !weight.is_contiguous() {
+        // a contiguous copy would receive the gradient instead of the parameter
+        bail!("embedding: the table must be contiguous");
+    }
     let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     if let Some(&bad) = flat.iter().find(|&&id| id as usize >= num) {
         bail!("embedding: token id {bad} is outside the table's {num} rows");
@@ -25,7 +29,7 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let mut dims = ids.dims().to_vec();
     dims.push(dim);
     let op = EmbeddingOp { ids: Arc::new(flat), dim };
-    weight.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?.reshape(dims)
+    weight.apply_op1_arc(Arc::new(Box::new(op)))?.reshape(dims)
 }
 
 struct EmbeddingOp {
