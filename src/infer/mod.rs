@@ -148,8 +148,7 @@ impl Predictor {
             bail!("batch size must be at least 1");
         }
         let rows = self.encoder.tokenize(texts)?;
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].ids.len());
+        let order = length_order(&rows);
         let mut out: Vec<Option<Prediction>> = vec![None; rows.len()];
         for chunk in order.chunks(batch_size) {
             let preds = self.predictions(&chunk.iter().map(|&i| &rows[i]).collect::<Vec<_>>())?;
@@ -269,9 +268,7 @@ pub fn evaluate(
     let n = rows.len();
     let mut out =
         EvalOutput { loss: 0.0, preds: vec![Vec::new(); n], losses: vec![0.0; n], probs: vec![Vec::new(); n] };
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| rows[i].ids.len());
-    for chunk in order.chunks(batch_size) {
+    for chunk in length_order(rows).chunks(batch_size) {
         let scores = score(model, encoder, &chunk.iter().map(|&i| &rows[i]).collect::<Vec<_>>(), device)?;
         for (j, (&i, probs)) in chunk.iter().zip(scores.probs).enumerate() {
             let g = &gold[i];
@@ -285,6 +282,14 @@ pub fn evaluate(
     }
     out.loss = out.losses.iter().map(|&l| l as f64).sum::<f64>() / out.losses.len().max(1) as f64;
     Ok(out)
+}
+
+/// The rows' indices from the fewest tokens to the most (ties in the rows' order): batches
+/// taken in this order pad little.
+fn length_order(rows: &[Tokenized]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].ids.len());
+    order
 }
 
 /// Binary cross-entropy with logits of one row against its gold labels, averaged over labels.

@@ -222,11 +222,11 @@ impl Embedding {
 
     /// `ids` of any shape → `ids.shape + [dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let mut dims = ids.dims().to_vec();
-        dims.push(self.weight.dims()[1]);
         if kernels::applies(&self.weight) {
             return Ok(kernels::embedding(&self.weight, ids)?);
         }
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.weight.dims()[1]);
         Ok(self.weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?)
     }
 }
