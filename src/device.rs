@@ -57,7 +57,8 @@ pub struct ComputeArgs {
     /// The matmuls' number format. bf16: on a GPU, mixed precision as torch.autocast (weights,
     /// optimiser state, softmax, LayerNorm, GELU and the loss stay f32); on a CPU with AMX, the
     /// encoder's projections on AMX tiles (training and inference); on a CPU with AVX-512 BF16
-    /// only, inference on bf16 panels; elsewhere float32, with a warning.
+    /// only, on vdpbf16ps (training: the tiles' kernels; inference: bf16 panels); elsewhere
+    /// float32, with a warning.
     #[arg(long, value_enum, default_value = "f32", help_heading = "Device and precision")]
     pub dtype: Dtype,
     /// The same as --dtype bf16 (the earlier spelling).
@@ -131,11 +132,14 @@ fn cuda(ordinal: usize) -> Result<Device> {
 }
 
 /// Whether training with `--dtype bf16` runs in bf16 on `device`: on a GPU, autocast; on a
-/// CPU, only where it has AMX bf16 tiles (elsewhere bf16 would be emulated, slower than
-/// float32: it says so and computes in float32).
+/// CPU, only where it has AMX bf16 tiles or AVX-512 BF16 (elsewhere bf16 would be emulated,
+/// slower than float32: it says so and computes in float32).
 pub fn bf16_on(device: &Device, bf16: bool) -> bool {
     if bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
-        log::warn!("--dtype bf16: this CPU has no AMX bf16 (amx_bf16), so training computes in float32");
+        log::warn!(
+            "--dtype bf16: this CPU has neither AMX bf16 (amx_bf16) nor AVX-512 BF16 (avx512_bf16), so \
+             training computes in float32"
+        );
         return false;
     }
     bf16
@@ -177,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_on_the_cpu_needs_amx() {
+    fn bf16_on_the_cpu_needs_a_bf16_engine() {
         assert!(!bf16_on(&Device::Cpu, false));
         assert_eq!(bf16_on(&Device::Cpu, true), crate::model::kernels::amx::available());
     }

@@ -273,9 +273,9 @@ fn bf16_autocast_stays_near_pytorch_on_every_fixture() {
 }
 
 #[test]
-fn amx_bf16_stays_near_pytorch_on_every_fixture() {
+fn cpu_bf16_stays_near_pytorch_on_every_fixture() {
     if !emotune::model::kernels::amx::available() {
-        eprintln!("amx_bf16_stays_near_pytorch_on_every_fixture: NOT CHECKED here (no AMX bf16 on this CPU)");
+        eprintln!("cpu_bf16_stays_near_pytorch_on_every_fixture: NOT CHECKED here (neither AMX bf16 nor AVX-512 BF16 on this CPU)");
         return;
     }
     for name in FIXTURES {

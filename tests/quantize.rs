@@ -56,12 +56,12 @@ fn int8_logits_of_every_fixture_stay_within_the_bound_of_pytorch() {
     }
 }
 
-/// Where the CPU has AVX-512 BF16, `--dtype bf16` logits stay within bf16's reach of PyTorch's
+/// Where the CPU has a bf16 engine (AMX tiles or AVX-512 BF16), `--dtype bf16` logits stay within bf16's reach of PyTorch's
 /// float32 ones (elsewhere the format is refused at load, and this says it was not checked).
 #[test]
 fn bf16_logits_of_every_fixture_stay_near_pytorch() {
-    if !emotune::model::kernels::panels_bf16::available() {
-        eprintln!("NOT CHECKED here (this CPU lacks it): {}", emotune::model::kernels::panels_bf16::NAME);
+    if !emotune::model::kernels::amx::available() {
+        eprintln!("NOT CHECKED here (this CPU has neither AMX bf16 nor AVX-512 BF16)");
         return;
     }
     for (name, types) in [("tiny-distilbert", false), ("tiny-bert", true), ("tiny-roberta", false)] {
@@ -158,19 +158,19 @@ fn predict_logits(extra: &[&str]) -> (Vec<f64>, String) {
     (logits, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// `--dtype bf16` runs bf16 where the CPU has AVX-512 BF16 (the logits move by bf16's rounding
+/// `--dtype bf16` runs bf16 where the CPU has a bf16 engine (the logits move by bf16's rounding
 /// only); elsewhere it says so and runs float32 (the same logits). It excludes `--quantize`.
 #[test]
 fn predict_dtype_bf16_runs_bf16_or_says_why_not() {
     let (f32_logits, _) = predict_logits(&[]);
     let (bf16_logits, stderr) = predict_logits(&["--dtype", "bf16"]);
-    if emotune::model::kernels::panels_bf16::available() {
+    if emotune::model::kernels::amx::available() {
         let largest = f32_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
         let diff = f32_logits.iter().zip(&bf16_logits).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
         // Measured 3.1e-5 of the largest logit (Intel Xeon with AMX); the bound is a small factor above.
         assert!(diff > 0.0 && diff <= 2e-4 * largest, "bf16 logits {bf16_logits:?} against {f32_logits:?}");
     } else {
-        assert!(stderr.contains("no AVX-512 BF16") && stderr.contains("float32"), "{stderr}");
+        assert!(stderr.contains("nor AVX-512 BF16") && stderr.contains("float32"), "{stderr}");
         assert_eq!(bf16_logits, f32_logits);
     }
     let model = fixture("tiny-distilbert");
@@ -210,7 +210,7 @@ fn serve_names_the_int8_kernel_at_start_up() {
     let isa = emotune::model::kernels::qlinear::Isa::description();
     let f32_isa = emotune::model::kernels::panels::Isa::detect().name();
     let f32_line = format!("on cpu: float32 (weights packed at load, {f32_isa})");
-    let bf16 = match emotune::model::kernels::panels_bf16::available() {
+    let bf16 = match emotune::model::kernels::amx::available() {
         true => {
             ("bf16", format!("on cpu: bf16 (float32 sums; {})", emotune::model::kernels::prepared::bf16_kernel_name()))
         }

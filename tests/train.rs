@@ -384,12 +384,15 @@ fn composed_path_trains_and_resumes_bitwise() {
     assert!(paths.fused == 0 && paths.composed > 0, "the composed path must be the one that ran: {paths:?}");
 }
 
-/// `--dtype bf16` on a CPU with AMX: a run stopped after step 3 and resumed ends with the same
-/// bits as one that ran through, it learns, and it is not the float32 run (bf16 applied).
+/// `--dtype bf16` on a CPU with a bf16 engine (AMX tiles or AVX-512 BF16): a run stopped after
+/// step 3 and resumed ends with the same bits as one that ran through, it learns, and it is not
+/// the float32 run (bf16 applied).
 #[test]
-fn amx_bf16_trains_and_resumes_bitwise() {
+fn cpu_bf16_trains_and_resumes_bitwise() {
     if !emotune::model::kernels::amx::available() {
-        eprintln!("amx_bf16_trains_and_resumes_bitwise: NOT CHECKED here (no AMX bf16 on this CPU)");
+        eprintln!(
+            "cpu_bf16_trains_and_resumes_bitwise: NOT CHECKED here (neither AMX bf16 nor AVX-512 BF16 on this CPU)"
+        );
         return;
     }
     std::env::set_var("HF_HOME", hf_home());

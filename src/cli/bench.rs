@@ -113,7 +113,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if opts.train && !args.json {
         let training = match (opts.bf16, device.is_cpu()) {
-            (true, true) => format!("bf16 on {}", crate::model::kernels::amx::NAME),
+            (true, true) => format!("bf16 on {}", crate::model::kernels::amx::name()),
             (true, false) => "bf16 matmuls (autocast)".to_string(),
             (false, _) => "float32".to_string(),
         };

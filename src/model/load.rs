@@ -19,17 +19,20 @@ pub struct LoadedModel {
 }
 
 /// The format of a model loaded for inference, from `--quantize` and `--dtype`: bf16 only where
-/// the CPU has AVX-512 BF16 (on AMX tiles where it has those too); elsewhere float32, with a
-/// warning saying so.
+/// the CPU has a bf16 engine (AMX tiles, else AVX-512 BF16); elsewhere float32, with a warning
+/// saying so.
 pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Device) -> Result<Option<Quantize>> {
     match (quantize, dtype) {
         (Some(q), Dtype::Bf16) => anyhow::bail!("{} and --dtype bf16 exclude each other", q.flag()),
         (q, Dtype::F32) => Ok(q),
         // on a GPU, bf16 is autocast (`ComputeArgs::resolve`), not a format of the weights
         (None, Dtype::Bf16) if !device.is_cpu() => Ok(None),
-        (None, Dtype::Bf16) if super::kernels::panels_bf16::available() => Ok(Some(Quantize::Bf16)),
+        (None, Dtype::Bf16) if super::kernels::amx::available() => Ok(Some(Quantize::Bf16)),
         (None, Dtype::Bf16) => {
-            log::warn!("--dtype bf16: this CPU has no AVX-512 BF16 (avx512_bf16), so the model runs in float32");
+            log::warn!(
+                "--dtype bf16: this CPU has neither AMX bf16 (amx_bf16) nor AVX-512 BF16 (avx512_bf16), so the \
+                 model runs in float32"
+            );
             Ok(None)
         }
     }

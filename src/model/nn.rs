@@ -124,9 +124,7 @@ impl Linear {
         let cpu = l.weight.device().is_cpu() && l.weight.dtype() == DType::F32;
         l.prepared = match (wl.quantize(), wl.inference()) {
             (Some(Quantize::Int8), _) if cpu => Some(Prepared::int8(&l.weight, &l.bias)?),
-            (Some(Quantize::Bf16), _) if cpu && kernels::panels_bf16::available() => {
-                Some(Prepared::bf16(&l.weight, &l.bias)?)
-            }
+            (Some(Quantize::Bf16), _) if cpu && kernels::amx::available() => Some(Prepared::bf16(&l.weight, &l.bias)?),
             (Some(q), _) if cpu => anyhow::bail!("{}: this CPU cannot run it", q.flag()),
             (Some(q), _) => anyhow::bail!("{} runs on the CPU only: add --device cpu", q.flag()),
             (None, true) if cpu => Some(Prepared::f32(&l.weight, &l.bias)?),

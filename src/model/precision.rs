@@ -5,8 +5,9 @@
 //!   bf16 on bf16 copies of their f32 inputs and weights, and hand back f32; parameters,
 //!   optimiser state, softmax, LayerNorm, GELU and the loss stay f32. Gradients flow back
 //!   through the casts, so the master weights receive f32 gradients.
-//! - [`cpu_bf16`]: on a CPU with AMX, the fused kernels stay on and their linear layers'
-//!   products (forward and backward) run in bf16 on AMX tiles; [`enter`] picks this or autocast
+//! - [`cpu_bf16`]: on a CPU with AMX (or AVX-512 BF16), the fused kernels stay on and their
+//!   linear layers' products (forward and backward) run in bf16 on AMX tiles (or `vdpbf16ps`
+//!   on the tiles' layout); [`enter`] picks this or autocast
 //!   for a model's device.
 //! - [`composed_ops`]: the fused f32 CPU kernels are switched off and every layer runs as
 //!   candle's primitive ops, the path a GPU takes. Tests use it to check that path on the CPU
@@ -45,8 +46,8 @@ fn guard() -> Guard {
     Guard { autocast: AUTOCAST.with(Cell::get), composed: COMPOSED.with(Cell::get), cpu_bf16: CPU_BF16.with(Cell::get) }
 }
 
-/// The precision a model runs in on `device`: on a CPU with AMX, bf16 means the fused kernels'
-/// projections on AMX tiles ([`cpu_bf16`]); anywhere else, [`autocast`].
+/// The precision a model runs in on `device`: on a CPU with a bf16 engine (AMX or AVX-512 BF16),
+/// bf16 means the fused kernels' projections on it ([`cpu_bf16`]); anywhere else, [`autocast`].
 pub fn enter(dtype: Option<DType>, device: &candle_core::Device) -> Guard {
     if dtype == Some(DType::BF16) && device.is_cpu() && super::kernels::amx::available() {
         let g = guard();
@@ -56,7 +57,7 @@ pub fn enter(dtype: Option<DType>, device: &candle_core::Device) -> Guard {
     autocast(dtype)
 }
 
-/// The fused CPU kernels' linear layers (forward and backward products) in bf16 on AMX tiles,
+/// The fused CPU kernels' linear layers (forward and backward products) in bf16 on the engine,
 /// f32 sums, on this thread while the guard lives (set `on` false to force f32). A fused op
 /// reads this when it is built and keeps it for its backward.
 pub fn cpu_bf16(on: bool) -> Guard {
@@ -144,7 +145,7 @@ mod tests {
         assert!(fused_allowed() && autocast_dtype().is_none());
         {
             let _b = cpu_bf16(true);
-            // only where AMX runs; the fused kernels stay on either way
+            // only where a bf16 engine runs; the fused kernels stay on either way
             assert_eq!(cpu_bf16_on(), crate::model::kernels::amx::available());
             assert!(fused_allowed());
             let _off = cpu_bf16(false);

@@ -13,13 +13,17 @@
 //! results do not depend on either; the chain's own order inside the instruction is the
 //! hardware's (`amx_pack::reference` is the sequential definition the tests bound it by).
 //!
+//! Where the CPU has no tiles but has AVX-512 BF16 (AMD Zen 4), each 32 × 32 block runs on
+//! `vdpbf16ps` instead ([`super::dpbf16_block`]), on the same packed operands; everything
+//! else here is shared. Each output is then a fixed chain, the instruction's.
+//!
 //! Rust has no stable AMX intrinsics (rust-lang/rust#126622), so the microkernel is one `asm!`
 //! block per 32 × 32 output block: tile registers cannot be operands, so C is loaded (or
 //! zeroed), accumulated and stored within the block. The tile configuration is loaded once per
 //! task in a block of its own ([`Tiles`]). Linux hands out the tile state only to a process that
 //! asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
-pub use super::amx_block::{available, Piece, Then};
+pub use super::amx_block::{available, engine, Engine, Piece, Then};
 use super::amx_block::{write_block, BiasRow, Block, Init, Output, Tiles};
 use super::amx_pack::{pack_lhs, pack_rhs, Packed, T};
 use rayon::prelude::*;
@@ -168,8 +172,10 @@ pub struct AmxLinear {
 const ROW_PAIRS_PER_TASK: usize = 4;
 const COL_PAIRS_PER_TASK: usize = 8;
 
-/// What bench and serve call this kernel.
-pub const NAME: &str = "AMX tiles (tdpbf16ps)";
+/// What bench and serve call the kernel that runs here ("none" where no engine does).
+pub fn name() -> &'static str {
+    engine().map_or("none", Engine::name)
+}
 
 impl AmxLinear {
     /// From a `[n, k]` weight and `[n]` bias.

@@ -1,15 +1,50 @@
-//! One 32 × 32 output block of the AMX bf16 product ([`super::amx`]): the `asm!` microkernel
+//! One 32 × 32 output block of the bf16 product ([`super::amx`]): the AMX `asm!` microkernel
 //! (2 × 2 C tiles kept over the whole k loop, two A and two B tiles loaded per step, the next
 //! step's tiles prefetched), the tile configuration it needs, and how a block's sums start
 //! (zero, the output, a bias row) and reach the output (straight, or through an aligned buffer
-//! where something runs on each block as it is computed).
+//! where something runs on each block as it is computed). Where the CPU has AVX-512 BF16 but no
+//! tiles, the same block is computed by `vdpbf16ps` ([`super::dpbf16_block`]).
 
-use super::amx_pack::{T, TILE};
+use super::amx_pack::{Operand, T, TILE};
 use std::sync::OnceLock;
+
+/// The instructions that compute a block of the bf16 product here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// AMX tiles (`tdpbf16ps`): Intel Sapphire Rapids and later.
+    Tiles,
+    /// AVX-512 BF16 (`vdpbf16ps`) on the tiles' packed operands: AMD Zen 4 and later.
+    Dot,
+}
+
+impl Engine {
+    /// What bench, the card and serve call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Tiles => "AMX tiles (tdpbf16ps)",
+            Engine::Dot => "AVX-512 BF16 (vdpbf16ps)",
+        }
+    }
+}
+
+/// The engine of this CPU, AMX tiles first (checked once); None where it has neither.
+pub fn engine() -> Option<Engine> {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    *ENGINE.get_or_init(|| match (tiles_available(), super::dpbf16_block::available()) {
+        (true, _) => Some(Engine::Tiles),
+        (false, true) => Some(Engine::Dot),
+        (false, false) => None,
+    })
+}
+
+/// True where the bf16 product runs on a matrix engine ([`engine`]).
+pub fn available() -> bool {
+    engine().is_some()
+}
 
 /// True where AMX bf16 runs: the CPU has AMX-TILE and AMX-BF16 and Linux granted this process
 /// the tile state.
-pub fn available() -> bool {
+fn tiles_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| tiles_with("amx-bf16"))
 }
@@ -57,38 +92,52 @@ pub struct Piece<'a> {
 pub type Then<'a> = &'a (dyn Fn(Piece) + Sync);
 
 /// The tile configuration of [`tile_block`] (eight tiles of 16 rows × 64 bytes), loaded on
-/// this thread for as long as the guard lives and released with it. Loading it costs about as
-/// much as a 32 × 32 block at k = 768 (measured), so it is done once per task, not per block:
-/// between the kernel's `asm!` blocks nothing else on the thread touches the tiles (the
-/// compiler never uses AMX, and a task makes no rayon calls that could run other work here).
-pub(super) struct Tiles;
+/// this thread for as long as the guard lives and released with it; nothing where the blocks
+/// run on `vdpbf16ps`. Loading it costs about as much as a 32 × 32 block at k = 768
+/// (measured), so it is done once per task, not per block: between the kernel's `asm!` blocks
+/// nothing else on the thread touches the tiles (the compiler never uses AMX, and a task makes
+/// no rayon calls that could run other work here).
+pub(super) struct Tiles {
+    loaded: bool,
+}
 
 impl Tiles {
+    /// The configuration for the bf16 product's blocks (none on the `Dot` engine).
     pub(super) fn configure() -> Tiles {
-        assert!(available() || int8_available(), "AMX tiles configured on a CPU without them");
+        assert!(available(), "bf16 blocks computed on a CPU without a bf16 engine");
+        Tiles::load(engine() == Some(Engine::Tiles))
+    }
+
+    /// The configuration for AMX int8's blocks.
+    pub(super) fn configure_int8() -> Tiles {
+        assert!(int8_available(), "AMX int8 tiles configured on a CPU without them");
+        Tiles::load(true)
+    }
+
+    fn load(tiles: bool) -> Tiles {
         #[cfg(target_arch = "x86_64")]
-        {
+        if tiles {
             let mut cfg = [0u8; 64];
             cfg[0] = 1; // palette 1
             for t in 0..8 {
                 cfg[16 + 2 * t] = 64; // bytes per row
                 cfg[48 + t] = T as u8; // rows
             }
-            // SAFETY: the CPU has AMX and the process has the tile state (asserted); `cfg` is a
-            // valid 64-byte palette-1 configuration, read once.
+            // SAFETY: the CPU has AMX and the process has the tile state (the callers assert
+            // it); `cfg` is a valid 64-byte palette-1 configuration, read once.
             unsafe { std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) cfg.as_ptr(), options(nostack, readonly)) };
         }
-        Tiles
+        Tiles { loaded: tiles }
     }
 }
 
 impl Drop for Tiles {
     fn drop(&mut self) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: releases the tile state this guard configured; touches no memory.
-        unsafe {
-            std::arch::asm!("tilerelease", options(nostack, nomem))
-        };
+        if self.loaded {
+            // SAFETY: releases the tile state this guard configured; touches no memory.
+            unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+        }
     }
 }
 
@@ -175,7 +224,7 @@ pub(super) unsafe fn write_block(out: &Output, at: Block, a: Operand, b: Operand
             };
             // SAFETY: a whole block: 32 rows of 32 elements at `dst_rs` apart, as the caller
             // guarantees; `from` is that block or 32 values of the bias row.
-            return unsafe { tile_block(origin, dst_rs, from, a, b, k_tiles) };
+            return unsafe { block(origin, dst_rs, from, a, b, k_tiles) };
         }
     }
     // A whole block's tiles write every value of the buffer; a cut one's are zeroed first, so
@@ -199,7 +248,7 @@ pub(super) unsafe fn write_block(out: &Output, at: Block, a: Operand, b: Operand
         (Init::Row(p), _) => from_bias(p),
     };
     // SAFETY: `c` is 32 rows of 32 f32; `from` is `c` or 32 values of the bias row.
-    unsafe { tile_block(c, 2 * T, from, a, b, k_tiles) };
+    unsafe { block(c, 2 * T, from, a, b, k_tiles) };
     // SAFETY: every value is initialised: the tiles stored all 32 × 32 (a cut block was also
     // zeroed before).
     let c = unsafe { &mut buffer.assume_init_mut().0 };
@@ -221,8 +270,20 @@ pub(super) unsafe fn write_block(out: &Output, at: Block, a: Operand, b: Operand
     }
 }
 
-/// Two tile blocks, each from its first tile on, and the elements from one step of k to the next.
-pub(super) type Operand<'a> = ([&'a [u16]; 2], usize);
+/// The block on this CPU's engine: [`tile_block`] or [`super::dpbf16_block::dot_block`].
+///
+/// # Safety
+/// As theirs: a [`Tiles`] guard lives on this thread, and `c` and `from` are valid as
+/// [`tile_block`] says.
+unsafe fn block(c: *mut f32, c_rs: usize, from: Option<(*const f32, usize)>, a: Operand, b: Operand, k_tiles: usize) {
+    match engine() {
+        // SAFETY: the caller's contract; the engine says which instructions the CPU has.
+        Some(Engine::Tiles) => unsafe { tile_block(c, c_rs, from, a, b, k_tiles) },
+        // SAFETY: as above.
+        Some(Engine::Dot) => unsafe { super::dpbf16_block::dot_block(c, c_rs, from, a, b, k_tiles) },
+        None => unreachable!("a bf16 block on a CPU without an engine (Tiles::configure asserts one)"),
+    }
+}
 
 /// `prefetcht0` of the 16 cache lines of the tile one k step past each operand register `$reg`
 /// (`$step` bytes on): the tiles come from L2, and asking for them one step early took about an

@@ -63,7 +63,7 @@ pub(super) fn forward(
     assert!(kp.is_multiple_of(64) && x.len() >= m.next_multiple_of(32) * kp, "activations not padded");
     assert_eq!(w.len(), n.div_ceil(32) * 2 * k_tiles, "packed weights of another shape");
     for_each_block(dst, dst_rs, (m, n), (BLOCK_ROWS, BLOCK_COLS), |block| {
-        let tiles = Tiles::configure();
+        let tiles = Tiles::configure_int8();
         let mut sums = Sums([0; 1024]);
         for c0 in block.cols.clone().step_by(32) {
             let b = &w[(c0 / 16) * k_tiles..][..2 * k_tiles];

@@ -43,6 +43,10 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// Two 16-row blocks of a [`Packed`] operand, each from its first tile on, and the elements from
+/// one step of k to the next: what a 32 × 32 output block's kernel reads.
+pub(super) type Operand<'a> = ([&'a [u16]; 2], usize);
+
 /// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32),
 /// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
 #[derive(Debug)]

@@ -1,11 +1,11 @@
 //! Fused float32 CPU kernels with their backward, as candle custom ops: linear (matmul plus
 //! bias), multi-head attention (scores, masked softmax, dropout and the weighted sum in one
 //! node), dropout + residual add + LayerNorm, LayerNorm, erf-GELU, and dropout. Under
-//! `precision::cpu_bf16` the linear layers' products run in bf16 on AMX tiles (`amx`), the
-//! feed-forward block fused around them (`amx_ffn`), and attention's per-head products where the
-//! tiles pay. For
-//! inference only, linear layers whose weights were prepared at load: float32 panels, bf16 (AMX
-//! tiles or panels), and int8.
+//! `precision::cpu_bf16` the linear layers' products run in bf16 on AMX tiles (`amx`; on
+//! `vdpbf16ps` where the CPU has AVX-512 BF16 but no tiles, `dpbf16_block`), the feed-forward
+//! block fused around them (`amx_ffn`), and attention's per-head products where that pays. For
+//! inference only, linear layers whose weights were prepared at load: float32 panels, bf16 (the
+//! same kernels), and int8.
 //!
 //! Each replaces a chain of primitive ops whose autograd nodes each cost a fresh tensor, a
 //! zero-fill and an add in candle's backward pass. The composed versions in `model/nn.rs`
@@ -25,6 +25,7 @@ mod amx_int8;
 pub mod amx_pack;
 mod attention;
 mod buffer;
+mod dpbf16_block;
 mod dropout;
 mod embedding;
 pub(crate) mod ffn;
@@ -33,7 +34,6 @@ mod int8_simd;
 mod layer_norm;
 mod linear;
 pub mod panels;
-pub mod panels_bf16;
 pub mod prepared;
 pub mod profile;
 pub mod qlinear;

@@ -107,7 +107,6 @@ macro_rules! rows {
         }
     };
 }
-pub(crate) use rows;
 
 /// A linear layer's weight in panels, with its bias.
 #[derive(Debug)]
@@ -204,25 +203,12 @@ pub(crate) fn walk_panel(block: &Block, tile_rows: usize, bias: &[f32], mut tile
 /// The sums of `R` rows of `x` (each `k` long) against `panel`, in plain Rust: the same fused
 /// multiply-adds in the same order as the SIMD tiles.
 fn tile_scalar<const R: usize>(x: &[f32], k: usize, panel: &[f32], out: &mut Sums) {
-    tile_plain::<R, f32>(x, k, panel, out, |s, v, w| v.mul_add(w, s))
-}
-
-/// A tile in plain Rust: for each `q` in order, `acc[i][c] = step(acc[i][c], x[i][q],
-/// panel[q][c])`, from 0.
-#[inline(always)]
-pub(crate) fn tile_plain<const R: usize, T: Copy>(
-    x: &[T],
-    k: usize,
-    panel: &[T],
-    out: &mut Sums,
-    step: impl Fn(f32, T, T) -> f32,
-) {
     let mut acc = [[0f32; NR]; R];
     for (q, w) in panel.chunks_exact(NR).enumerate().take(k) {
         for (i, a) in acc.iter_mut().enumerate() {
             let v = x[i * k + q];
             for (s, &wc) in a.iter_mut().zip(w) {
-                *s = step(*s, v, wc);
+                *s = v.mul_add(wc, *s);
             }
         }
     }

@@ -1,13 +1,12 @@
 //! A linear layer's weight prepared once at load for inference: float32 panels (`panels.rs`),
-//! bf16 on AMX tiles (`amx.rs`) or bf16 panels (`panels_bf16.rs`) for `--dtype bf16`, or int8
-//! (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the optimizer, so only models loaded for inference carry one, and a backward pass through it
+//! bf16 packed for the bf16 engine (`amx.rs`: AMX tiles, or `vdpbf16ps` on the same layout) for
+//! `--dtype bf16`, or int8 (`qlinear.rs`, `--quantize int8`). Forward only: a prepared copy does not follow the optimizer, so only models loaded for inference carry one, and a backward pass through it
 //! fails loudly instead of stopping the gradient.
 
 use super::amx::AmxLinear;
 use super::buffer::{f32_slice, filled};
 use super::linear::linear_into;
 use super::panels::PanelLinear;
-use super::panels_bf16::Bf16PanelLinear;
 use super::qlinear::{QuantizedLinear, QuantizedRows};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -15,7 +14,6 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Prepared {
     F32(PanelLinear),
-    Bf16(Bf16PanelLinear),
     /// bf16 on AMX tiles (`--dtype bf16` where the CPU has AMX).
     Amx(AmxLinear),
     Int8(QuantizedLinear),
@@ -28,14 +26,11 @@ impl Prepared {
         Ok(Prepared::F32(PanelLinear::new(&w, &b, nk)))
     }
 
-    /// The bf16 form: AMX tiles where the CPU has them, else bf16 panels (the CPU must have
-    /// AVX-512 BF16 to run them).
+    /// The bf16 form, for the CPU's bf16 engine (AMX tiles or AVX-512 BF16; it must have one,
+    /// [`super::amx::available`]).
     pub fn bf16(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
         let (w, b, nk) = host(weight, bias)?;
-        Ok(match super::amx::available() {
-            true => Prepared::Amx(AmxLinear::new(&w, &b, nk)),
-            false => Prepared::Bf16(Bf16PanelLinear::new(&w, &b, nk)),
-        })
+        Ok(Prepared::Amx(AmxLinear::new(&w, &b, nk)))
     }
 
     /// Int8 weights per output channel.
@@ -47,7 +42,6 @@ impl Prepared {
     pub fn in_features(&self) -> usize {
         match self {
             Prepared::F32(l) => l.in_features(),
-            Prepared::Bf16(l) => l.in_features(),
             Prepared::Amx(l) => l.in_features(),
             Prepared::Int8(l) => l.in_features(),
         }
@@ -56,7 +50,6 @@ impl Prepared {
     pub fn out_features(&self) -> usize {
         match self {
             Prepared::F32(l) => l.out_features(),
-            Prepared::Bf16(l) => l.out_features(),
             Prepared::Amx(l) => l.out_features(),
             Prepared::Int8(l) => l.out_features(),
         }
@@ -69,13 +62,10 @@ impl Prepared {
     }
 }
 
-/// The instructions `--dtype bf16` runs on here: AMX tiles where the CPU has them, else the
-/// AVX-512 BF16 panels.
+/// The instructions `--dtype bf16` runs on here: AMX tiles where the CPU has them, else
+/// AVX-512 BF16.
 pub fn bf16_kernel_name() -> &'static str {
-    match super::amx::available() {
-        true => super::amx::NAME,
-        false => super::panels_bf16::NAME,
-    }
+    super::amx::name()
 }
 
 /// A weight and bias as f32 host vectors, with the weight's `(n, k)`.
@@ -114,7 +104,6 @@ pub(crate) fn project(x: &[f32], (m, k): (usize, usize), layers: &[Projection]) 
             match (prepared, &rows) {
                 (Some(Prepared::Int8(q)), Some(rows)) => q.forward_into(rows, dst, total),
                 (Some(Prepared::F32(p)), _) if m < super::panels::gemm_rows() => p.forward_into(x, m, dst, total),
-                (Some(Prepared::Bf16(p)), _) => p.forward_into(x, m, dst, total),
                 (Some(Prepared::Amx(p)), _) => p.forward_packed(tiles.as_ref().expect("packed above"), dst, total),
                 _ => linear_into(dst, total, x, w, b, (m, n, k)),
             }
@@ -129,7 +118,6 @@ impl CustomOp1 for PreparedOp {
     fn name(&self) -> &'static str {
         match *self.0 {
             Prepared::F32(_) => "emotune-panel-linear",
-            Prepared::Bf16(_) => "emotune-bf16-linear",
             Prepared::Amx(_) => "emotune-amx-linear",
             Prepared::Int8(_) => "emotune-int8-linear",
         }
@@ -145,7 +133,6 @@ impl CustomOp1 for PreparedOp {
         let m = x.len() / k.max(1);
         let y = filled(m * n, |y| match &*self.0 {
             Prepared::F32(p) => p.forward_into(x, m, y, n),
-            Prepared::Bf16(p) => p.forward_into(x, m, y, n),
             Prepared::Amx(p) => p.forward_into(x, m, y, n),
             Prepared::Int8(q) => q.forward_into(&QuantizedRows::new(x, (m, k)), y, n),
         });
