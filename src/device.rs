@@ -57,8 +57,7 @@ pub struct ComputeArgs {
     /// The matmuls' number format. bf16: on a GPU, mixed precision as torch.autocast (weights,
     /// optimiser state, softmax, LayerNorm, GELU and the loss stay f32); on a CPU with AMX, the
     /// encoder's projections on AMX tiles (training and inference); on a CPU with AVX-512 BF16
-    /// only, on vdpbf16ps (training: the tiles' kernels; inference: bf16 panels); elsewhere
-    /// float32, with a warning.
+    /// on AMD (Zen 4), the same on vdpbf16ps; elsewhere float32, with a warning.
     #[arg(long, value_enum, default_value = "f32", help_heading = "Device and precision")]
     pub dtype: Dtype,
     /// The same as --dtype bf16 (the earlier spelling).
@@ -132,14 +131,11 @@ fn cuda(ordinal: usize) -> Result<Device> {
 }
 
 /// Whether training with `--dtype bf16` runs in bf16 on `device`: on a GPU, autocast; on a
-/// CPU, only where it has AMX bf16 tiles or AVX-512 BF16 (elsewhere bf16 would be emulated,
-/// slower than float32: it says so and computes in float32).
+/// CPU, only where it has a bf16 engine: AMX tiles, or AVX-512 BF16 on AMD (elsewhere bf16 would
+/// be emulated or slower than float32: it says so and computes in float32).
 pub fn bf16_on(device: &Device, bf16: bool) -> bool {
     if bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
-        log::warn!(
-            "--dtype bf16: this CPU has neither AMX bf16 (amx_bf16) nor AVX-512 BF16 (avx512_bf16), so \
-             training computes in float32"
-        );
+        log::warn!("--dtype bf16: {}, so training computes in float32", crate::model::kernels::amx::NO_ENGINE);
         return false;
     }
     bf16

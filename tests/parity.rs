@@ -275,7 +275,10 @@ fn bf16_autocast_stays_near_pytorch_on_every_fixture() {
 #[test]
 fn cpu_bf16_stays_near_pytorch_on_every_fixture() {
     if !emotune::model::kernels::amx::available() {
-        eprintln!("cpu_bf16_stays_near_pytorch_on_every_fixture: NOT CHECKED here (neither AMX bf16 nor AVX-512 BF16 on this CPU)");
+        eprintln!(
+            "cpu_bf16_stays_near_pytorch_on_every_fixture: NOT CHECKED here ({})",
+            emotune::model::kernels::amx::NO_ENGINE
+        );
         return;
     }
     for name in FIXTURES {

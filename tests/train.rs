@@ -391,7 +391,8 @@ fn composed_path_trains_and_resumes_bitwise() {
 fn cpu_bf16_trains_and_resumes_bitwise() {
     if !emotune::model::kernels::amx::available() {
         eprintln!(
-            "cpu_bf16_trains_and_resumes_bitwise: NOT CHECKED here (neither AMX bf16 nor AVX-512 BF16 on this CPU)"
+            "cpu_bf16_trains_and_resumes_bitwise: NOT CHECKED here ({})",
+            emotune::model::kernels::amx::NO_ENGINE
         );
         return;
     }

@@ -207,16 +207,13 @@ pub fn explain_predictions(
 }
 
 /// The dtype explanations compute in for `--dtype`: bf16 on a GPU or on a CPU with a bf16
-/// engine (AMX tiles or AVX-512 BF16), else float32 (said once).
+/// engine (AMX tiles, or AVX-512 BF16 on AMD), else float32 (said once).
 pub fn precision(device: &Device, dtype: crate::model::Dtype) -> Option<DType> {
     if dtype != crate::model::Dtype::Bf16 {
         return None;
     }
     if device.is_cpu() && !crate::model::kernels::amx::available() {
-        log::warn!(
-            "--dtype bf16: this CPU has neither AMX bf16 (amx_bf16) nor AVX-512 BF16 (avx512_bf16), so \
-             explanations compute in float32"
-        );
+        log::warn!("--dtype bf16: {}, so explanations compute in float32", crate::model::kernels::amx::NO_ENGINE);
         return None;
     }
     Some(DType::BF16)

@@ -19,7 +19,7 @@ pub struct LoadedModel {
 }
 
 /// The format of a model loaded for inference, from `--quantize` and `--dtype`: bf16 only where
-/// the CPU has a bf16 engine (AMX tiles, else AVX-512 BF16); elsewhere float32, with a warning
+/// the CPU has a bf16 engine (AMX tiles, else AVX-512 BF16 on AMD); elsewhere float32, with a warning
 /// saying so.
 pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Device) -> Result<Option<Quantize>> {
     match (quantize, dtype) {
@@ -29,10 +29,7 @@ pub fn inference_format(quantize: Option<Quantize>, dtype: Dtype, device: &Devic
         (None, Dtype::Bf16) if !device.is_cpu() => Ok(None),
         (None, Dtype::Bf16) if super::kernels::amx::available() => Ok(Some(Quantize::Bf16)),
         (None, Dtype::Bf16) => {
-            log::warn!(
-                "--dtype bf16: this CPU has neither AMX bf16 (amx_bf16) nor AVX-512 BF16 (avx512_bf16), so the \
-                 model runs in float32"
-            );
+            log::warn!("--dtype bf16: {}, so the model runs in float32", super::kernels::amx::NO_ENGINE);
             Ok(None)
         }
     }

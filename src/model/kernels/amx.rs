@@ -23,7 +23,7 @@
 //! task in a block of its own ([`Tiles`]). Linux hands out the tile state only to a process that
 //! asked for it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once.
 
-pub use super::amx_block::{available, engine, Engine, Piece, Then};
+pub use super::amx_block::{available, engine, Engine, Piece, Then, NO_ENGINE};
 use super::amx_block::{write_block, BiasRow, Block, Init, Output, Tiles};
 use super::amx_pack::{pack_lhs, pack_rhs, Packed, T};
 use rayon::prelude::*;

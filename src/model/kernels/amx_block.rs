@@ -27,15 +27,24 @@ impl Engine {
     }
 }
 
-/// The engine of this CPU, AMX tiles first (checked once); None where it has neither.
+/// The engine of this CPU, AMX tiles first (checked once); None where it has neither. `vdpbf16ps`
+/// only on AMD's cores, which run it at twice the f32 multiply-add rate; Intel's run it at half
+/// that rate (issue 25's measurement on a Xeon: bf16 slower than f32), so an Intel CPU without
+/// tiles computes f32.
 pub fn engine() -> Option<Engine> {
     static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
-    *ENGINE.get_or_init(|| match (tiles_available(), super::dpbf16_block::available()) {
-        (true, _) => Some(Engine::Tiles),
-        (false, true) => Some(Engine::Dot),
-        (false, false) => None,
+    *ENGINE.get_or_init(|| {
+        let amd = crate::cpu::CpuIdentity::current().vendor == "AuthenticAMD";
+        match (tiles_available(), amd && super::dpbf16_block::available()) {
+            (true, _) => Some(Engine::Tiles),
+            (false, true) => Some(Engine::Dot),
+            (false, false) => None,
+        }
     })
 }
+
+/// Why a CPU without an engine computes f32, for the commands' warnings.
+pub const NO_ENGINE: &str = "this CPU has neither AMX bf16 tiles (amx_bf16) nor, on AMD, AVX-512 BF16 (avx512_bf16)";
 
 /// True where the bf16 product runs on a matrix engine ([`engine`]).
 pub fn available() -> bool {

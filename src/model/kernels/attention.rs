@@ -370,7 +370,10 @@ mod tests {
     #[test]
     fn bf16_attention_stays_near_f32_and_ignores_thread_count() {
         if !crate::model::kernels::amx::available() {
-            eprintln!("bf16_attention_stays_near_f32_and_ignores_thread_count: NOT CHECKED here (neither AMX bf16 nor AVX-512 BF16 on this CPU)");
+            eprintln!(
+                "bf16_attention_stays_near_f32_and_ignores_thread_count: NOT CHECKED here ({})",
+                crate::model::kernels::amx::NO_ENGINE
+            );
             return;
         }
         // 60 tokens (cut tiles, where the tiles pay), 2 heads of 64, two rows with padded keys

@@ -1,5 +1,5 @@
 //! One 32 × 32 output block of the bf16 product ([`super::amx`]) on AVX-512 BF16's
-//! `vdpbf16ps`, for CPUs that have those instructions but no AMX tiles (AMD Zen 4 and later):
+//! `vdpbf16ps`, for AMD CPUs that have those instructions but no AMX tiles (Zen 4 and later):
 //! the same packed operands as the tiles read, the same output block, so everything around the
 //! block (packing, tasks, the pieces handed on) is shared with the AMX path.
 //!
