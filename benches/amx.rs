@@ -1,10 +1,11 @@
-//! Where a bf16 training product's time goes on AMX: rounding and packing each operand against
+//! Where a bf16 training product's time goes on the bf16 engine (AMX tiles, or `vdpbf16ps` on
+//! AMD): rounding and packing each operand against
 //! the tile kernel itself, for DistilBERT-base's projections at 64 × 40 rows, in the three
 //! forms a training step computes (forward x·Wᵀ, backward dY·W and dYᵀ·X). Prints the median of
 //! each and the kernel's rate.
 //!
 //! `cargo bench --bench amx [-- RUNS [ROWS]]` (default 20 runs, 2560 rows). Prints NOT CHECKED
-//! on a CPU without AMX.
+//! on a CPU without an engine.
 
 use emotune::model::kernels::{amx, amx_pack};
 
@@ -70,13 +71,13 @@ fn case(
 
 fn main() {
     if !amx::available() {
-        println!("amx bench: NOT CHECKED here (this CPU has no AMX bf16, or Linux refused the tile state)");
+        println!("amx bench: NOT CHECKED here ({}, or Linux refused the tile state)", amx::NO_ENGINE);
         return;
     }
     let numbers: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let runs = numbers.first().copied().unwrap_or(20);
     let rows = numbers.get(1).copied().unwrap_or(2560);
-    println!("{} threads; median of {runs} runs; times in ms", rayon::current_num_threads());
+    println!("{} on {} threads; median of {runs} runs; times in ms", amx::name(), rayon::current_num_threads());
     println!(
         "{:<10} {:>5} {:>5} {:>5} | {:>8} {:>8} {:>8} | {:>6} | {:>8}",
         "product", "m", "n", "k", "pack A", "pack B", "kernel", "pack/k", "GFLOP/s"
