@@ -5,7 +5,7 @@
 //! where something runs on each block as it is computed). Where the CPU has AVX-512 BF16 but no
 //! tiles, the same block is computed by `vdpbf16ps` ([`super::dpbf16_block`]).
 
-use super::amx_pack::{Operand, T, TILE};
+use super::amx_pack::{holds, Operand, T};
 use std::sync::OnceLock;
 
 /// The instructions that compute a block of the bf16 product here.
@@ -323,8 +323,7 @@ unsafe fn tile_block(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        let fits = |(s, step): ([&[u16]; 2], usize)| s.iter().all(|s| s.len() >= (k_tiles - 1) * step + TILE);
-        assert!(k_tiles > 0 && fits((a, a_step)) && fits((b, b_step)));
+        assert!(holds((a, a_step), k_tiles) && holds((b, b_step), k_tiles));
         // No start block: a null pointer, which the kernel tests for.
         let (l, ls) = from.unwrap_or((std::ptr::null(), 0));
         // SAFETY: the tiles are configured (a `Tiles` guard lives: the caller's contract).

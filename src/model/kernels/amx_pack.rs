@@ -47,6 +47,12 @@ pub fn from_bf16(h: u16) -> f32 {
 /// one step of k to the next: what a 32 × 32 output block's kernel reads.
 pub(super) type Operand<'a> = ([&'a [u16]; 2], usize);
 
+/// Whether both blocks of `op` hold `k_tiles` (at least one) whole tiles at its step: what a
+/// block kernel asserts before reading them.
+pub(super) fn holds((blocks, step): Operand, k_tiles: usize) -> bool {
+    k_tiles > 0 && blocks.iter().all(|s| s.len() >= (k_tiles - 1) * step + TILE)
+}
+
 /// A matrix rounded to bf16 in tile order: `rows` rows (padded to 32) of `k` (padded to 32),
 /// the tiles of one block of 16 rows one after the other along k (`[16-row block][k tile]`).
 #[derive(Debug)]

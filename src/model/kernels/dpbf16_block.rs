@@ -19,7 +19,7 @@
 //! first, then the even one, each sum rounded, subnormals flushed), whatever the blocking or
 //! thread count: the tests check it bit for bit against that definition in plain Rust.
 
-use super::amx_pack::{Operand, T, TILE};
+use super::amx_pack::{holds, Operand, T, TILE};
 
 /// Whether this CPU has AVX-512F and AVX-512 BF16 (checked once).
 pub fn available() -> bool {
@@ -51,8 +51,7 @@ pub(super) unsafe fn dot_block(
     (b, b_step): Operand,
     k_tiles: usize,
 ) {
-    let fits = |(s, step): ([&[u16]; 2], usize)| s.iter().all(|s| s.len() >= (k_tiles - 1) * step + TILE);
-    assert!(k_tiles > 0 && fits((a, a_step)) && fits((b, b_step)));
+    assert!(holds((a, a_step), k_tiles) && holds((b, b_step), k_tiles));
     for row in (0..2 * T).step_by(R) {
         // rows 0-15 come from the first A block, 16-31 from the second
         let a_rows = &a[row / T][(row % T) * 32..];
