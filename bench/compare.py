@@ -3,9 +3,9 @@
 `bench/torch_bench.py` (fp32, and with --bf16 both in bf16: `emotune bench --dtype bf16` against
 PyTorch's bf16 autocast) one after the other, then a table of median step times and their
 ratios, and of inference: one-text latency p50/p99 and texts/s at batch 1, 8 and --batch-size
-(ratios are emotune's time over PyTorch's: below 1, emotune is faster). emotune trains in bf16
-on CPUs with AMX and infers in bf16 on CPUs with AVX-512 BF16 (on AMX tiles where there are
-some); elsewhere it says so and runs fp32, and the tables mark it.
+(ratios are emotune's time over PyTorch's: below 1, emotune is faster). emotune computes bf16
+(training and inference) on CPUs with AMX tiles, and on AMD CPUs with AVX-512 BF16; elsewhere it
+says so and runs fp32, and the tables mark it.
 
     python bench/compare.py [--seq 40 ...] [--steps 5] [--bf16] [--int8] [--skip-training]
                             [--emotune target/release/emotune]
@@ -66,7 +66,7 @@ def main():
         r["pytorch"] = run_json([*torch_bench, *common, *shape])[0]
         if args.bf16:
             r["pytorch-bf16"] = run_json([*torch_bench, "--bf16", *common, *shape])[0]
-            # training on AMX tiles and inference on AMX or bf16 panels, where the CPU has them
+            # on AMX tiles, or vdpbf16ps on AMD, where the CPU has them
             r["emotune-bf16"] = run_json([*bench, "--dtype", "bf16", *common, *shape])[0]
         if args.int8:
             r["emotune-int8"] = run_json([*bench, "--quantize", "int8", *common, *shape])[0]
@@ -98,7 +98,7 @@ def print_training(rows, args):
         ratio = r["emotune"]["train_step_s"] / r["pytorch"]["train_step_s"]
         extra = ""
         if args.bf16 and not r["emotune-bf16"]["bf16"]:
-            print("NOTE: emotune-bf16 trained in fp32 (this CPU has no AMX)")
+            print("NOTE: emotune-bf16 trained in fp32 (this CPU has no bf16 engine: AMX, or AVX-512 BF16 on AMD)")
         if args.bf16:
             e, eb, pb = (r[c]["train_step_s"] for c in ("emotune", "emotune-bf16", "pytorch-bf16"))
             extra = f" | {e / pb:.2f} | {eb / pb:.2f} | {eb / e:.2f}"
@@ -115,7 +115,7 @@ def print_inference(rows, args):
         cols += ["emotune-bf16", "pytorch-bf16"]
         ratios += [("emotune-bf16", "pytorch-bf16"), ("emotune-bf16", "pytorch")]
         if any(r["emotune-bf16"]["quantize"] != "bf16" for r in rows):
-            print("NOTE: emotune-bf16 ran in fp32 (this CPU has no AVX-512 BF16)\n")
+            print("NOTE: emotune-bf16 ran in fp32 (this CPU has no bf16 engine: AMX, or AVX-512 BF16 on AMD)\n")
     print(f"Inference: one text ({args.latency_runs} runs, ms), eval forward of {args.batch} texts (s), "
           "texts/s per batch size; ratios are emotune's time over the other's\n")
     print("| tokens | measure | " + " | ".join(cols) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
