@@ -19,7 +19,7 @@
 //! first, then the even one, each sum rounded, subnormals flushed), whatever the blocking or
 //! thread count: the tests check it bit for bit against that definition in plain Rust.
 
-use super::amx_pack::{holds, Operand, T, TILE};
+use super::amx_pack::{holds, Operand, KT, T};
 
 /// Whether this CPU has AVX-512F and AVX-512 BF16 (checked once).
 pub fn available() -> bool {
@@ -54,7 +54,7 @@ pub(super) unsafe fn dot_block(
     assert!(holds((a, a_step), k_tiles) && holds((b, b_step), k_tiles));
     for row in (0..2 * T).step_by(R) {
         // rows 0-15 come from the first A block, 16-31 from the second
-        let a_rows = &a[row / T][(row % T) * 32..];
+        let a_rows = &a[row / T][(row % T) * KT..];
         // SAFETY: the CPU has the instructions (the caller's contract); the operands hold
         // `k_tiles` tiles at their steps (asserted); rows `row..row + 8` of `c` and `from` lie in
         // the 32 × 32 blocks the caller vouches for.
@@ -84,7 +84,7 @@ fn dot_pair(s: f32, v: u32, w: u32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{R, TILE};
+    use super::{KT, R};
     use std::arch::x86_64::*;
 
     /// 8 rows × 32 columns of [`super::dot_block`]: `a` starts at the first of the 8 rows in the
@@ -102,7 +102,7 @@ mod simd {
         (b, b_step): ([&[u16]; 2], usize),
         k_tiles: usize,
     ) {
-        assert!(a.len() >= (k_tiles - 1) * a_step + (R - 1) * 32 + 32);
+        assert!(a.len() >= (k_tiles - 1) * a_step + R * KT);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         if let Some((l, ls)) = from {
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -112,16 +112,16 @@ mod simd {
         }
         for t in 0..k_tiles {
             let (ap, b0, b1) = (a[t * a_step..].as_ptr(), b[0][t * b_step..].as_ptr(), b[1][t * b_step..].as_ptr());
-            for q in 0..TILE / 32 {
-                // SAFETY: pair row `q < 16` of tile `t` in each B block (64 bytes at q · 32
-                // elements), and word `q` of A's rows `r < 8` (at r · 32 + 2q elements): inside
+            for q in 0..KT / 2 {
+                // SAFETY: pair row `q < 16` of tile `t` in each B block (64 bytes at q · KT
+                // elements), and word `q` of A's rows `r < 8` (at r · KT + 2q elements): inside
                 // the slices (asserted here and by the caller). bf16 vectors are 64 bytes of 32
                 // bf16, as the integer vectors they are made from.
                 unsafe {
-                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(q * 32).cast()));
-                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(q * 32).cast()));
+                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(q * KT).cast()));
+                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(q * KT).cast()));
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let word = ap.add(r * 32 + 2 * q).cast::<i32>().read_unaligned();
+                        let word = ap.add(r * KT + 2 * q).cast::<i32>().read_unaligned();
                         let v: __m512bh = std::mem::transmute(_mm512_set1_epi32(word));
                         acc[0] = _mm512_dpbf16_ps(acc[0], v, w0);
                         acc[1] = _mm512_dpbf16_ps(acc[1], v, w1);
@@ -156,7 +156,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::amx_pack::{pack_lhs, pack_rhs, Packed};
+    use crate::model::kernels::amx_pack::{pack_lhs, pack_rhs, Packed, TILE};
     use crate::model::kernels::testing::uniform;
 
     /// The word of bf16 pair `q` of row `i` in a packed operand (rows are A's rows or B's
