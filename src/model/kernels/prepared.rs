@@ -14,7 +14,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Prepared {
     F32(PanelLinear),
-    /// bf16 on AMX tiles (`--dtype bf16` where the CPU has AMX).
+    /// bf16 on the CPU's bf16 engine (`--dtype bf16`: AMX tiles, or `vdpbf16ps` on AMD).
     Amx(AmxLinear),
     Int8(QuantizedLinear),
 }
@@ -26,8 +26,8 @@ impl Prepared {
         Ok(Prepared::F32(PanelLinear::new(&w, &b, nk)))
     }
 
-    /// The bf16 form, for the CPU's bf16 engine (AMX tiles or AVX-512 BF16; it must have one,
-    /// [`super::amx::available`]).
+    /// The bf16 form, for the CPU's bf16 engine (AMX tiles, or AVX-512 BF16 on AMD; it must have
+    /// one, [`super::amx::available`]).
     pub fn bf16(weight: &Tensor, bias: &Tensor) -> anyhow::Result<Prepared> {
         let (w, b, nk) = host(weight, bias)?;
         Ok(Prepared::Amx(AmxLinear::new(&w, &b, nk)))
@@ -62,8 +62,8 @@ impl Prepared {
     }
 }
 
-/// The instructions `--dtype bf16` runs on here: AMX tiles where the CPU has them, else
-/// AVX-512 BF16.
+/// The instructions `--dtype bf16` runs on here: AMX tiles where the CPU has them, else, on
+/// AMD, AVX-512 BF16.
 pub fn bf16_kernel_name() -> &'static str {
     super::amx::name()
 }
