@@ -6,6 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -73,11 +74,14 @@ impl Moments {
         Ok(Moments::Device { m: t.zeros_like()?.to_dtype(DType::F32)?, v: t.zeros_like()?.to_dtype(DType::F32)? })
     }
 
-    /// Both moments as host vectors (for checkpoints and checks).
-    fn to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// Both moments on the host, for a checkpoint: host ones borrowed where they are, device
+    /// ones copied over.
+    fn on_host(&self) -> Result<[Cow<'_, [f32]>; 2]> {
         Ok(match self {
-            Moments::Host { m, v } => (m.clone(), v.clone()),
-            Moments::Device { m, v } => (m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
+            Moments::Host { m, v } => [Cow::Borrowed(m.as_slice()), Cow::Borrowed(v.as_slice())],
+            Moments::Device { m, v } => {
+                [Cow::Owned(m.flatten_all()?.to_vec1()?), Cow::Owned(v.flatten_all()?.to_vec1()?)]
+            }
         })
     }
 
@@ -216,22 +220,9 @@ impl AdamW {
 
     /// Writes the moments and the step count (a checkpoint's `optimizer.safetensors`).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        // Host moments are written from where they are; device ones copied to the host first.
-        let mut copies = Vec::new();
-        for s in &self.slots {
-            if let Moments::Device { .. } = s.moments {
-                copies.push(s.moments.to_host()?);
-            }
-        }
-        let mut copies = copies.iter();
+        let moments = self.slots.iter().map(|s| s.moments.on_host()).collect::<Result<Vec<_>>>()?;
         let mut entries: Vec<(String, Vec<usize>, &[f32])> = Vec::with_capacity(2 * self.slots.len());
-        for s in &self.slots {
-            let (m, v) = match &s.moments {
-                Moments::Host { m, v } => (m.as_slice(), v.as_slice()),
-                Moments::Device { .. } => {
-                    copies.next().map(|(m, v)| (m.as_slice(), v.as_slice())).expect("copied above")
-                }
-            };
+        for (s, [m, v]) in self.slots.iter().zip(&moments) {
             entries.push((format!("exp_avg.{}", s.name), s.var.dims().to_vec(), m));
             entries.push((format!("exp_avg_sq.{}", s.name), s.var.dims().to_vec(), v));
         }
